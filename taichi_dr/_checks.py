@@ -1,0 +1,125 @@
+"""Input validation shared by every public op.
+
+Every check raises ``TypeError`` (wrong type / dtype) or ``ValueError`` (wrong shape, value or
+device) with a message that names the argument and gives the expected and the actual value, e.g.
+``pos: expected shape [N, V, 4] or [V, 4], got [10, 3]``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_float",
+    "check_index",
+    "check_finite",
+    "check_resolution",
+    "check_same_device",
+    "check_choice",
+    "as_index32",
+    "shape_str",
+]
+
+FLOATS = (torch.float32, torch.float64)
+INTS = (torch.int32, torch.int64)
+
+
+def shape_str(shape: Iterable) -> str:
+    return "[" + ", ".join(str(int(s)) if not isinstance(s, str) else s for s in shape) + "]"
+
+
+def check_tensor(
+    name: str,
+    t,
+    ndim: Union[int, Sequence[int], None] = None,
+    last: Optional[int] = None,
+    dtypes: Optional[Sequence[torch.dtype]] = None,
+    expected: Optional[str] = None,
+) -> torch.Tensor:
+    """Check that ``t`` is a torch tensor of the given rank, last dimension and dtype.
+
+    Args:
+        name: argument name used in the error message.
+        t: the value to check.
+        ndim: allowed rank(s).
+        last: required size of the last dimension.
+        dtypes: allowed dtypes.
+        expected: human-readable expected shape, e.g. ``"[N, V, 4] or [V, 4]"``.
+
+    Returns:
+        ``t`` unchanged.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    bad_rank = ndims is not None and t.dim() not in ndims
+    bad_last = last is not None and (t.dim() == 0 or t.shape[-1] != last)
+    if bad_rank or bad_last:
+        if expected is None:
+            dims = ["..."] if ndims is None else [f"{d}-D" for d in ndims]
+            expected = " or ".join(dims) + (f" with last dimension {last}" if last is not None else "")
+        raise ValueError(f"{name}: expected shape {expected}, got {shape_str(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype {names}, got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def check_float(name: str, t, ndim=None, last=None, expected=None) -> torch.Tensor:
+    """``check_tensor`` for float32/float64 data that must also be finite."""
+    check_tensor(name, t, ndim, last, FLOATS, expected)
+    check_finite(name, t)
+    return t
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/Inf entries")
+
+
+def check_index(name: str, t, count: int, ndim=2, last: Optional[int] = 3, expected=None) -> torch.Tensor:
+    """Check an integer index tensor whose entries must lie in ``[0, count)``."""
+    check_tensor(name, t, ndim, last, INTS, expected)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= count:
+            raise ValueError(f"{name}: expected indices in [0, {count}), got values in [{lo}, {hi}]")
+    return t
+
+
+def as_index32(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous int32 copy (or view) of an already validated index tensor."""
+    return t.to(torch.int32).contiguous()
+
+
+def check_resolution(name: str, resolution) -> Tuple[int, int]:
+    """Validate an (H, W) pair of positive ints."""
+    try:
+        h, w = resolution
+        h, w = int(h), int(w)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a pair (height, width) of ints, got {resolution!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name}: expected positive (height, width), got ({h}, {w})")
+    if h > 16384 or w > 16384:
+        raise ValueError(f"{name}: expected height and width <= 16384, got ({h}, {w})")
+    return h, w
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """All given tensors must sit on one device; return it."""
+    devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    uniq = set(devs.values())
+    if len(uniq) > 1:
+        desc = ", ".join(f"{k} on {d}" for k, d in devs.items())
+        raise ValueError(f"expected all tensors on one device, got {desc}")
+    return next(iter(uniq)) if uniq else torch.device("cpu")
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Geometry: tetrahedral grids, marching tetrahedra, DMTet."""

@@ -1,0 +1,1 @@
+"""Rendering ops: rasterize, interpolate, texture, antialias, shading, lights."""
