@@ -1,0 +1,227 @@
+"""rasterize -> interpolate -> antialias: forward references, float64 gradients, bad input."""
+import math
+
+import pytest
+import torch
+
+from taichi_dr import antialias, antialias_construct_topology_hash, interpolate, rasterize
+
+TRI = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+
+
+def classic(dtype=torch.float32):
+    return torch.tensor([[[-0.8, -0.8, 0, 1], [0.8, -0.8, 0, 1], [-0.8, 0.8, 0, 1]]], dtype=dtype)
+
+
+def pixel_centres(H, W, dtype=torch.float64):
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    return ((2 * xs + 1) / W - 1).to(dtype), ((2 * ys + 1) / H - 1).to(dtype)
+
+
+def perspective(fovy=1.0, aspect=1.0, n=0.1, f=100.0):
+    t = math.tan(fovy / 2)
+    return torch.tensor([[1 / (t * aspect), 0, 0, 0], [0, 1 / t, 0, 0],
+                         [0, 0, -(f + n) / (f - n), -2 * f * n / (f - n)], [0, 0, -1, 0]], dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- forward references
+
+def test_classic_triangle_matches_analytic_barycentrics_and_nvdiffrast():
+    rast, _ = rasterize(classic(), TRI, (256, 256))
+    cov = rast[0, ..., 3] > 0
+    # nvdiffrast's docs/img/tri.png: 20706 covered pixels (centres on the hypotenuse excluded)
+    assert int(cov.sum()) == 20706
+    X, Y = pixel_centres(256, 256)
+    v = (X + 0.8) / 1.6  # weight of vertex 1 at (0.8, -0.8)
+    u = (0.8 - Y) / 1.6 - v
+    assert torch.allclose(rast[0, ..., 0][cov].double(), u[cov], atol=1e-6)
+    assert torch.allclose(rast[0, ..., 1][cov].double(), v[cov], atol=1e-6)
+    img, _ = interpolate(torch.eye(3), rast, TRI)
+    sums = torch.round(img[0] * 255).sum((0, 1))
+    assert sums.tolist() == [1761561.0, 1759209.0, 1759209.0]  # channel sums of tri.png
+    assert torch.round(img[0, 26, 26] * 255).tolist() == [253.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("H,W", [(8, 8), (13, 7), (64, 33)])
+def test_quad_split_in_two_is_covered_exactly_once(H, W):
+    # the diagonal passes exactly through pixel centres when H == W
+    pos = torch.tensor([[[-1, -1, 0, 1], [1, -1, 0, 1], [1, 1, 0, 1], [-1, 1, 0, 1]]], dtype=torch.float32)
+    for tri in (torch.tensor([[0, 1, 2], [0, 2, 3]]), torch.tensor([[0, 1, 3], [1, 2, 3]]),
+                torch.tensor([[0, 2, 1], [0, 3, 2]])):  # both diagonals, and clockwise winding
+        count = torch.zeros(H, W)
+        for t in range(2):
+            r, _ = rasterize(pos, tri[t:t + 1].int(), (H, W))
+            count += (r[0, ..., 3] > 0).float()
+        assert torch.equal(count, torch.ones(H, W))
+        r, _ = rasterize(pos, tri.int(), (H, W))
+        assert bool((r[0, ..., 3] > 0).all())
+
+
+def test_depth_order_both_ways():
+    near = [[-1, -1, -0.5, 1], [1, -1, -0.5, 1], [0, 1, -0.5, 1]]
+    far = [[-1, -1, 0.5, 1], [1, -1, 0.5, 1], [0, 1, 0.5, 1]]
+    for first, second, winner in ((near, far, 1), (far, near, 2)):
+        pos = torch.tensor([first + second], dtype=torch.float32)
+        tri = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+        r, _ = rasterize(pos, tri, (16, 16))
+        ids = r[0, ..., 3][r[0, ..., 3] > 0]
+        assert bool((ids == winner).all())
+        assert torch.allclose(r[0, ..., 2][r[0, ..., 3] > 0], torch.tensor(-0.5))
+
+
+def test_ground_plane_behind_camera_is_clipped_not_dropped():
+    P = perspective()
+    v = torch.tensor([[-50, -1, 50, 1], [50, -1, 50, 1], [50, -1, -50, 1], [-50, -1, -50, 1]], dtype=torch.float64)
+    clip = (v @ P.T)[None]
+    quad = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    r, _ = rasterize(clip, quad, (64, 64))
+    cov = r[0, ..., 3] > 0
+    # horizon of the plane y = -1 seen from the origin: the far edge at z = -50 projects to
+    # NDC y = -1 / (50 tan(0.5)) -> pixel row 30.8: rows 0..30 fully covered, rows above empty
+    assert bool(cov[:31].all()) and not bool(cov[31:].any())
+    # barycentrics refer to the original (unclipped) vertices and reproduce the world position
+    wpos, _ = interpolate(v[None, :, :3].contiguous(), r, quad)
+    assert torch.allclose(wpos[0, ..., 1][cov], torch.tensor(-1.0, dtype=torch.float64), atol=1e-9)
+    X, Y = pixel_centres(64, 64)
+    # a point on the plane seen through pixel (X, Y): ray direction (X tan, Y tan, -1)
+    t = math.tan(0.5)
+    z = 1 / (Y * t)  # y = Y·t·s = -1 along the ray s·(X t, Y t, -1)
+    assert torch.allclose(wpos[0, ..., 2][cov], z[cov], rtol=1e-6)
+
+
+def test_range_mode_matches_instanced_and_float64():
+    pos = classic(torch.float64)[0]
+    r_inst, _ = rasterize(pos[None], TRI, (17, 23))
+    r_rng, _ = rasterize(pos, TRI, (17, 23), ranges=torch.tensor([[0, 1], [0, 0]], dtype=torch.int32))
+    assert r_rng.dtype == torch.float64
+    assert torch.equal(r_rng[0], r_inst[0]) and not bool(r_rng[1].any())
+
+
+def test_interpolate_derivatives_match_finite_differences_in_screen_space():
+    pos = torch.tensor([[[-0.7, -0.6, 0.1, 1.2], [0.8, -0.7, 0.3, 0.9], [-0.6, 0.75, -0.2, 1.1]]], dtype=torch.float64)
+    attr = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 3.0]], dtype=torch.float64)
+    r, db = rasterize(pos, TRI, (32, 32))
+    out, da = interpolate(attr, r, TRI, db, diff_attrs="all")
+    # along X, two covered neighbours: central difference of out approximates dA/dX
+    inner = (r[0, :, :-2, 3] > 0) & (r[0, :, 1:-1, 3] > 0) & (r[0, :, 2:, 3] > 0)
+    fd = (out[0, :, 2:, 0] - out[0, :, :-2, 0]) / 2
+    assert torch.allclose(fd[inner], da[0, :, 1:-1, 0][inner], rtol=0.05, atol=1e-3)
+
+
+def test_antialias_coverage_sum_equals_area_and_leaves_interiors_alone():
+    pos = torch.tensor([[[-0.63, -0.58, 0.1, 1.2], [0.71, -0.67, 0.3, 0.9], [-0.52, 0.66, -0.2, 1.1]]], dtype=torch.float64)
+    r, _ = rasterize(pos, TRI, (64, 64))
+    ones = (r[..., 3:] > 0).double()
+    aa = antialias(ones, r, pos, TRI)
+    xy = pos[0, :, :2] / pos[0, :, 3:] * 32
+    area = 0.5 * abs(float((xy[1, 0] - xy[0, 0]) * (xy[2, 1] - xy[0, 1]) - (xy[2, 0] - xy[0, 0]) * (xy[1, 1] - xy[0, 1])))
+    assert abs(float(aa.sum()) - area) < 0.01 * area
+    # a constant colour over a closed two-triangle quad has no visible silhouette inside
+    quad = torch.tensor([[[-0.5, -0.5, 0, 1], [0.5, -0.5, 0, 1], [0.5, 0.5, 0, 1], [-0.5, 0.5, 0, 1]]], dtype=torch.float64)
+    qt = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    rq, _ = rasterize(quad, qt, (16, 16))
+    col = torch.full((1, 16, 16, 1), 0.5, dtype=torch.float64)
+    assert torch.equal(antialias(col, rq, quad, qt), col)
+
+
+def test_antialias_gives_the_silhouette_gradient():
+    # growing the triangle about its centroid grows the (antialiased) coverage by ~2x its area
+    pos = torch.tensor([[[-0.63, -0.58, 0.1, 1.0], [0.71, -0.67, 0.3, 1.0], [-0.52, 0.66, -0.2, 1.0]]], dtype=torch.float64)
+
+    def coverage(p):
+        r, _ = rasterize(p, TRI, (96, 96))
+        return antialias((r[..., 3:] > 0).double(), r, p, TRI).sum()
+
+    p = pos.clone().requires_grad_(True)
+    c = coverage(p)
+    c.backward()
+    c = c.detach()
+    grow = torch.zeros_like(pos)
+    grow[..., :2] = pos[..., :2] - pos[..., :2].mean(1, keepdim=True)
+    analytic = float((p.grad * grow).sum())
+    assert abs(analytic - 2 * float(c)) < 0.03 * 2 * float(c)  # d(area)/d(scale) = 2·area
+    # without antialias the same coverage has no gradient at all (visibility is piecewise constant)
+    q = pos.clone().requires_grad_(True)
+    r, _ = rasterize(q, TRI, (96, 96))
+    assert not (r[..., 3:] > 0).double().requires_grad
+
+
+# ---------------------------------------------------------------- float64 gradients
+
+POS64 = torch.tensor([[[-0.7, -0.6, 0.1, 1.2], [0.8, -0.7, 0.3, 0.9], [-0.6, 0.75, -0.2, 1.1],
+                       [0.7, 0.8, 0.0, 1.0]]], dtype=torch.float64)
+QUAD = torch.tensor([[0, 1, 2], [1, 3, 2]], dtype=torch.int32)
+
+
+def test_gradcheck_rasterize_uv_and_db_wrt_pos():
+    def f(p):
+        r, db = rasterize(p, QUAD, (5, 6))
+        return r[..., :2], db
+    assert torch.autograd.gradcheck(f, (POS64.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+def test_gradcheck_interpolate_wrt_attr_rast_and_db():
+    r, db = rasterize(POS64, QUAD, (5, 6))
+    attr = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def f(a, uv, d):
+        return interpolate(a, torch.cat([uv, r[..., 2:]], -1), QUAD, d, diff_attrs="all")
+    inputs = (attr.requires_grad_(), r[..., :2].clone().requires_grad_(), db.clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_gradcheck_antialias_wrt_color_and_pos():
+    pos = torch.tensor([[[-0.63, -0.58, 0.1, 1.2], [0.71, -0.67, 0.3, 0.9], [-0.52, 0.66, -0.2, 1.1]]], dtype=torch.float64)
+    r, _ = rasterize(pos, TRI, (9, 11))
+    col = torch.rand(1, 9, 11, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.autograd.gradcheck(lambda c: antialias(c, r, pos, TRI), (col.clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda p: antialias(col, r, p, TRI), (pos.clone().requires_grad_(),),
+                                    eps=1e-6, atol=1e-6)
+
+
+def test_topology_hash_wings():
+    th = antialias_construct_topology_hash(QUAD)
+    # triangle 0 = (0, 1, 2): its edge opposite vertex 0 is (1, 2), shared with triangle 1 whose
+    # third vertex is 3; triangle 1 = (1, 3, 2): edge opposite vertex 1 is (2, 1) -> wing 0
+    assert th.wing.tolist() == [[3, -1, -1], [-1, 0, -1]]
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("pos,tri,res,err,match", [
+    (torch.zeros(1, 3, 3), TRI, (8, 8), ValueError, r"pos: expected shape \[N, V, 4\]"),
+    (torch.zeros(1, 3, 4, dtype=torch.int32), TRI, (8, 8), TypeError, "pos: expected dtype"),
+    (classic(), torch.tensor([[0, 1, 3]], dtype=torch.int32), (8, 8), ValueError, r"tri: expected indices in \[0, 3\)"),
+    (classic(), torch.tensor([[0, -1, 2]], dtype=torch.int32), (8, 8), ValueError, "tri: expected indices"),
+    (classic(), torch.tensor([[0.0, 1, 2]]), (8, 8), TypeError, "tri: expected dtype"),
+    (classic(), torch.tensor([0, 1, 2], dtype=torch.int32), (8, 8), ValueError, r"tri: expected shape \[T, 3\]"),
+    (classic(), TRI, (0, 8), ValueError, "resolution"),
+    (classic(), TRI, 8, TypeError, "resolution"),
+    (classic().index_fill(2, torch.tensor([0]), float("nan")), TRI, (8, 8), ValueError, "pos: expected finite"),
+])
+def test_rasterize_bad_input(pos, tri, res, err, match):
+    with pytest.raises(err, match=match):
+        rasterize(pos, tri, res)
+
+
+def test_interpolate_and_antialias_bad_input():
+    r, db = rasterize(classic(), TRI, (8, 8))
+    with pytest.raises(ValueError, match=r"tri: expected indices in \[0, 2\)"):
+        interpolate(torch.zeros(2, 3), r, TRI)  # 2 attribute rows for 3 vertices
+    with pytest.raises(ValueError, match="rast_db: required"):
+        interpolate(torch.zeros(3, 2), r, TRI, diff_attrs="all")
+    with pytest.raises(ValueError, match="diff_attrs"):
+        interpolate(torch.zeros(3, 2), r, TRI, db, diff_attrs=[5])
+    with pytest.raises(ValueError, match=r"rast: expected shape \[N, H, W, 4\]"):
+        interpolate(torch.zeros(3, 2), r[..., :3], TRI)
+    with pytest.raises(ValueError, match="rast: expected shape"):
+        antialias(torch.zeros(1, 4, 4, 3), r, classic(), TRI)
+    with pytest.raises(TypeError, match="color: expected a torch.Tensor"):
+        antialias(None, r, classic(), TRI)
+
+
+def test_empty_mesh_and_odd_resolutions():
+    r, db = rasterize(classic(), torch.zeros(0, 3, dtype=torch.int32), (5, 3))
+    assert r.shape == (1, 5, 3, 4) and not bool(r.any())
+    r, _ = rasterize(classic(), TRI, (1, 1000))
+    assert r.shape == (1, 1, 1000, 4) and bool((r[..., 3] > 0).any())
