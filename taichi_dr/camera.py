@@ -1,0 +1,115 @@
+"""Cameras in OpenGL conventions: model-view, projection, orbits, and NeRF/Blender poses.
+
+* Eye space: the camera sits at the origin looking down −Z with +Y up (OpenGL, and also the
+  convention of NeRF/Blender camera-to-world matrices, so a NeRF ``transform_matrix`` *is* our
+  camera-to-world matrix and the model-view matrix is simply its inverse).
+* Clip space: ``clip = P · MV · [x, y, z, 1]ᵀ``; NDC = clip.xyz / clip.w with y up, and our images
+  are bottom-up (row 0 = bottom), so no row flip is hidden in the projection. Images read from
+  PNG files (top row first) are flipped once, by the loader.
+"""
+import math
+from typing import List, Sequence, Union
+
+import torch
+
+from taichi_dr._checks import check_tensor, FLOATS, shape_str
+
+__all__ = ["perspective", "look_at", "orbit_views", "nerf_c2w_to_mv", "fovy_from_fovx", "transform_pos",
+           "camera_position"]
+
+Number = Union[float, int]
+
+
+def perspective(fovy: float, aspect: float = 1.0, near: float = 0.1, far: float = 100.0,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """OpenGL (gluPerspective) projection ``[4, 4]``: eye z ∈ [−near, −far] maps to NDC z ∈ [−1, 1].
+
+    Args:
+        fovy: vertical field of view in radians.
+        aspect: width / height.
+    """
+    if not 0 < fovy < math.pi:
+        raise ValueError(f"fovy: expected an angle in (0, pi) radians, got {fovy}")
+    if not 0 < near < far:
+        raise ValueError(f"near, far: expected 0 < near < far, got near={near}, far={far}")
+    if not aspect > 0:
+        raise ValueError(f"aspect: expected > 0, got {aspect}")
+    f = 1.0 / math.tan(fovy / 2)
+    return torch.tensor([[f / aspect, 0, 0, 0],
+                         [0, f, 0, 0],
+                         [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)],
+                         [0, 0, -1, 0]], dtype=dtype)
+
+
+def look_at(eye: Sequence[Number], center: Sequence[Number] = (0, 0, 0), up: Sequence[Number] = (0, 1, 0),
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Model-view matrix ``[4, 4]`` of a camera at ``eye`` looking at ``center``."""
+    eye_t = torch.as_tensor(eye, dtype=torch.float64)
+    fwd = torch.as_tensor(center, dtype=torch.float64) - eye_t
+    if float(fwd.norm()) == 0:
+        raise ValueError("eye, center: expected distinct points")
+    fwd = fwd / fwd.norm()
+    right = torch.linalg.cross(fwd, torch.as_tensor(up, dtype=torch.float64))
+    if float(right.norm()) < 1e-12:
+        raise ValueError("up: expected a direction not parallel to the viewing direction")
+    right = right / right.norm()
+    true_up = torch.linalg.cross(right, fwd)
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, true_up, -fwd, eye_t
+    return torch.linalg.inv(c2w).to(dtype)
+
+
+def camera_position(mv: torch.Tensor) -> torch.Tensor:
+    """World-space camera centre(s) of model-view matrices ``[..., 4, 4] -> [..., 3]``."""
+    return torch.linalg.inv(mv.double())[..., :3, 3].to(mv.dtype)
+
+
+def orbit_views(n: int, radius: float, elevation_deg: Union[float, Sequence[float]] = 20.0,
+                azimuth_offset_deg: float = 0.0, center: Sequence[Number] = (0, 0, 0),
+                up_axis: str = "y", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Camera-to-world matrices ``[n, 4, 4]`` evenly spaced in azimuth around ``center``.
+
+    Args:
+        elevation_deg: one elevation for all views or a sequence cycled over the views.
+        up_axis: ``"y"`` (OpenGL scenes) or ``"z"`` (Blender scenes).
+    """
+    if n < 1:
+        raise ValueError(f"n: expected >= 1 views, got {n}")
+    elev = [elevation_deg] if isinstance(elevation_deg, (int, float)) else list(elevation_deg)
+    mats: List[torch.Tensor] = []
+    c = torch.as_tensor(center, dtype=torch.float64)
+    for i in range(n):
+        az = math.radians(azimuth_offset_deg + 360.0 * i / n)
+        el = math.radians(elev[i % len(elev)])
+        d = (math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az))
+        if up_axis == "z":
+            d, up = (d[0], -d[2], d[1]), (0, 0, 1)
+        elif up_axis == "y":
+            up = (0, 1, 0)
+        else:
+            raise ValueError(f"up_axis: expected 'y' or 'z', got {up_axis!r}")
+        eye = c + radius * torch.tensor(d, dtype=torch.float64)
+        mats.append(torch.linalg.inv(look_at(eye.tolist(), c.tolist(), up, dtype=torch.float64)))
+    return torch.stack(mats).to(dtype)
+
+
+def nerf_c2w_to_mv(c2w: torch.Tensor) -> torch.Tensor:
+    """NeRF/Blender camera-to-world ``[..., 4, 4]`` -> our model-view ``[..., 4, 4]`` (its inverse:
+    both use the OpenGL camera frame, −Z forward and +Y up)."""
+    check_tensor("c2w", c2w, dtypes=FLOATS)
+    if c2w.dim() < 2 or tuple(c2w.shape[-2:]) != (4, 4):
+        raise ValueError(f"c2w: expected shape [..., 4, 4], got {shape_str(c2w.shape)}")
+    return torch.linalg.inv(c2w.double()).to(c2w.dtype)
+
+
+def fovy_from_fovx(fovx: float, width: int, height: int) -> float:
+    """Vertical field of view from NeRF's ``camera_angle_x`` and the image size (square pixels)."""
+    return 2.0 * math.atan(math.tan(fovx / 2.0) * height / width)
+
+
+def transform_pos(mvp: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
+    """Clip-space positions ``[N, V, 4]`` of ``verts [V, 3]`` under ``mvp [N, 4, 4]`` (or ``[4, 4]``)."""
+    check_tensor("verts", verts, ndim=2, last=3, dtypes=FLOATS, expected="[V, 3]")
+    mvp = mvp if mvp.dim() == 3 else mvp.unsqueeze(0)
+    homo = torch.cat([verts, torch.ones_like(verts[:, :1])], 1)
+    return torch.einsum("nij,vj->nvi", mvp.to(verts.dtype), homo).contiguous()

@@ -1,0 +1,204 @@
+"""Triangle meshes and Wavefront OBJ input/output.
+
+OBJ support: ``v x y z [r g b]`` (vertex colours, a common extension), ``vt``, ``vn``, faces
+``f a``, ``f a/b``, ``f a//c``, ``f a/b/c`` with negative (relative) indices, polygons triangulated
+as fans, ``mtllib`` + ``usemtl`` with a ``map_Kd`` texture. Files are written atomically (temp file,
+then rename) so an interrupted save never leaves half a mesh.
+"""
+import dataclasses
+import os
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["Mesh", "load_obj", "save_obj", "atomic_write"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass
+class Mesh:
+    """A triangle mesh.
+
+    Attributes:
+        verts: ``[V, 3]`` float32 positions.
+        faces: ``[F, 3]`` int32 vertex indices.
+        colors: optional ``[V, 3]`` float32 vertex colours in [0, 1].
+        normals: optional ``[Vn, 3]`` float32 normals, indexed by ``normal_faces [F, 3]``.
+        uvs: optional ``[Vt, 2]`` float32 texture coordinates, indexed by ``uv_faces [F, 3]``.
+        texture: optional ``[Ht, Wt, 3]`` float32 kd texture (rows bottom-up, like all our images).
+    """
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    colors: Optional[torch.Tensor] = None
+    normals: Optional[torch.Tensor] = None
+    normal_faces: Optional[torch.Tensor] = None
+    uvs: Optional[torch.Tensor] = None
+    uv_faces: Optional[torch.Tensor] = None
+    texture: Optional[torch.Tensor] = None
+
+    def edges(self) -> torch.Tensor:
+        """Unique undirected edges ``[E, 2]`` int64 with i < j."""
+        f = self.faces.long()
+        e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+        return torch.unique(torch.sort(e, 1)[0], dim=0)
+
+    def bbox(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.verts.min(0)[0], self.verts.max(0)[0]
+
+    def normalized(self, extent: float = 1.0) -> "Mesh":
+        """Copy centred at the origin and scaled so its largest side is ``2·extent``."""
+        lo, hi = self.bbox()
+        c, s = (lo + hi) / 2, float((hi - lo).max()) / 2
+        return dataclasses.replace(self, verts=(self.verts - c) * (extent / max(s, 1e-12)))
+
+
+def atomic_write(path: PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then atomically rename the result to ``path``."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _index(tok: str, count: int, path: str, lineno: int) -> int:
+    i = int(tok)
+    i = i - 1 if i > 0 else count + i
+    if not 0 <= i < count:
+        raise ValueError(f"{path}:{lineno}: index {tok} out of range (have {count})")
+    return i
+
+
+def load_obj(path: PathLike) -> Mesh:
+    """Load a Wavefront OBJ as a :class:`Mesh` (see the module docstring for what is supported).
+
+    Raises:
+        ValueError: missing file, unparsable line, index out of range, or no faces.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path: no such file {path!r}")
+    v, vc, vt, vn, fv, ft, fn = [], [], [], [], [], [], []
+    mtllib = None
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            try:
+                tag = parts[0]
+                if tag == "v":
+                    v.append([float(x) for x in parts[1:4]])
+                    if len(v[-1]) != 3:
+                        raise ValueError("expected 3 coordinates")
+                    if len(parts) >= 7:
+                        vc.append([float(x) for x in parts[4:7]])
+                elif tag == "vt":
+                    vt.append([float(x) for x in parts[1:3]])
+                elif tag == "vn":
+                    vn.append([float(x) for x in parts[1:4]])
+                elif tag == "f":
+                    corners = [c.split("/") for c in parts[1:]]
+                    if len(corners) < 3:
+                        raise ValueError("a face needs at least 3 corners")
+                    iv = [_index(c[0], len(v), path, lineno) for c in corners]
+                    it = [_index(c[1], len(vt), path, lineno) if len(c) > 1 and c[1] else -1 for c in corners]
+                    inn = [_index(c[2], len(vn), path, lineno) if len(c) > 2 and c[2] else -1 for c in corners]
+                    for k in range(1, len(corners) - 1):  # fan triangulation
+                        fv.append([iv[0], iv[k], iv[k + 1]])
+                        ft.append([it[0], it[k], it[k + 1]])
+                        fn.append([inn[0], inn[k], inn[k + 1]])
+                elif tag == "mtllib":
+                    mtllib = " ".join(parts[1:])
+            except ValueError as e:
+                msg = str(e)
+                raise ValueError(msg if msg.startswith(path) else f"{path}:{lineno}: cannot parse {line.strip()!r} ({e})") from None
+    if not fv:
+        raise ValueError(f"{path}: no faces found")
+    mesh = Mesh(torch.tensor(v, dtype=torch.float32), torch.tensor(fv, dtype=torch.int32))
+    if vc and len(vc) == len(v):
+        mesh.colors = torch.tensor(vc, dtype=torch.float32)
+    ft_t, fn_t = torch.tensor(ft), torch.tensor(fn)
+    if vt and bool((ft_t >= 0).all()):
+        mesh.uvs, mesh.uv_faces = torch.tensor(vt, dtype=torch.float32), ft_t.to(torch.int32)
+    if vn and bool((fn_t >= 0).all()):
+        mesh.normals, mesh.normal_faces = torch.tensor(vn, dtype=torch.float32), fn_t.to(torch.int32)
+    if mtllib:
+        mesh.texture = _load_mtl_texture(os.path.join(os.path.dirname(path), mtllib))
+    return mesh
+
+
+def _load_mtl_texture(mtl_path: str) -> Optional[torch.Tensor]:
+    if not os.path.isfile(mtl_path):
+        return None
+    import imageio.v3 as iio
+
+    with open(mtl_path, "r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            parts = line.split()
+            if parts and parts[0] == "map_Kd":
+                tex_path = os.path.join(os.path.dirname(mtl_path), " ".join(parts[1:]))
+                try:
+                    img = np.asarray(iio.imread(tex_path))
+                except Exception as e:
+                    raise ValueError(f"{tex_path}: cannot read texture ({e})") from None
+                img = img[..., :3].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
+                return torch.from_numpy(np.ascontiguousarray(img[::-1]))  # bottom-up
+    return None
+
+
+def save_obj(path: PathLike, mesh: Mesh) -> None:
+    """Write ``mesh`` as OBJ (+ MTL and ``<name>_kd.png`` when it has a texture), atomically."""
+    path = os.fspath(path)
+    base = os.path.splitext(os.path.basename(path))[0]
+    lines = [f"# taichi_dr mesh: {mesh.verts.shape[0]} vertices, {mesh.faces.shape[0]} faces"]
+    if mesh.texture is not None:
+        lines.append(f"mtllib {base}.mtl")
+    V = mesh.verts.detach().cpu().numpy()
+    if mesh.colors is not None:
+        C = mesh.colors.detach().cpu().numpy()
+        lines += [f"v {a:.7g} {b:.7g} {c:.7g} {r:.5g} {g:.5g} {bb:.5g}" for (a, b, c), (r, g, bb) in zip(V, C)]
+    else:
+        lines += [f"v {a:.7g} {b:.7g} {c:.7g}" for a, b, c in V]
+    has_t, has_n = mesh.uvs is not None and mesh.uv_faces is not None, mesh.normals is not None and mesh.normal_faces is not None
+    if has_t:
+        lines += [f"vt {a:.7g} {b:.7g}" for a, b in mesh.uvs.detach().cpu().numpy()]
+    if has_n:
+        lines += [f"vn {a:.7g} {b:.7g} {c:.7g}" for a, b, c in mesh.normals.detach().cpu().numpy()]
+    if mesh.texture is not None:
+        lines.append("usemtl material0")
+    F = mesh.faces.cpu().numpy() + 1
+    Ft = mesh.uv_faces.cpu().numpy() + 1 if has_t else None
+    Fn = mesh.normal_faces.cpu().numpy() + 1 if has_n else None
+    for i, f in enumerate(F):
+        if has_t and has_n:
+            lines.append("f " + " ".join(f"{f[k]}/{Ft[i][k]}/{Fn[i][k]}" for k in range(3)))
+        elif has_t:
+            lines.append("f " + " ".join(f"{f[k]}/{Ft[i][k]}" for k in range(3)))
+        elif has_n:
+            lines.append("f " + " ".join(f"{f[k]}//{Fn[i][k]}" for k in range(3)))
+        else:
+            lines.append(f"f {f[0]} {f[1]} {f[2]}")
+    text = "\n".join(lines) + "\n"
+
+    def write_text(tmp, content=text):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(content)
+
+    if mesh.texture is not None:
+        import imageio.v3 as iio
+
+        folder = os.path.dirname(os.path.abspath(path))
+        tex = (np.clip(mesh.texture.detach().cpu().numpy()[::-1], 0, 1) * 255 + 0.5).astype(np.uint8)
+        atomic_write(os.path.join(folder, f"{base}_kd.png"), lambda tmp: iio.imwrite(tmp, tex, extension=".png"))
+        mtl = f"newmtl material0\nKd 1 1 1\nmap_Kd {base}_kd.png\n"
+        atomic_write(os.path.join(folder, f"{base}.mtl"), lambda tmp: write_text(tmp, mtl))
+    atomic_write(path, write_text)
