@@ -108,18 +108,30 @@ class DMTet(nn.Module):
             sdf, offsets = self.forward()
         return marching_tets(self.verts + offsets, sdf, self.tets, self.edges, self.tet_edges)
 
-    @torch.no_grad()
-    def _set_direct(self, target: torch.Tensor) -> None:
-        self.sdf_param.copy_(target)
-        self.deform_param.zero_()
+    def fit_sdf_values(self, target: torch.Tensor, steps: int = 300, lr: float = 3e-3) -> float:
+        """Make the SDF equal ``target [V]`` at the grid vertices (direct mode: copy; MLP: fit).
+        Returns the final mean squared error."""
+        if target.shape != (self.verts.shape[0],):
+            raise ValueError(f"target: expected shape [{self.verts.shape[0]}], got {list(target.shape)}")
+        if self.mode == "direct":
+            with torch.no_grad():
+                self.sdf_param.copy_(target)
+                self.deform_param.zero_()
+            return 0.0
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        loss = torch.zeros(())
+        for _ in range(steps):
+            loss = torch.mean((self.forward()[0] - target) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
 
     def init_from_sdf(self, fn: Callable[[torch.Tensor], torch.Tensor], steps: int = 300, lr: float = 1e-3,
                       batch: int = 32768, seed: int = 0) -> float:
         """Fit the SDF to ``fn(points [P, 3]) -> [P]`` (direct mode: copy it). Returns the final MSE."""
-        target = fn(self.verts).detach().float()
         if self.mode == "direct":
-            self._set_direct(target)
-            return 0.0
+            return self.fit_sdf_values(fn(self.verts).detach().float())
         gen = torch.Generator(device="cpu").manual_seed(seed)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         loss = torch.zeros(())
