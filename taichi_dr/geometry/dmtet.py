@@ -29,8 +29,8 @@ def sdf_reg_weight(it: int, total: int, start: float = 0.2, end: float = 0.01) -
     of ``total`` iterations, then constant ``end``."""
     if total <= 0:
         raise ValueError(f"total: expected > 0 iterations, got {total}")
-    t = min(1.0, 4.0 * it / total)
-    return start - (start - end) * t
+    t = 4.0 * it / total
+    return end if t >= 1.0 else start + (end - start) * t
 
 
 def positional_encoding(x: torch.Tensor, multires: int) -> torch.Tensor:
@@ -127,7 +127,7 @@ class DMTet(nn.Module):
             opt.step()
         return float(loss.detach())
 
-    def init_from_sdf(self, fn: Callable[[torch.Tensor], torch.Tensor], steps: int = 300, lr: float = 1e-3,
+    def init_from_sdf(self, fn: Callable[[torch.Tensor], torch.Tensor], steps: int = 300, lr: float = 3e-3,
                       batch: int = 32768, seed: int = 0) -> float:
         """Fit the SDF to ``fn(points [P, 3]) -> [P]`` (direct mode: copy it). Returns the final MSE."""
         if self.mode == "direct":

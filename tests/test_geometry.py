@@ -1,0 +1,172 @@
+"""TetGrid, marching_tets and DMTet: grid validity, the 16 cases, sphere/torus references, gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from taichi_dr import DMTet, TetGrid, marching_tets, sdf_reg_loss, sdf_reg_weight
+from taichi_dr.geometry.marching_tets import NUM_TRIANGLES
+
+UNIT_TET = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+
+
+def tet_volumes(verts, tets):
+    v = verts.double()[tets.long()]
+    return torch.det(torch.stack([v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], v[:, 3] - v[:, 0]], 1)) / 6
+
+
+def mesh_stats(verts, faces):
+    v = verts.double()[faces.long()]
+    cr = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    area = float(cr.norm(dim=1).sum() / 2)
+    volume = float((v[:, 0] * torch.linalg.cross(v[:, 1], v[:, 2])).sum() / 6)
+    f = faces.long()
+    e = torch.sort(torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)[0]
+    uniq, counts = torch.unique(e, dim=0, return_counts=True)
+    return area, volume, verts.shape[0] - uniq.shape[0] + faces.shape[0], counts
+
+
+@pytest.mark.parametrize("res,scale", [(1, 1.0), (3, 2.0), (7, 0.5)])
+def test_grid_is_valid_and_conforming(res, scale):
+    g = TetGrid.create(res, scale)
+    assert g.verts.shape == ((res + 1) ** 3, 3) and g.tets.shape == (6 * res ** 3, 4)
+    vol = tet_volumes(g.verts, g.tets)
+    assert bool((vol > 0).all())
+    assert math.isclose(float(vol.sum()), scale ** 3, rel_tol=1e-6)
+    assert float(g.verts.min()) == -scale / 2 and float(g.verts.max()) == scale / 2
+    # each interior face is shared by exactly two tets, boundary faces by one
+    t = g.tets.long()
+    faces = torch.sort(torch.cat([t[:, [1, 2, 3]], t[:, [0, 2, 3]], t[:, [0, 1, 3]], t[:, [0, 1, 2]]]), 1)[0]
+    _, counts = torch.unique(faces, dim=0, return_counts=True)
+    assert set(counts.tolist()) <= {1, 2}
+    assert int((counts == 1).sum()) == 6 * 2 * res * res  # two triangles per boundary square
+    # edges unique with i < j, and tet_edges point at the right vertex pairs
+    assert bool((g.edges[:, 0] < g.edges[:, 1]).all())
+    assert torch.unique(g.edges, dim=0).shape[0] == g.edges.shape[0]
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    for k, (i, j) in enumerate(pairs):
+        e = g.edges[g.tet_edges[:, k].long()]
+        assert torch.equal(e[:, 0], torch.minimum(g.tets[:, i], g.tets[:, j]))
+        assert torch.equal(e[:, 1], torch.maximum(g.tets[:, i], g.tets[:, j]))
+
+
+def test_grid_save_load_roundtrip(tmp_path):
+    g = TetGrid.create(4, 2.0)
+    g.save(tmp_path / "g.npz")
+    h = TetGrid.load(tmp_path / "g.npz")
+    assert torch.equal(g.tets, h.tets) and torch.equal(g.edges, h.edges) and h.resolution == 4
+    np.savez(tmp_path / "nv.npz", vertices=g.verts.numpy(), indices=g.tets.numpy())  # nvdiffrec's layout
+    key = lambda e: sorted(map(tuple, e.tolist()))
+    assert key(TetGrid.load(tmp_path / "nv.npz").edges) == key(g.edges)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        TetGrid.load(tmp_path / "bad.npz")
+
+
+def test_single_tet_crossings_at_two_thirds():
+    v, f = marching_tets(UNIT_TET, torch.tensor([-1, -1, 0.5, 0.5], dtype=torch.float64), torch.tensor([[0, 1, 2, 3]]))
+    expected = torch.tensor([[0, 2 / 3, 0], [0, 0, 2 / 3], [1 / 3, 2 / 3, 0], [1 / 3, 0, 2 / 3]], dtype=torch.float64)
+    assert torch.allclose(v, expected)
+    assert f.tolist() == [[3, 0, 1], [3, 2, 0]]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_all_sixteen_cases_count_and_winding(case):
+    sdf = torch.tensor([1.0 if case >> i & 1 else -1.0 for i in range(4)], dtype=torch.float64)
+    sdf = sdf * torch.tensor([1.0, 0.7, 1.3, 0.9], dtype=torch.float64)  # generic magnitudes
+    v, f = marching_tets(UNIT_TET, sdf, torch.tensor([[0, 1, 2, 3]]))
+    assert f.shape[0] == NUM_TRIANGLES[case]
+    inside = UNIT_TET[sdf < 0].mean(0) if bool((sdf < 0).any()) else None
+    for tri in f.long():
+        p = v[tri]
+        n = torch.linalg.cross(p[1] - p[0], p[2] - p[0])
+        # the normal points away from the negative (inside) vertices
+        assert float((n * (p.mean(0) - inside)).sum()) > 0
+
+
+def test_exact_zero_counts_as_outside_and_no_nan():
+    v, f = marching_tets(UNIT_TET, torch.tensor([-1.0, 0.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([[0, 1, 2, 3]]))
+    assert f.shape == (1, 3) and bool(torch.isfinite(v).all())
+    assert torch.allclose(v, UNIT_TET[1:])  # crossing exactly at the zero vertices
+
+
+def test_sphere_resolution_64_watertight_area_volume_radius():
+    g = TetGrid.create(64, 2.2)
+    r = 0.8
+    v, f = marching_tets(g.verts, g.verts.norm(dim=1) - r, g.tets, g.edges, g.tet_edges)
+    area, volume, chi, counts = mesh_stats(v, f)
+    assert bool((counts == 2).all())  # every edge shared by exactly two faces
+    assert chi == 2
+    assert abs(area / (4 * math.pi * r * r) - 1) < 0.01
+    assert abs(volume / (4 / 3 * math.pi * r ** 3) - 1) < 0.01  # positive: normals point outwards
+    assert float((v.norm(dim=1) / r - 1).abs().max()) < 0.01
+
+
+def test_torus_euler_characteristic_zero_and_empty_result():
+    g = TetGrid.create(48, 2.2)
+    p = g.verts
+    q = torch.stack([p[:, [0, 2]].norm(dim=1) - 0.6, p[:, 1]], 1)
+    v, f = marching_tets(g.verts, q.norm(dim=1) - 0.25, g.tets, g.edges, g.tet_edges)
+    assert mesh_stats(v, f)[2] == 0
+    v, f = marching_tets(g.verts, torch.ones(g.verts.shape[0]), g.tets)
+    assert v.shape == (0, 3) and f.shape == (0, 3)
+
+
+def test_gradcheck_marching_tets_volume_and_positions():
+    g = TetGrid.create(3, 2.0)
+    gen = torch.Generator().manual_seed(0)
+    sdf = g.verts.double().norm(dim=1) - 0.6 + 0.02 * torch.randn(g.verts.shape[0], dtype=torch.float64, generator=gen)
+
+    def f(verts, s):
+        mv, faces = marching_tets(verts, s, g.tets, g.edges, g.tet_edges)
+        tv = mv[faces.long()]
+        return (tv[:, 0] * torch.linalg.cross(tv[:, 1], tv[:, 2])).sum() / 6, mv.sum(0), mv
+    assert torch.autograd.gradcheck(f, (g.verts.double().requires_grad_(), sdf.requires_grad_()))
+
+
+def test_dmtet_forward_bounds_mesh_and_gradients():
+    torch.manual_seed(0)
+    m = DMTet(grid_resolution=12, scale=2.0, hidden_dim=32, num_layers=2)
+    err = m.init_sphere(0.5, steps=250)
+    assert err < 5e-3
+    sdf, off = m()
+    assert sdf.shape == (m.verts.shape[0],) and off.shape == m.verts.shape
+    assert float(off.abs().max()) <= 0.5 * m.cell + 1e-7  # bounded to half a cell
+    v, f = m.mesh()
+    assert f.shape[0] > 0 and abs(float(v.norm(dim=1).mean()) - 0.5) < 0.05
+    (v ** 2).sum().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.parameters())
+    d = DMTet(grid_resolution=8, mode="direct")
+    d.init_from_sdf(lambda p: p.norm(dim=-1) - 0.5)
+    assert d.mesh()[1].shape[0] > 0
+
+
+def test_sdf_reg_loss_and_schedule():
+    sdf = torch.tensor([-1.0, 2.0, 0.5, -0.3], dtype=torch.float64, requires_grad=True)
+    edges = torch.tensor([[0, 1], [1, 2], [2, 3], [0, 3]])
+    loss = sdf_reg_loss(sdf, edges)
+    # by hand: sign-changing edges (0,1) and (2,3)
+    bce = lambda x, y: -(y * math.log(1 / (1 + math.exp(-x))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
+    expected = (bce(-1, 1) + bce(-0.3, 1)) / 2 + (bce(2, 0) + bce(0.5, 0)) / 2
+    assert math.isclose(float(loss), expected, rel_tol=1e-9)
+    assert torch.autograd.gradcheck(lambda s: sdf_reg_loss(s, edges), (sdf,))
+    assert float(sdf_reg_loss(torch.ones(4), edges)) == 0.0
+    assert sdf_reg_weight(0, 100) == 0.2 and math.isclose(sdf_reg_weight(25, 100), 0.01)
+    assert math.isclose(sdf_reg_weight(12.5, 100), 0.105) and sdf_reg_weight(90, 100) == 0.01
+
+
+def test_geometry_bad_input():
+    g = TetGrid.create(2)
+    with pytest.raises(ValueError, match=r"sdf: expected shape \[27\]"):
+        marching_tets(g.verts, torch.zeros(5), g.tets)
+    with pytest.raises(ValueError, match=r"tets: expected indices in \[0, 27\)"):
+        marching_tets(g.verts, torch.zeros(27), g.tets + 100)
+    with pytest.raises(ValueError, match="sdf: expected finite"):
+        marching_tets(g.verts, torch.full((27,), float("nan")), g.tets)
+    with pytest.raises(ValueError, match="resolution"):
+        TetGrid.create(0)
+    with pytest.raises(TypeError, match="resolution"):
+        TetGrid.create(2.5)
+    with pytest.raises(TypeError, match="sdf: expected dtype"):
+        marching_tets(g.verts, torch.zeros(27, dtype=torch.int32), g.tets)
