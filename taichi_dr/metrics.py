@@ -50,15 +50,13 @@ def sample_surface(verts: torch.Tensor, faces: torch.Tensor, num_samples: int,
     return pts, n[idx] / area[idx].clamp(min=1e-30).unsqueeze(1)
 
 
-def _nearest(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For each point of ``a``, the squared distance to and index of its nearest point in ``b``."""
-    d_out, i_out = [], []
-    for s in range(0, a.shape[0], chunk):
-        d = torch.cdist(a[s:s + chunk], b)
-        m, i = d.min(1)
-        d_out.append(m ** 2)
-        i_out.append(i)
-    return torch.cat(d_out), torch.cat(i_out)
+def _nearest(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each point of ``a``, the squared distance to and index of its nearest point in ``b``
+    (scipy's k-d tree: exact, O(n log n), milliseconds for 10⁵ points)."""
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(b.double().numpy()).query(a.double().numpy(), k=1)
+    return torch.from_numpy(d) ** 2, torch.from_numpy(i).long()
 
 
 def chamfer_distance(verts_a: torch.Tensor, faces_a: torch.Tensor, verts_b: torch.Tensor, faces_b: torch.Tensor,

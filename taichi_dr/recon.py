@@ -155,7 +155,7 @@ class _Run:
                      ("laplacian", lap)):
             self.history[k].append(float(v.detach()) if torch.is_tensor(v) else float(v))
         self.it += 1
-        return float(total)
+        return float(total.detach())
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> Dict:
@@ -269,7 +269,7 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         metrics.update(_evaluate(run, test, out_dir))
     if gt_mesh is not None and faces.shape[0] > 0:
         gt = load_obj(gt_mesh)
-        metrics["chamfer_l2"] = chamfer_distance(verts.detach(), faces, gt.verts, gt.faces, num_samples=50_000)
+        metrics["chamfer_l2"] = chamfer_distance(verts.detach(), faces, gt.verts, gt.faces, num_samples=200_000)
     history = run.history
     save_loss_plot(os.path.join(out_dir, "loss.png"), history)
     if faces.shape[0] > 0:

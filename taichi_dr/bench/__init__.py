@@ -1,1 +1,31 @@
-"""Benchmark implementations shared by ``benchmarks/*.py`` and ``taichi-dr bench``."""
+"""Benchmark implementations shared by ``benchmarks/*.py`` and ``taichi-dr bench``.
+
+Timings are medians over repeats after one warm-up call; the first call's extra time (Taichi's
+JIT compile, or loading it from the offline cache) is reported separately as "compile".
+"""
+import statistics
+import time
+from typing import Callable, Tuple
+
+__all__ = ["timed", "table"]
+
+
+def timed(fn: Callable[[], object], repeats: int = 5) -> Tuple[float, float]:
+    """Returns (first-call seconds minus median, median seconds) of ``fn()``."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    med = statistics.median(runs)
+    return max(first - med, 0.0), med
+
+
+def table(head, rows) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
+    fmt = " | ".join(f"{{:>{w}}}" for w in widths)
+    line = "-+-".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*head), line] + [fmt.format(*r) for r in rows])

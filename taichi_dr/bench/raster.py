@@ -1,0 +1,70 @@
+"""Rasterizer benchmark: rasterize + interpolate + antialias, forward and forward+backward."""
+import math
+
+import torch
+
+from taichi_dr.bench import table, timed
+
+__all__ = ["main", "uv_sphere"]
+
+
+def uv_sphere(n_tris: int):
+    """A UV sphere with about ``n_tris`` triangles: (verts [V, 3], faces [F, 3] int32)."""
+    nu = max(4, int(math.sqrt(n_tris / 2)))
+    nv = max(3, n_tris // (2 * nu) + 1)
+    th = torch.linspace(0, math.pi, nv)
+    ph = torch.linspace(0, 2 * math.pi, nu + 1)[:-1]
+    T, P = torch.meshgrid(th, ph, indexing="ij")
+    v = torch.stack([T.sin() * P.cos(), T.cos(), T.sin() * P.sin()], -1).reshape(-1, 3)
+    i, j = torch.arange(nv - 1)[:, None] * nu, torch.arange(nu)[None]
+    a, b = i + j, i + (j + 1) % nu
+    f = torch.cat([torch.stack([a, b, a + nu], -1).reshape(-1, 3), torch.stack([b, b + nu, a + nu], -1).reshape(-1, 3)])
+    return v, f.int()
+
+
+def _pipeline(n_tris: int, res: int):
+    from taichi_dr import antialias, antialias_construct_topology_hash, interpolate, rasterize
+
+    v, f = uv_sphere(n_tris)
+    pos = torch.cat([v * 0.9, torch.ones(v.shape[0], 1) * 1.0], 1)
+    pos[:, 2] *= 0.5
+    pos = pos[None].contiguous()
+    col = (v * 0.5 + 0.5).contiguous()
+    topo = antialias_construct_topology_hash(f)
+
+    def fwd(p=pos):
+        rast, _ = rasterize(p, f, (res, res), grad_db=False)
+        img, _ = interpolate(col, rast, f)
+        return antialias(img, rast, p, f, topology_hash=topo)
+
+    def fwd_bwd():
+        p = pos.clone().requires_grad_(True)
+        fwd(p).sum().backward()
+
+    return f.shape[0], fwd, fwd_bwd
+
+
+def main(quick: bool = False) -> None:
+    torch.set_num_threads(2)
+    reps = 3 if quick else 5
+    print("rasterize + interpolate + antialias, 80k-triangle sphere at 512x512 (CPU)")
+    n, fwd, fb = _pipeline(80_000, 512)
+    c1, t1 = timed(fwd, reps)
+    c2, t2 = timed(fb, reps)
+    print(table(["triangles", "res", "forward ms", "fwd+bwd ms", "compile fwd s", "compile fwd+bwd s"],
+                [[n, 512, f"{t1 * 1e3:.1f}", f"{t2 * 1e3:.1f}", f"{c1:.2f}", f"{c2:.2f}"]]))
+    sizes = [1_000, 10_000, 100_000] + ([] if quick else [1_000_000])
+    resolutions = [256, 512, 1024] + ([] if quick else [2048])
+    rows = []
+    for tris in sizes:
+        for res in resolutions:
+            n, fwd, fb = _pipeline(tris, res)
+            _, t1 = timed(fwd, reps)
+            _, t2 = timed(fb, reps)
+            rows.append([n, res, f"{t1 * 1e3:.1f}", f"{t2 * 1e3:.1f}"])
+    print("\nscaling (median ms)")
+    print(table(["triangles", "res", "forward ms", "fwd+bwd ms"], rows))
+
+
+if __name__ == "__main__":
+    main()
