@@ -48,8 +48,8 @@ __all__ = ["ReconConfig", "reconstruct"]
 class ReconConfig:
     """Settings of :func:`reconstruct` (defaults: the demo on a 2-core CPU in a few minutes)."""
 
-    iters: int = 600               # DMTet pass iterations
-    refine_iters: int = 300        # mesh refinement iterations (0 = off)
+    iters: int = 200               # DMTet pass iterations
+    refine_iters: int = 100        # mesh refinement iterations (0 = off)
     grid_res: int = 40             # tet grid cells per axis
     train_res: Optional[int] = None  # resample images to this size (None = as stored)
     batch: int = 4                 # views per iteration
@@ -62,6 +62,9 @@ class ReconConfig:
     loss: str = "logl1"
     checkpoint_every: int = 100
     eval_res: Optional[int] = None  # test render size (None = dataset size)
+    turntable_frames: int = 36
+    turntable_res: int = 192
+    chamfer_samples: int = 200_000
 
 
 def _lr_lambda(total: int):
@@ -269,11 +272,11 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         metrics.update(_evaluate(run, test, out_dir))
     if gt_mesh is not None and faces.shape[0] > 0:
         gt = load_obj(gt_mesh)
-        metrics["chamfer_l2"] = chamfer_distance(verts.detach(), faces, gt.verts, gt.faces, num_samples=200_000)
+        metrics["chamfer_l2"] = chamfer_distance(verts.detach(), faces, gt.verts, gt.faces, num_samples=cfg.chamfer_samples)
     history = run.history
     save_loss_plot(os.path.join(out_dir, "loss.png"), history)
     if faces.shape[0] > 0:
         save_turntable(os.path.join(out_dir, "turntable.gif"), mesh.verts, mesh.faces, mesh.colors,
-                       run.model.light(), run.center, run.half)
+                       run.model.light(), run.center, run.half, res=cfg.turntable_res, frames=cfg.turntable_frames)
     save_json(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics

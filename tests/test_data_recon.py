@@ -111,7 +111,8 @@ def test_metrics_and_obj_roundtrip(tmp_path):
 
 def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     root, _ = dataset
-    cfg = ReconConfig(iters=30, refine_iters=10, grid_res=16, batch=3, checkpoint_every=10)
+    cfg = ReconConfig(iters=30, refine_iters=10, grid_res=16, batch=3, checkpoint_every=10, turntable_frames=4,
+                      turntable_res=32, chamfer_samples=5000)
     out = str(tmp_path / "run")
     m = reconstruct(root, out, cfg, gt_mesh=os.path.join(root, "gt_mesh.obj"), progress=False)
     for name in ("mesh.obj", "metrics.json", "loss.png", "turntable.gif", "checkpoint.pt", "renders/test_000.png"):

@@ -1,0 +1,142 @@
+"""texture(): NumPy references, mip behaviour, cube faces and seams, float64 gradients, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from taichi_dr import texture, texture_construct_mip
+from taichi_dr.render.texture import cube_face_coords
+
+GEN = torch.Generator().manual_seed(0)
+TEX = torch.rand(1, 5, 7, 3, dtype=torch.float64, generator=GEN)
+UV = torch.rand(1, 4, 6, 2, dtype=torch.float64, generator=GEN) * 1.6 - 0.3  # also outside [0, 1]
+
+
+def numpy_bilinear(tex, uv, mode):
+    t = tex[0].numpy()
+    H, W = t.shape[:2]
+    out = np.zeros(uv.shape[1:3] + (t.shape[2],))
+    for y in range(uv.shape[1]):
+        for x in range(uv.shape[2]):
+            px, py = uv[0, y, x, 0].item() * W - 0.5, uv[0, y, x, 1].item() * H - 0.5
+            x0, y0 = int(np.floor(px)), int(np.floor(py))
+            fx, fy = px - x0, py - y0
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    i, j = x0 + dx, y0 + dy
+                    if mode == "wrap":
+                        i, j = i % W, j % H
+                    else:
+                        i, j = min(max(i, 0), W - 1), min(max(j, 0), H - 1)
+                    out[y, x] += (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * t[j, i]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["wrap", "clamp"])
+def test_bilinear_matches_numpy(mode):
+    out = texture(TEX, UV, filter_mode="linear", boundary_mode=mode)
+    assert np.abs(out[0].numpy() - numpy_bilinear(TEX, UV, mode)).max() < 1e-12
+
+
+def test_nearest_texel_centres_and_zero_boundary():
+    # sampling exactly at texel centres returns the texels
+    ys, xs = torch.meshgrid(torch.arange(5.0), torch.arange(7.0), indexing="ij")
+    uv = torch.stack([(xs + 0.5) / 7, (ys + 0.5) / 5], -1)[None].double()
+    for fm in ("nearest", "linear"):
+        assert torch.allclose(texture(TEX, uv, filter_mode=fm), TEX)
+    far = torch.full((1, 1, 1, 2), 3.0, dtype=torch.float64)
+    assert float(texture(TEX, far, filter_mode="linear", boundary_mode="zero").abs().max()) == 0.0
+
+
+def test_trilinear_checkerboard_under_wide_footprint_is_its_mean():
+    cb = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).double()[None, ..., None]
+    uv = torch.rand(1, 8, 8, 2, dtype=torch.float64, generator=GEN)
+    da = torch.zeros(1, 8, 8, 4, dtype=torch.float64)
+    da[..., 0] = da[..., 3] = 0.5  # half the texture per pixel
+    out = texture(cb, uv, da, filter_mode="linear-mipmap-linear")
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-9)
+    sharp = texture(cb, uv, filter_mode="linear")  # no mips: aliasing, far from the mean
+    assert float((sharp - 0.5).abs().max()) > 0.2
+
+
+def test_non_power_of_two_mips_and_max_level():
+    tex = torch.rand(1, 12, 20, 2, dtype=torch.float64, generator=GEN)
+    mip = texture_construct_mip(tex)
+    assert [tuple(l.shape[2:4]) for l in mip.levels] == [(12, 20), (6, 10), (3, 5), (1, 2), (1, 1)]
+    assert torch.allclose(mip.levels[1][0, 0, 0, 0], tex[0, :2, :2].mean((0, 1)))
+    assert len(texture_construct_mip(tex, max_mip_level=1).levels) == 2
+    uv = torch.rand(1, 3, 3, 2, dtype=torch.float64, generator=GEN)
+    bias = torch.full((1, 3, 3), 10.0, dtype=torch.float64)  # clamps to the last level: the mean
+    out = texture(tex, uv, mip_level_bias=bias, mip=mip, filter_mode="linear-mipmap-linear")
+    last = mip.levels[-1][0, 0, 0, 0]
+    assert torch.allclose(out, last.expand_as(out))
+
+
+def test_cube_axis_directions_hit_their_faces_and_seams_are_continuous():
+    axes = [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
+    for i, d in enumerate(axes):
+        c = torch.zeros(1, 6, 4, 4, 1, dtype=torch.float64)
+        c[0, i] = 1
+        assert float(texture(c, torch.tensor(d, dtype=torch.float64).view(1, 1, 1, 3), boundary_mode="cube")) == 1.0
+    # a cube map of a smooth function of direction is reproduced everywhere, edges included
+    S = 32
+    f = lambda d: (d[..., :1] * 0.5 + d[..., 1:2] * 0.3 - d[..., 2:3] * 0.2)
+    idx = (torch.arange(S, dtype=torch.float64) + 0.5) / S * 2 - 1
+    tv, sv = torch.meshgrid(idx, idx, indexing="ij")
+    faces = []
+    one = torch.ones_like(sv)
+    for fdir in ([one, -tv, -sv], [-one, -tv, sv], [sv, one, tv], [sv, -one, -tv], [sv, -tv, one], [-sv, -tv, -one]):
+        d = torch.nn.functional.normalize(torch.stack(fdir, -1), dim=-1)
+        faces.append(f(d))
+    cube = torch.stack(faces)[None]
+    dirs = torch.nn.functional.normalize(torch.randn(1, 64, 64, 3, dtype=torch.float64, generator=GEN), dim=-1)
+    err = (texture(cube, dirs, filter_mode="linear", boundary_mode="cube") - f(dirs)).abs().max()
+    assert float(err) < 5e-3  # clamping at face edges instead would give ~1.5e-2 there
+
+
+@pytest.mark.parametrize("mode", ["wrap", "clamp", "zero"])
+@pytest.mark.parametrize("fm", ["nearest", "linear"])
+def test_gradcheck_2d(mode, fm):
+    inputs = (TEX.clone().requires_grad_(), UV.clone().requires_grad_(fm != "nearest"))
+    assert torch.autograd.gradcheck(lambda t, u: texture(t, u, filter_mode=fm, boundary_mode=mode), inputs,
+                                    eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fm", ["linear-mipmap-nearest", "linear-mipmap-linear"])
+def test_gradcheck_mipmaps(fm):
+    tex = torch.rand(1, 16, 16, 2, dtype=torch.float64, generator=GEN)
+    uv_da = torch.rand(1, 4, 6, 4, dtype=torch.float64, generator=GEN) * 0.3 + 0.05
+    bias = torch.rand(1, 4, 6, dtype=torch.float64, generator=GEN) * 0.5
+    inputs = (tex.requires_grad_(), UV.clone().requires_grad_(), uv_da.requires_grad_(), bias.requires_grad_())
+    assert torch.autograd.gradcheck(lambda t, u, d, b: texture(t, u, d, b, filter_mode=fm), inputs, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_cube():
+    cube = torch.rand(1, 6, 4, 4, 3, dtype=torch.float64, generator=GEN)
+    dirs = torch.nn.functional.normalize(torch.randn(1, 3, 4, 3, dtype=torch.float64, generator=GEN), dim=-1)
+    dda = torch.rand(1, 3, 4, 6, dtype=torch.float64, generator=GEN) * 0.3
+    assert torch.autograd.gradcheck(lambda t, u: texture(t, u, filter_mode="linear", boundary_mode="cube"),
+                                    (cube.clone().requires_grad_(), dirs.clone().requires_grad_()), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda t, u, d: texture(t, u, d, filter_mode="linear-mipmap-linear", boundary_mode="cube"),
+        (cube.clone().requires_grad_(), dirs.clone().requires_grad_(), dda.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+def test_cube_face_coords_are_in_unit_square():
+    d = torch.randn(1000, 3, dtype=torch.float64, generator=GEN)
+    face, st = cube_face_coords(d)
+    assert bool(((st >= 0) & (st <= 1)).all()) and set(face.tolist()) == set(range(6))
+
+
+def test_texture_bad_input():
+    with pytest.raises(ValueError, match=r"uv: expected shape \[N, H, W, 2\]"):
+        texture(TEX, torch.zeros(1, 2, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="filter_mode"):
+        texture(TEX, UV, filter_mode="cubic")
+    with pytest.raises(ValueError, match="boundary_mode"):
+        texture(TEX, UV, boundary_mode="mirror")
+    with pytest.raises(ValueError, match="square faces"):
+        texture(torch.zeros(1, 6, 4, 5, 3), torch.zeros(1, 2, 2, 3), boundary_mode="cube")
+    with pytest.raises(TypeError, match="uv: expected dtype"):
+        texture(TEX, UV.float())
+    with pytest.raises(ValueError, match="uv_da"):
+        texture(TEX, UV, torch.zeros(1, 4, 6, 3, dtype=torch.float64))
