@@ -50,7 +50,8 @@ def save_loss_plot(path: str, history: Dict[str, List[float]]) -> None:
     for key in ("total", "image", "mask", "sdf_reg", "laplacian"):
         vals = history.get(key, [])
         if vals and any(v > 0 for v in vals):
-            ax.plot(its[:len(vals)], [max(v, 1e-8) for v in vals], label=key, lw=1)
+            # a term that is off in one pass (0) is left out of the log plot there, not drawn at 0
+            ax.plot(its[:len(vals)], [v if v > 0 else float("nan") for v in vals], label=key, lw=1)
     if history.get("refine_start"):
         ax.axvspan(history["refine_start"][0], max(its) if its else 0, color="0.9", label="mesh refinement")
     ax.set_yscale("log")
