@@ -23,6 +23,8 @@ continues from it with the iteration count, models, optimiser and loss history r
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from typing import Dict, Optional
 
@@ -58,6 +60,7 @@ class ReconConfig:
     lr_color: float = 0.01         # colour MLP and light
     lr_refine: float = 2e-3        # vertex positions in the refinement pass
     sdf_mode: str = "direct"       # "direct" (free per-vertex values, nvdiffrec) or "mlp"
+    light: str = "simple"          # "simple" (ambient + directional, Lambert) or "env" (split-sum IBL)
     laplacian_weight: float = 50.0
     loss: str = "logl1"
     checkpoint_every: int = 100
@@ -65,6 +68,10 @@ class ReconConfig:
     turntable_frames: int = 36
     turntable_res: int = 192
     chamfer_samples: int = 200_000
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _lr_lambda(total: int):
@@ -89,7 +96,7 @@ class _Run:
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
-        self.model = ReconModel(cfg.grid_res, center, half * 1.15, cfg.sdf_mode)
+        self.model = ReconModel(cfg.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light)
         self.model.init_from_hull(mvp_all, train.images[..., 3])
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
@@ -244,6 +251,10 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         elapsed_before = float(s.get("seconds", 0.0))
     total = cfg.iters + cfg.refine_iters
     bar = tqdm(total=total, initial=run.it, desc="reconstruct", disable=not progress, dynamic_ncols=True)
+    # `kill` / a job scheduler's timeout (SIGTERM) is treated like Ctrl-C: checkpoint, then stop
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while run.it < total:
             if run.phase == "dmtet" and run.it >= cfg.iters:
@@ -258,6 +269,9 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         bar.close()
         print(f"\ninterrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)")
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     bar.close()
     seconds = elapsed_before + time.time() - t0
 

@@ -8,7 +8,10 @@
   object at all.
 * Colour: a small MLP on a positional encoding of world position -> linear albedo (sigmoid),
   evaluated at the mesh vertices.
-* Light: learnable ambient + one directional light (:class:`~taichi_dr.render.pipeline.SimpleLight`).
+* Light: learnable ambient + one directional light (:class:`~taichi_dr.render.pipeline.SimpleLight`,
+  ``light='simple'``, the default: cheapest, and enough for diffuse objects), or a learnable
+  environment cube map with split-sum GGX shading and one learnable roughness (``light='env'``,
+  :class:`~taichi_dr.render.light.EnvironmentLight`, nvdiffrec's model; slower on CPU).
 """
 from typing import Tuple
 
@@ -21,7 +24,7 @@ from taichi_dr.geometry.dmtet import DMTet, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.render.pipeline import SimpleLight
 
-__all__ = ["ColorField", "LearnedLight", "ReconModel", "visual_hull", "hull_bounds"]
+__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds"]
 
 
 class ColorField(nn.Module):
@@ -55,6 +58,30 @@ class LearnedLight(nn.Module):
 
     def forward(self) -> SimpleLight:
         return SimpleLight(self.direction, F.softplus(self.ambient_raw), F.softplus(self.diffuse_raw))
+
+
+class LearnedEnvLight(nn.Module):
+    """Learnable environment light + one global roughness (dielectric, metallic = 0).
+
+    Calling the module returns itself: :func:`~taichi_dr.render.pipeline.render_mesh_views` uses any
+    light with a ``shade(pos, normal, kd, campos)`` method instead of the Lambert model.
+    """
+
+    def __init__(self, resolution: int = 16, init: float = 0.6):
+        super().__init__()
+        from taichi_dr.render.light import EnvironmentLight
+
+        self.env = EnvironmentLight(resolution, init=init)
+        self.roughness_raw = nn.Parameter(torch.tensor(1.0))  # sigmoid -> ~0.73: mostly diffuse start
+
+    def forward(self) -> "LearnedEnvLight":
+        return self
+
+    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, campos: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, 3]`` linear radiance of surface points (all inputs ``[N, H, W, 3]``, campos ``[N, 3]``)."""
+        shape = pos.shape[:-1] + (1,)
+        rough = torch.sigmoid(self.roughness_raw).to(pos.dtype).expand(shape)
+        return self.env.shade(pos, normal, kd, rough, torch.zeros(shape, dtype=pos.dtype, device=pos.device), campos)
 
 
 @torch.no_grad()
@@ -101,13 +128,16 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
 class ReconModel(nn.Module):
     """DMTet + colour field + light, with the grid fitted around the visual hull."""
 
-    def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct"):
+    def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct",
+                 light: str = "simple"):
         super().__init__()
         grid = TetGrid.create(grid_res, 2.0 * half)
         grid.verts += center.float()
         self.dmtet = DMTet(grid=grid, mode=sdf_mode)
         self.color = ColorField(center, half)
-        self.light = LearnedLight()
+        if light not in ("simple", "env"):
+            raise ValueError(f"light: expected 'simple' or 'env', got {light!r}")
+        self.light = LearnedLight() if light == "simple" else LearnedEnvLight()
 
     def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 200) -> None:
         """Set the SDF to the visual hull: (0.5 − occupancy)·2, positive outside, in [−1, 1]."""

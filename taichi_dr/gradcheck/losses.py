@@ -1,4 +1,4 @@
-"""Finite-difference cases for the losses."""
+"""Finite-difference cases for the losses (pure torch math, checked in float64)."""
 import torch
 
 from taichi_dr.gradcheck import Case
@@ -21,6 +21,13 @@ def _image(kind):
     return build
 
 
+def _tonemap():
+    from taichi_dr import tonemap_srgb
+
+    # 1e-4 sits on the linear segment of the sRGB curve (log(1 + x) <= 0.0031308)
+    return tonemap_srgb, (torch.tensor([1e-4, 0.05, 0.7, 3.0], dtype=torch.float64),), 0
+
+
 def _mask():
     from taichi_dr import mask_loss
 
@@ -36,6 +43,16 @@ def _sdf_reg():
     return (lambda x: sdf_reg_loss(x, e)), (s,), 0
 
 
+def _laplacian():
+    from taichi_dr import laplacian_loss
+
+    v = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    f = torch.tensor([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1]])
+    return (lambda x: laplacian_loss(x, f, ref=v * 0.5)), (v,), 0
+
+
 def cases():
-    return [Case("image_loss (logl1)", "pred", _image("logl1")), Case("image_loss (relmse)", "pred", _image("relmse")),
-            Case("mask_loss", "pred_alpha", _mask), Case("sdf_reg_loss", "sdf", _sdf_reg)]
+    return [Case("tonemap_srgb", "x", _tonemap)] + [
+        Case(f"image_loss ({k})", "pred", _image(k)) for k in ("logl1", "logl2", "mse", "relmse", "smape", "l1")] + [
+        Case("mask_loss", "pred_alpha", _mask), Case("sdf_reg_loss", "sdf", _sdf_reg),
+        Case("laplacian_loss", "verts", _laplacian)]

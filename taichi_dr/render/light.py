@@ -224,6 +224,13 @@ class EnvironmentLight(nn.Module):
                       boundary_mode="wrap")
         self.base.copy_(out.reshape(self.base.shape).to(self.base.dtype))
 
+    @classmethod
+    def from_latlong(cls, img: torch.Tensor, resolution: int = 32) -> "EnvironmentLight":
+        """A new light whose cube map (face size ``resolution``) resamples the lat-long ``img`` [H, 2H, 3]."""
+        env = cls(resolution)
+        env.load_latlong(img)
+        return env
+
     def save(self, path: str) -> None:
         """Save the lat-long environment as ``.npy`` (HDR, exact) or ``.png`` (8-bit, clamped)."""
         from taichi_dr.mesh import atomic_write

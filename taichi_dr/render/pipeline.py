@@ -56,7 +56,8 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors: torch.Te
         mvp: ``[N, 4, 4]`` projection · model-view.
         campos: ``[N, 3]`` camera centres in world space (for two-sided shading).
         resolution: (H, W).
-        light: :class:`SimpleLight`.
+        light: :class:`SimpleLight`, or any object with ``shade(pos, normal, kd, campos) -> [N, H, W, 3]``
+            (e.g. :class:`~taichi_dr.recon_model.LearnedEnvLight`).
         background: ``[N, H, W, 3]`` linear background colours (default black).
         normals: ``[V, 3]`` shading normals (default: area-weighted vertex normals).
 
@@ -78,10 +79,15 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors: torch.Te
     view = campos.to(verts.dtype).view(N, 1, 1, 3) - attrs[..., :3]
     # two-sided: a surface seen from behind (open meshes, inner walls) is shaded like its front
     n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)
-    l = safe_normalize(light.direction.to(verts.dtype)).view(1, 1, 1, 3)
-    cos = torch.clamp((n * l).sum(-1, keepdim=True), min=0.0)
-    shade = attrs[..., 6:9] * (light.ambient + light.diffuse * cos)
     cov = (rast[..., 3:] > 0).to(verts.dtype)
+    if hasattr(light, "shade"):  # e.g. an environment light: split-sum shading of every pixel
+        # background pixels get a harmless normal (their result is masked out below)
+        n = torch.where(cov > 0, n, torch.tensor([0.0, 0.0, 1.0], dtype=n.dtype, device=n.device).expand_as(n))
+        shade = light.shade(attrs[..., :3], n, attrs[..., 6:9], campos)
+    else:
+        l = safe_normalize(light.direction.to(verts.dtype)).view(1, 1, 1, 3)
+        cos = torch.clamp((n * l).sum(-1, keepdim=True), min=0.0)
+        shade = attrs[..., 6:9] * (light.ambient + light.diffuse * cos)
     img = torch.cat([shade * cov + background * (1 - cov), cov], -1)
     if topology_hash is None:
         topology_hash = antialias_construct_topology_hash(faces)

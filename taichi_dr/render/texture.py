@@ -29,7 +29,7 @@ import taichi as ti
 import torch
 import torch.nn.functional as F
 
-from taichi_dr._checks import check_choice, check_float, check_same_device, shape_str
+from taichi_dr._checks import FLOATS, check_choice, check_float, check_same_device, check_tensor, shape_str
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["texture", "texture_construct_mip", "MipStack", "cube_face_coords"]
@@ -51,14 +51,24 @@ class MipStack:
 
     def packed(self):
         """``[N, Σ F·H_k·W_k, C]`` data and per-level (offset, H, W) int32 tensors."""
+        # the concatenation copies the whole pyramid: skip it for a single level (a view) and
+        # reuse it for a constant stack (no autograd graph to keep, e.g. a prebuilt mip of a fixed texture)
+        cached = getattr(self, "_packed", None)
+        if cached is not None:
+            return cached
         N, C = self.levels[0].shape[0], self.levels[0].shape[-1]
-        flat = torch.cat([l.reshape(N, -1, C) for l in self.levels], 1).contiguous()
+        if len(self.levels) == 1:
+            flat = self.levels[0].reshape(N, -1, C).contiguous()
+        else:
+            flat = torch.cat([l.reshape(N, -1, C) for l in self.levels], 1).contiguous()
         sizes = [(l.shape[1] * l.shape[2] * l.shape[3], l.shape[2], l.shape[3]) for l in self.levels]
         offs = [0]
         for n, _, _ in sizes[:-1]:
             offs.append(offs[-1] + n)
         dev = flat.device
         meta = torch.tensor([[o, h, w] for o, (_, h, w) in zip(offs, sizes)], dtype=torch.int32, device=dev)
+        if not flat.requires_grad:
+            self._packed = (flat, meta)
         return flat, meta
 
 
@@ -93,12 +103,14 @@ def texture_construct_mip(tex: torch.Tensor, max_mip_level: Optional[int] = None
 
 
 def _check_tex(tex, cube: bool) -> torch.Tensor:
+    # shape and dtype only: a finiteness scan of the whole texture would cost more than the lookup
+    # itself (NaN texels simply propagate to the pixels that sample them)
     if cube:
-        check_float("tex", tex, ndim=5, expected="[N, 6, S, S, C] (cube map)")
+        check_tensor("tex", tex, 5, None, FLOATS, "[N, 6, S, S, C] (cube map)")
         if tex.shape[1] != 6 or tex.shape[2] != tex.shape[3]:
             raise ValueError(f"tex: expected cube map shape [N, 6, S, S, C] with square faces, got {shape_str(tex.shape)}")
         return tex
-    check_float("tex", tex, ndim=4, expected="[N, H, W, C]")
+    check_tensor("tex", tex, 4, None, FLOATS, "[N, H, W, C]")
     return tex.unsqueeze(1)
 
 
@@ -161,7 +173,11 @@ def _kernels(real):
         H, W = meta[k, 1], meta[k, 2]
         addr = -1
         if ti.static(bmode == 0):  # wrap
-            i, j = i % W, j % H
+            # integer modulo costs a division: only pay it for taps outside the texture
+            if i < 0 or i >= W:
+                i = i % W
+            if j < 0 or j >= H:
+                j = j % H
             addr = meta[k, 0] + (f * H + j) * W + i
         elif ti.static(bmode == 1):  # clamp to edge texels
             i, j = ti.min(ti.max(i, 0), W - 1), ti.min(ti.max(j, 0), H - 1)
@@ -272,9 +288,9 @@ def _kernels(real):
                             gl += dwl * wx * wy * tg
             g_st[n, y, x, 0] = gs
             g_st[n, y, x, 1] = gt
-            L = lev[n, y, x]
             # the level only matters for trilinear filtering inside the clamp range
             if ti.static(filt == 3):
+                L = lev[n, y, x]
                 if L > 0 and L < nlev - 1:
                     g_lev[n, y, x] = gl
 
@@ -362,7 +378,8 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
         face, st = cube_face_coords(uv)
     else:
         face, st = torch.zeros(uv.shape[:3], dtype=torch.int32, device=uv.device), uv
-    level = torch.zeros(uv.shape[:3], dtype=uv.dtype, device=uv.device)
+    # the level of detail is only read by the mipmapped filters (a 1-element dummy otherwise)
+    level = torch.zeros(uv.shape[:3] if filt >= 2 else (1, 1, 1), dtype=uv.dtype, device=uv.device)
     if filt >= 2:
         if uv_da is not None:
             k = 6 if cube else 4

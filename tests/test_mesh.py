@@ -1,0 +1,64 @@
+"""OBJ input/output: round trips with every optional attribute, MTL texture, edges, clear errors."""
+import pytest
+import torch
+
+from taichi_dr import Mesh, load_obj, save_obj
+
+
+def tetra(**extra):
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0.2, 0.3, 1]], dtype=torch.float32)
+    f = torch.tensor([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]], dtype=torch.int32)
+    return Mesh(v, f, **extra)
+
+
+@pytest.mark.parametrize("colors,uvs,normals", [(False, False, False), (True, False, False), (False, True, False),
+                                                (False, False, True), (True, True, True)])
+def test_obj_roundtrip(tmp_path, colors, uvs, normals):
+    extra = {}
+    if colors:
+        extra["colors"] = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.25, 0.125]])
+    if uvs:
+        extra.update(uvs=torch.tensor([[0, 0], [1, 0], [0, 1.0]]), uv_faces=torch.tensor([[0, 1, 2]] * 4, dtype=torch.int32))
+    if normals:
+        extra.update(normals=torch.eye(3), normal_faces=torch.tensor([[2, 1, 0]] * 4, dtype=torch.int32))
+    m = tetra(**extra)
+    save_obj(tmp_path / "m.obj", m)
+    r = load_obj(tmp_path / "m.obj")
+    assert torch.allclose(r.verts, m.verts) and torch.equal(r.faces, m.faces)
+    for name in ("colors", "uvs", "uv_faces", "normals", "normal_faces"):
+        a, b = getattr(m, name), getattr(r, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.allclose(a.float(), b.float()), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.obj"]  # no temp files left, no MTL without texture
+
+
+def test_obj_texture_roundtrip_and_edges(tmp_path):
+    tex = torch.rand(4, 6, 3, generator=torch.Generator().manual_seed(0))
+    m = tetra(uvs=torch.tensor([[0, 0], [1, 0], [0, 1.0]]), uv_faces=torch.tensor([[0, 1, 2]] * 4, dtype=torch.int32),
+              texture=tex)
+    save_obj(tmp_path / "t.obj", m)
+    assert (tmp_path / "t.mtl").exists() and (tmp_path / "t_kd.png").exists()
+    r = load_obj(tmp_path / "t.obj")
+    assert r.texture.shape == (4, 6, 3)
+    assert float((r.texture - tex).abs().max()) <= 0.5 / 255 + 1e-6  # 8-bit quantisation, same row order
+    assert m.edges().tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    n = m.normalized()
+    lo, hi = n.bbox()
+    assert torch.allclose((hi - lo).max(), torch.tensor(2.0)) and torch.allclose(lo + hi, torch.zeros(3), atol=1e-6)
+
+
+def test_obj_polygons_relative_indices_and_errors(tmp_path):
+    (tmp_path / "quad.obj").write_text("# q\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf -4 -3 -2 -1\n")
+    assert load_obj(tmp_path / "quad.obj").faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+    with pytest.raises(ValueError, match="no such file"):
+        load_obj(tmp_path / "missing.obj")
+    (tmp_path / "corrupt.obj").write_text("v 0 0 0\nv 1 zero 0\nf 1 2 1\n")
+    with pytest.raises(ValueError, match=r"corrupt.obj:2"):
+        load_obj(tmp_path / "corrupt.obj")
+    (tmp_path / "range.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n")
+    with pytest.raises(ValueError, match=r"range.obj:4: index 4 out of range"):
+        load_obj(tmp_path / "range.obj")
+    (tmp_path / "empty.obj").write_text("v 0 0 0\n")
+    with pytest.raises(ValueError, match="no faces"):
+        load_obj(tmp_path / "empty.obj")
