@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr.camera import transform_pos
-from taichi_dr.geometry.dmtet import DMTet, positional_encoding
+from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.render.pipeline import SimpleLight
 
@@ -34,13 +34,7 @@ class ColorField(nn.Module):
         super().__init__()
         self.register_buffer("center", center.clone().float())
         self.half, self.multires = float(half), multires
-        dims = [3 + 6 * multires] + [hidden] * layers + [3]
-        mods = []
-        for i in range(len(dims) - 1):
-            mods.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < len(dims) - 2:
-                mods.append(nn.ReLU(inplace=True))
-        self.net = nn.Sequential(*mods)
+        self.net = mlp([3 + 6 * multires] + [hidden] * layers + [3])
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         x = (p - self.center) / self.half

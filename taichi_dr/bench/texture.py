@@ -1,24 +1,7 @@
 """Texture benchmark: bilinear and trilinear lookups at 512², 4 channels, 1024² texture."""
-import statistics
-import time
-
 import torch
 
-from taichi_dr.bench import table
-
-
-def _timed(fn, repeats):
-    """(compile s = first call minus median, min s, median s) after one warm-up call."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    med = statistics.median(runs)
-    return max(first - med, 0.0), min(runs), med
+from taichi_dr.bench import table, timed_stats
 
 __all__ = ["main"]
 
@@ -43,7 +26,7 @@ def main(quick: bool = False) -> None:
     for name, kw in (("bilinear", dict(filter_mode="linear")),
                      ("trilinear (prebuilt mip)", dict(uv_da=uv_da, mip=mip, filter_mode="linear-mipmap-linear")),
                      ("trilinear (mip built per call)", dict(uv_da=uv_da, filter_mode="linear-mipmap-linear"))):
-        c, f_min, t_f = _timed(lambda: texture(tex, uv, **kw), reps)
+        c, f_min, t_f = timed_stats(lambda: texture(tex, uv, **kw), reps)
         t_req = tex.clone().requires_grad_(True)
         u_req = uv.clone().requires_grad_(True)
 
@@ -52,7 +35,7 @@ def main(quick: bool = False) -> None:
             if "mip" in kw2:
                 kw2["mip"] = texture_construct_mip(t_req)
             texture(t_req, u_req, **kw2).sum().backward()
-        _, fb_min, t_fb = _timed(fb, reps)
+        _, fb_min, t_fb = timed_stats(fb, reps)
         rows.append([name, f"{f_min * 1e3:.1f}", f"{t_f * 1e3:.1f}", f"{fb_min * 1e3:.1f}", f"{t_fb * 1e3:.1f}", f"{c:.2f}"])
     print("texture 512x512 lookups, 4 channels, 1024x1024 texture (CPU; min and median after warm-up)")
     print(table(["filter", "fwd min ms", "fwd median ms", "fwd+bwd min ms", "fwd+bwd median ms", "compile s"], rows))

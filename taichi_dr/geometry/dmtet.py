@@ -21,7 +21,7 @@ from torch import nn
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 
-__all__ = ["DMTet", "sdf_reg_weight", "positional_encoding"]
+__all__ = ["DMTet", "sdf_reg_weight", "positional_encoding", "mlp"]
 
 
 def sdf_reg_weight(it: int, total: int, start: float = 0.2, end: float = 0.01) -> float:
@@ -39,6 +39,16 @@ def positional_encoding(x: torch.Tensor, multires: int) -> torch.Tensor:
     for k in range(multires):
         feats += [torch.sin((2.0 ** k) * math.pi * x), torch.cos((2.0 ** k) * math.pi * x)]
     return torch.cat(feats, -1)
+
+
+def mlp(dims) -> nn.Sequential:
+    """Linear layers of sizes ``dims[0] -> ... -> dims[-1]`` with ReLU between them."""
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 class DMTet(nn.Module):
@@ -68,13 +78,7 @@ class DMTet(nn.Module):
         self.register_buffer("tet_edges", grid.tet_edges.clone())
         V = grid.verts.shape[0]
         if mode == "mlp":
-            dims = [3 + 6 * multires] + [hidden_dim] * num_layers + [4]
-            layers = []
-            for i in range(len(dims) - 1):
-                layers.append(nn.Linear(dims[i], dims[i + 1]))
-                if i < len(dims) - 2:
-                    layers.append(nn.ReLU(inplace=True))
-            self.net = nn.Sequential(*layers)
+            self.net = mlp([3 + 6 * multires] + [hidden_dim] * num_layers + [4])
         else:
             self.sdf_param = nn.Parameter(torch.rand(V) - 0.1)  # nvdiffrec's init: mostly outside
             self.deform_param = nn.Parameter(torch.zeros(V, 3))
