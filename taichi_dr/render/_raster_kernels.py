@@ -1,32 +1,60 @@
-"""Taichi kernels of rasterize(): triangle setup + near-plane clipping, tile jobs, coverage with a
-consistent fill rule into a packed 64-bit z-buffer, and the flat per-pixel resolve.
+"""Taichi kernels of rasterize(): triangle setup + near-plane clipping, coverage with a consistent
+fill rule into a packed 64-bit z-buffer, and the per-pixel resolve (forward and backward).
 
 See the docstring of :mod:`taichi_dr.render.rasterize` for the pipeline and the math.
+
+Performance notes (measured on Taichi 1.7.4's CPU backend, they hold for CUDA too):
+
+* Loops are ``for i in range(n)`` over flat indices. A struct-for over an ndarray (``for n, y, x
+  in a``) or an ``ndrange`` decomposes the linear index with signed integer floor divisions in
+  every iteration, which made a trivial 512² kernel 6× slower than the same range-for.
+* Per-pixel kernels that need (n, y, x) run one parallel iteration per 64-pixel piece of an image
+  row (``segment``) with an inner loop over x, so divisions happen once per piece, and there are
+  enough pieces for every thread (Taichi's CPU backend splits a range-for into per-thread chunks
+  of at least 512 iterations). Such kernels are not flat, so
+  Taichi's autodiff must not be used on them: the backward of the resolve is written by hand
+  (``resolve_bwd``), and a flat twin (``resolve_flat``) exists only so that ``resolve_flat.grad``
+  can provide the rarely needed gradient of ``rast_db`` (``grad_db=True`` with a loss on it).
 """
 import functools
+from types import SimpleNamespace
 
 import taichi as ti
 
-__all__ = ["TILE", "EMPTY", "kernels"]
+__all__ = ["TILE", "SEG", "EMPTY", "kernels", "segment"]
 
-TILE = 16  # tile side in pixels for the coverage jobs
+TILE = 16  # tile side in pixels for the coverage jobs of large triangles
+SEG = 64  # pixels per parallel iteration of the per-pixel kernels (a piece of one image row)
 EMPTY = (1 << 63) - 1  # z-buffer clear value: larger than any packed fragment key
+
+
+@ti.func
+def segment(it, nseg, H, W):
+    """Parallel iteration ``it`` -> (image n, row y, pixels [xa, xb)) of a SEG-pixel row piece.
+
+    Why not one iteration per pixel or per row: a per-pixel loop needs (n, y, x) from a flat
+    index, i.e. integer divisions per pixel (slow on CPUs), and Taichi's CPU backend gives each
+    thread at least 512 consecutive iterations, so a loop over the 512 rows of a 512² image would
+    run on a single thread. Row pieces cost one division each and keep every core busy.
+    """
+    row = ti.raw_div(it, nseg)
+    n = ti.raw_div(row, H)
+    xa = (it - row * nseg) * SEG
+    return n, row - n * H, xa, ti.min(xa + SEG, W)
 
 
 @functools.lru_cache(maxsize=None)
 def kernels(real):
-    """(setup, coverage, resolve, expand) kernels for the Taichi float type ``real``."""
+    """Namespace of the rasterizer kernels for the Taichi float type ``real``."""
     nd = ti.types.ndarray
     vec4 = ti.types.vector(4, real)
-    vec3 = ti.types.vector(3, real)
+    vec3i = ti.types.vector(3, ti.i32)
+    vec6 = ti.types.vector(6, real)
 
     @ti.func
     def load(pos: ti.template(), pn, tri: ti.template(), t):
-        i0, i1, i2 = tri[t, 0], tri[t, 1], tri[t, 2]
-        p0 = vec4(pos[pn, i0, 0], pos[pn, i0, 1], pos[pn, i0, 2], pos[pn, i0, 3])
-        p1 = vec4(pos[pn, i1, 0], pos[pn, i1, 1], pos[pn, i1, 2], pos[pn, i1, 3])
-        p2 = vec4(pos[pn, i2, 0], pos[pn, i2, 1], pos[pn, i2, 2], pos[pn, i2, 3])
-        return p0, p1, p2, i0, i1, i2
+        ids = tri[t]
+        return pos[pn, ids[0]], pos[pn, ids[1]], pos[pn, ids[2]], ids[0], ids[1], ids[2]
 
     @ti.func
     def key_of(a, b):
@@ -41,13 +69,9 @@ def kernels(real):
         # sharing the edge get bitwise the same point. d = z + w is the signed distance to z = -w.
         lo = ti.select(ia < ib, pa, pb)
         hi = ti.select(ia < ib, pb, pa)
-        return crossing_ordered(lo, hi)
-
-    @ti.func
-    def crossing_ordered(pa, pb):
-        da, db = pa[2] + pa[3], pb[2] + pb[3]
+        da, db = lo[2] + lo[3], hi[2] + hi[3]
         t = da / (da - db)
-        return pa + t * (pb - pa)
+        return lo + t * (hi - lo)
 
     @ti.func
     def pick(i, a, b, c):
@@ -108,18 +132,100 @@ def kernels(real):
                 ok = 0
         return ok
 
+    @ti.func
+    def edge_setup(S, K, a, b):
+        """Canonical form of the directed edge a -> b: (ax, ay, dx, dy, flip, flip·tie).
+
+        Both triangles sharing an edge evaluate it from the endpoint with the smaller key, so they
+        compute bitwise the same edge value at every sample; ``flip`` restores the direction. The
+        tie sign is the sign the value would take if the sample were nudged by (ε, ε²), used
+        only when the value is exactly 0.
+        """
+        sw = K[a] > K[b]
+        ax, ay = ti.select(sw, S[b, 0], S[a, 0]), ti.select(sw, S[b, 1], S[a, 1])
+        bx, by = ti.select(sw, S[a, 0], S[b, 0]), ti.select(sw, S[a, 1], S[b, 1])
+        flip = ti.select(sw, -1.0, 1.0)
+        dx, dy = bx - ax, by - ay
+        tie = ti.select(dy == 0, dx, -dy)
+        return vec6(ax, ay, dx, dy, flip, flip * tie)
+
+    @ti.func
+    def edge_eval(E, px, py):
+        return E[4] * (E[2] * (py - E[1]) - E[3] * (px - E[0]))
+
+    @ti.func
+    def rejects(sgn, e, E):
+        # outside, or exactly on the edge with the nudge pointing outside
+        return sgn * e < 0 or (e == 0 and sgn * E[5] <= 0)
+
+    @ti.func
+    def cover(S, K, n, t, n_img, xa, xb, ya, yb, zbuf: ti.template()):
+        """Depth-test the pixel centres of [xa, xb] × [ya, yb] against the clipped polygon (S, K, n)
+        of triangle t (a fan (0,1,2), (0,2,3)); keep the nearest fragment with a 64-bit atomic_min."""
+        for sub in ti.static(range(2)):
+            r1, r2 = 1 + sub, 2 + sub
+            if r2 < n:
+                area = (S[r1, 0] - S[0, 0]) * (S[r2, 1] - S[0, 1]) - (S[r1, 1] - S[0, 1]) * (S[r2, 0] - S[0, 0])
+                if area != 0:
+                    sgn = 1.0 if area > 0 else -1.0
+                    E0 = edge_setup(S, K, r1, r2)  # edge opposite polygon vertex 0
+                    E1 = edge_setup(S, K, r2, 0)
+                    E2 = edge_setup(S, K, 0, r1)
+                    for y in range(ya, yb + 1):
+                        py = ti.cast(y, real) + 0.5
+                        entered = 0
+                        for x in range(xa, xb + 1):
+                            px = ti.cast(x, real) + 0.5
+                            e0, e1, e2 = edge_eval(E0, px, py), edge_eval(E1, px, py), edge_eval(E2, px, py)
+                            if rejects(sgn, e0, E0) or rejects(sgn, e1, E1) or rejects(sgn, e2, E2):
+                                # Each edge value is monotonic in px even in floating point (a
+                                # chain of monotonic roundings), so a row's covered pixels form
+                                # one run: once we have left it, the rest of the row is outside.
+                                if entered == 1:
+                                    break
+                            else:
+                                entered = 1
+                                # z/w is affine in screen space: interpolate with 2-D barycentrics
+                                zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) / (e0 + e1 + e2)
+                                if zw <= 1.0:
+                                    # key = (depth bits << 32) | triangle: nearest wins, ties -> lower index
+                                    d01 = ti.min(ti.max((zw + 1.0) * 0.5, 0.0), 1.0)
+                                    hi = ti.cast(ti.bit_cast(ti.cast(d01, ti.f32), ti.i32), ti.i64)
+                                    ti.atomic_min(zbuf[n_img, y, x], (hi << 32) | ti.cast(t, ti.i64))
+
     @ti.kernel
-    def setup(pos: nd(dtype=real, ndim=3), tri: nd(dtype=ti.i32, ndim=2), work_n: nd(dtype=ti.i32, ndim=1),
+    def setup(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), work_n: nd(dtype=ti.i32, ndim=1),
               work_t: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32, W: ti.i32, H: ti.i32,
               tiles: nd(dtype=ti.i32, ndim=2), counts: nd(dtype=ti.i64, ndim=1),
-              poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2)):
-        for k in work_t:
+              poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3)):
+        # One thread per (image, triangle) work item: clip, project, and either rasterize it on the
+        # spot (bounding box of at most one tile's worth of pixels, i.e. nearly every triangle of a
+        # dense mesh) or store it and count the 16×16 tiles it needs as separate jobs.
+        for k in range(work_t.shape[0]):
             pn = work_n[k] * per_instance
-            p0, p1, p2, i0, i1, i2 = load(pos, pn, tri, work_t[k])
-            P, K, n = clip_near(p0, p1, p2, i0, i1, i2)
+            t = work_t[k]
+            p0, p1, p2, i0, i1, i2 = load(pos, pn, tri, t)
             counts[k] = 0
-            if n > 0 and wpos(P, n) == 1:
-                S = to_pixels(P, W, H)
+            S = ti.Matrix.zero(real, 4, 3)
+            K = ti.Vector.zero(ti.i64, 4)
+            n, visible = 3, 0
+            if p0[2] + p0[3] >= 0 and p1[2] + p1[3] >= 0 and p2[2] + p2[3] >= 0:
+                # common case, nothing to clip: skip the clipper's selects and shuffles
+                if p0[3] > 0 and p1[3] > 0 and p2[3] > 0:
+                    visible = 1
+                    for r in ti.static(range(3)):
+                        q = pick(r, p0, p1, p2)
+                        S[r, 0] = (q[0] / q[3] + 1.0) * (0.5 * W)
+                        S[r, 1] = (q[1] / q[3] + 1.0) * (0.5 * H)
+                        S[r, 2] = q[2] / q[3]
+                    K[0], K[1], K[2] = key_of(i0, i0), key_of(i1, i1), key_of(i2, i2)
+            else:
+                P, Kc, nc = clip_near(p0, p1, p2, i0, i1, i2)
+                n, K = nc, Kc
+                if n > 0 and wpos(P, n) == 1:
+                    visible = 1
+                    S = to_pixels(P, W, H)
+            if visible == 1:
                 lo = ti.Vector([S[0, 0], S[0, 1]])
                 hi = lo
                 for r in ti.static(range(1, 4)):
@@ -132,65 +238,46 @@ def kernels(real):
                 x1 = ti.min(ti.cast(ti.floor(ti.min(hi[0], 1e9) - 0.5), ti.i32), W - 1)
                 y1 = ti.min(ti.cast(ti.floor(ti.min(hi[1], 1e9) - 0.5), ti.i32), H - 1)
                 if lo[0] < W and lo[1] < H and x0 <= x1 and y0 <= y1:
-                    tx0, ty0 = x0 // TILE, y0 // TILE
-                    ntx = x1 // TILE - tx0 + 1
-                    nty = y1 // TILE - ty0 + 1
-                    tiles[k, 0] = tx0
-                    tiles[k, 1] = ty0
-                    tiles[k, 2] = ntx
-                    tiles[k, 3] = x0
-                    tiles[k, 4] = y0
-                    tiles[k, 5] = x1
-                    tiles[k, 6] = y1
-                    tiles[k, 7] = n
-                    counts[k] = ti.cast(ntx * nty, ti.i64)
-                    # keep the clipped polygon in pixels so tile jobs do not redo clipping
-                    for r in ti.static(range(4)):
-                        keys[k, r] = K[r]
-                        for c in ti.static(range(3)):
-                            poly[k, r, c] = S[r, c]
-
-    @ti.func
-    def edge_value(S, K, a, b, px, py):
-        """Edge function of the triangle's directed edge a -> b at (px, py), evaluated canonically.
-
-        Returns (value, tie): value > 0 left of a -> b; tie is the sign the value would have if the
-        sample were nudged by (ε, ε²), used only when value == 0.
-        """
-        sw = K[a] > K[b]
-        ax, ay = ti.select(sw, S[b, 0], S[a, 0]), ti.select(sw, S[b, 1], S[a, 1])
-        bx, by = ti.select(sw, S[a, 0], S[b, 0]), ti.select(sw, S[a, 1], S[b, 1])
-        flip = ti.select(sw, -1.0, 1.0)
-        dx, dy = bx - ax, by - ay
-        e = dx * (py - ay) - dy * (px - ax)
-        tie = ti.select(dy == 0, dx, -dy)
-        return flip * e, flip * tie
-
-    @ti.func
-    def inside(S, K, r0, r1, r2, sgn, px, py):
-        e0, t0 = edge_value(S, K, r1, r2, px, py)  # edge opposite r0
-        e1, t1 = edge_value(S, K, r2, r0, px, py)
-        e2, t2 = edge_value(S, K, r0, r1, px, py)
-        ok = 1
-        if sgn * e0 < 0 or (e0 == 0 and sgn * t0 <= 0):
-            ok = 0
-        if sgn * e1 < 0 or (e1 == 0 and sgn * t1 <= 0):
-            ok = 0
-        if sgn * e2 < 0 or (e2 == 0 and sgn * t2 <= 0):
-            ok = 0
-        return ok, e0, e1, e2
+                    if (x1 - x0 + 1) * (y1 - y0 + 1) <= TILE * TILE:
+                        cover(S, K, n, t, work_n[k], x0, x1, y0, y1, zbuf)
+                    else:
+                        tx0, ty0 = x0 // TILE, y0 // TILE
+                        ntx = x1 // TILE - tx0 + 1
+                        nty = y1 // TILE - ty0 + 1
+                        tiles[k, 0] = tx0
+                        tiles[k, 1] = ty0
+                        tiles[k, 2] = ntx
+                        tiles[k, 3] = x0
+                        tiles[k, 4] = y0
+                        tiles[k, 5] = x1
+                        tiles[k, 6] = y1
+                        tiles[k, 7] = n
+                        counts[k] = ti.cast(ntx * nty, ti.i64)
+                        # keep the clipped polygon in pixels so tile jobs do not redo clipping
+                        for r in ti.static(range(4)):
+                            keys[k, r] = K[r]
+                            for c in ti.static(range(3)):
+                                poly[k, r, c] = S[r, c]
 
     @ti.kernel
-    def coverage(pos: nd(dtype=real, ndim=3), tri: nd(dtype=ti.i32, ndim=2), work_n: nd(dtype=ti.i32, ndim=1),
-                 work_t: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32, W: ti.i32, H: ti.i32,
+    def expand(counts: nd(dtype=ti.i64, ndim=1), offsets: nd(dtype=ti.i64, ndim=1),
+               job_k: nd(dtype=ti.i32, ndim=1), job_local: nd(dtype=ti.i32, ndim=1)):
+        # (triangle, tile) job list of the large triangles; offsets = inclusive prefix sum of counts
+        for k in range(counts.shape[0]):
+            c = ti.cast(counts[k], ti.i32)
+            base = ti.cast(offsets[k], ti.i32) - c
+            for i in range(c):
+                job_k[base + i] = k
+                job_local[base + i] = i
+
+    @ti.kernel
+    def coverage(work_n: nd(dtype=ti.i32, ndim=1), work_t: nd(dtype=ti.i32, ndim=1),
                  tiles: nd(dtype=ti.i32, ndim=2), job_k: nd(dtype=ti.i32, ndim=1), job_local: nd(dtype=ti.i32, ndim=1),
-                 poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2),
-                 zbuf: nd(dtype=ti.i64, ndim=3)):
-        for j in job_k:
+                 poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3)):
+        # One thread per (large triangle, tile) job: a triangle covering the whole screen is split
+        # over all threads instead of serialising on one.
+        for j in range(job_k.shape[0]):
             k = job_k[j]
-            n_img = work_n[k]
-            t = work_t[k]
-            n = tiles[k, 7]
             S = ti.Matrix.zero(real, 4, 3)
             K = ti.Vector.zero(ti.i64, 4)
             for r in ti.static(range(4)):
@@ -198,86 +285,130 @@ def kernels(real):
                 for c in ti.static(range(3)):
                     S[r, c] = poly[k, r, c]
             local = job_local[j]
-            tx = tiles[k, 0] + local % tiles[k, 2]
-            ty = tiles[k, 1] + local // tiles[k, 2]
-            for sub in ti.static(range(2)):  # fan of the clipped polygon: (0,1,2) and (0,2,3)
-                r1, r2 = 1 + sub, 2 + sub
-                if r2 < n:
-                    area = (S[r1, 0] - S[0, 0]) * (S[r2, 1] - S[0, 1]) - (S[r1, 1] - S[0, 1]) * (S[r2, 0] - S[0, 0])
-                    if area != 0:
-                        sgn = 1.0 if area > 0 else -1.0
-                        # only the part of the tile inside the triangle's pixel bounding box
-                        xa, xb = ti.max(tx * TILE, tiles[k, 3]), ti.min(tx * TILE + TILE - 1, tiles[k, 5])
-                        ya, yb = ti.max(ty * TILE, tiles[k, 4]), ti.min(ty * TILE + TILE - 1, tiles[k, 6])
-                        for y, x in ti.ndrange((ya, yb + 1), (xa, xb + 1)):
-                            if True:
-                                px, py = x + 0.5, y + 0.5
-                                ok, e0, e1, e2 = inside(S, K, 0, r1, r2, sgn, ti.cast(px, real), ti.cast(py, real))
-                                if ok == 1:
-                                    # z/w is affine in screen space: interpolate with 2-D barycentrics
-                                    zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) / (e0 + e1 + e2)
-                                    if zw <= 1.0:
-                                        d01 = ti.min(ti.max((zw + 1.0) * 0.5, 0.0), 1.0)
-                                        hi = ti.cast(ti.bit_cast(ti.cast(d01, ti.f32), ti.i32), ti.i64)
-                                        key = (hi << 32) | ti.cast(t, ti.i64)
-                                        ti.atomic_min(zbuf[n_img, y, x], key)
+            ty_off = ti.raw_div(local, tiles[k, 2])
+            tx = tiles[k, 0] + local - ty_off * tiles[k, 2]
+            ty = tiles[k, 1] + ty_off
+            # only the part of the tile inside the triangle's pixel bounding box
+            xa, xb = ti.max(tx * TILE, tiles[k, 3]), ti.min(tx * TILE + TILE - 1, tiles[k, 5])
+            ya, yb = ti.max(ty * TILE, tiles[k, 4]), ti.min(ty * TILE + TILE - 1, tiles[k, 6])
+            cover(S, K, tiles[k, 7], work_t[k], work_n[k], xa, xb, ya, yb, zbuf)
+
+    @ti.func
+    def bary(p0, p1, p2, X, Y):
+        """nvdiffrast's perspective-correct barycentrics at NDC point (X, Y): q_k and a_k."""
+        q0x, q0y = p0[0] - X * p0[3], p0[1] - Y * p0[3]
+        q1x, q1y = p1[0] - X * p1[3], p1[1] - Y * p1[3]
+        q2x, q2y = p2[0] - X * p2[3], p2[1] - Y * p2[3]
+        a0 = q1x * q2y - q1y * q2x
+        a1 = q2x * q0y - q2y * q0x
+        a2 = q0x * q1y - q0y * q1x
+        return q0x, q0y, q1x, q1y, q2x, q2y, a0, a1, a2
+
+    @ti.func
+    def resolve_px(pos: ti.template(), tri: ti.template(), zbuf: ti.template(), per_instance,
+                   rast: ti.template(), db: ti.template(), n, y, x, p):
+        """Write rast[p] = (u, v, z/w, id + 1) and db[p] for pixel (n, y, x) (flat index p)."""
+        key = zbuf[n, y, x]
+        H, W = zbuf.shape[1], zbuf.shape[2]
+        if key == ti.i64(EMPTY):
+            rast[p] = vec4(0.0)
+            db[p] = vec4(0.0)
+        else:
+            t = ti.cast(key & ti.i64(0xFFFFFFFF), ti.i32)
+            p0, p1, p2, _, _, _ = load(pos, n * per_instance, tri, t)
+            # pixel centre in NDC; cast first so that the f64 path really is f64
+            X = ti.cast(2 * x + 1, real) / ti.cast(W, real) - 1.0
+            Y = ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0
+            w0, w1, w2 = p0[3], p1[3], p2[3]
+            q0x, q0y, q1x, q1y, q2x, q2y, a0, a1, a2 = bary(p0, p1, p2, X, Y)
+            A = a0 + a1 + a2
+            iA = 1.0 / A
+            u, v = a0 * iA, a1 * iA
+            zw = (p0[2] * a0 + p1[2] * a1 + p2[2] * a2) / (w0 * a0 + w1 * a1 + w2 * a2)
+            # d a_k / dX and d a_k / dY (NDC): d q_k / dX = (-w_k, 0), d q_k / dY = (0, -w_k)
+            a0x, a0y = w2 * q1y - w1 * q2y, w1 * q2x - w2 * q1x
+            a1x, a1y = w0 * q2y - w2 * q0y, w2 * q0x - w0 * q2x
+            a2x, a2y = w1 * q0y - w0 * q1y, w0 * q1x - w1 * q0x
+            Ax, Ay = a0x + a1x + a2x, a0y + a1y + a2y
+            sx, sy = ti.cast(2.0, real) / W, ti.cast(2.0, real) / H  # NDC units per pixel
+            db[p] = vec4((a0x - u * Ax) * iA * sx, (a0y - u * Ay) * iA * sy,
+                         (a1x - v * Ax) * iA * sx, (a1y - v * Ay) * iA * sy)
+            rast[p] = vec4(u, v, ti.min(ti.max(zw, -1.0), 1.0), ti.cast(t + 1, real))
 
     @ti.kernel
-    def resolve(pos: nd(dtype=real, ndim=3), tri: nd(dtype=ti.i32, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3),
-                per_instance: ti.i32, rast: nd(dtype=real, ndim=4), db: nd(dtype=real, ndim=4)):
-        # Flat: one parallel loop, every output written exactly once -> Taichi AD is valid here.
-        for n, y, x in zbuf:
-            key = zbuf[n, y, x]
+    def resolve(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
+                per_instance: ti.i32, rast: nd(dtype=vec4, ndim=1), db: nd(dtype=vec4, ndim=1)):
+        # one parallel iteration per image row (n, y); rast/db are [N·H·W, 4] views
+        H, W = zbuf.shape[1], zbuf.shape[2]
+        nseg = (W + SEG - 1) // SEG
+        for it in range(zbuf.shape[0] * H * nseg):
+            n, y, xa, xb = segment(it, nseg, H, W)
+            for x in range(xa, xb):
+                resolve_px(pos, tri, zbuf, per_instance, rast, db, n, y, x, (n * H + y) * W + x)
+
+    @ti.kernel
+    def resolve_flat(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
+                     per_instance: ti.i32, rast: nd(dtype=vec4, ndim=1), db: nd(dtype=vec4, ndim=1)):
+        # Flat twin of ``resolve`` (one parallel loop, each output written once): Taichi's autodiff
+        # of it, ``resolve_flat.grad``, is the exact backward including the rast_db outputs.
+        for p in range(zbuf.shape[0] * zbuf.shape[1] * zbuf.shape[2]):
             H, W = zbuf.shape[1], zbuf.shape[2]
-            if key == ti.i64(EMPTY):
-                for c in ti.static(range(4)):
-                    rast[n, y, x, c] = 0.0
-                    db[n, y, x, c] = 0.0
-            else:
-                t = ti.cast(key & ti.i64(0xFFFFFFFF), ti.i32)
-                pn = n * per_instance
-                i0, i1, i2 = tri[t, 0], tri[t, 1], tri[t, 2]
-                # pixel centre in NDC; cast first so that the f64 path really is f64 (float
-                # literals alone would be f32 under default_fp)
-                X = ti.cast(2 * x + 1, real) / ti.cast(W, real) - 1.0
-                Y = ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0
-                w0, w1, w2 = pos[pn, i0, 3], pos[pn, i1, 3], pos[pn, i2, 3]
-                q0x, q0y = pos[pn, i0, 0] - X * w0, pos[pn, i0, 1] - Y * w0
-                q1x, q1y = pos[pn, i1, 0] - X * w1, pos[pn, i1, 1] - Y * w1
-                q2x, q2y = pos[pn, i2, 0] - X * w2, pos[pn, i2, 1] - Y * w2
-                a0 = q1x * q2y - q1y * q2x
-                a1 = q2x * q0y - q2y * q0x
-                a2 = q0x * q1y - q0y * q1x
-                A = a0 + a1 + a2
-                iA = 1.0 / A
-                u, v = a0 * iA, a1 * iA
-                zw = (pos[pn, i0, 2] * a0 + pos[pn, i1, 2] * a1 + pos[pn, i2, 2] * a2) / (w0 * a0 + w1 * a1 + w2 * a2)
-                # d a_k / dX and d a_k / dY (NDC): d q_k / dX = (-w_k, 0), d q_k / dY = (0, -w_k)
-                a0x, a0y = w2 * q1y - w1 * q2y, w1 * q2x - w2 * q1x
-                a1x, a1y = w0 * q2y - w2 * q0y, w2 * q0x - w0 * q2x
-                a2x, a2y = w1 * q0y - w0 * q1y, w0 * q1x - w1 * q0x
-                Ax, Ay = a0x + a1x + a2x, a0y + a1y + a2y
-                sx, sy = ti.cast(2.0, real) / W, ti.cast(2.0, real) / H  # NDC units per pixel
-                db[n, y, x, 0] = (a0x - u * Ax) * iA * sx
-                db[n, y, x, 1] = (a0y - u * Ay) * iA * sy
-                db[n, y, x, 2] = (a1x - v * Ax) * iA * sx
-                db[n, y, x, 3] = (a1y - v * Ay) * iA * sy
-                rast[n, y, x, 0] = u
-                rast[n, y, x, 1] = v
-                rast[n, y, x, 2] = ti.min(ti.max(zw, -1.0), 1.0)
-                rast[n, y, x, 3] = ti.cast(t + 1, real)
+            row = ti.raw_div(p, W)
+            n = ti.raw_div(row, H)
+            resolve_px(pos, tri, zbuf, per_instance, rast, db, n, row - n * H, p - row * W, p)
 
     @ti.kernel
-    def expand(counts: nd(dtype=ti.i64, ndim=1), cursor: nd(dtype=ti.i32, ndim=1),
-               job_k: nd(dtype=ti.i32, ndim=1), job_local: nd(dtype=ti.i32, ndim=1)):
-        # One (triangle, tile) job per tile of each triangle's bounding box. Slots are taken with an
-        # atomic cursor: the job order varies between runs, the z-buffer result does not (atomic_min).
-        for k in counts:
-            c = ti.cast(counts[k], ti.i32)
-            if c > 0:
-                base = ti.atomic_add(cursor[0], c)
-                for i in range(c):
-                    job_k[base + i] = k
-                    job_local[base + i] = i
+    def resolve_bwd(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
+                    per_instance: ti.i32, g_rast: nd(dtype=vec4, ndim=1), g_pos: nd(dtype=real, ndim=3)):
+        # Hand-written adjoint of (u, v) = (a0, a1)/A, A = a0 + a1 + a2:
+        #   dL/da_j = [gu·(δ_j0 − u) + gv·(δ_j1 − v)] / A,
+        # then a0 = q1 × q2 (cyclic) and q_k = (x_k − X·w_k, y_k − Y·w_k) give
+        #   dL/dx_k = dL/dq_kx,  dL/dy_k = dL/dq_ky,  dL/dw_k = −X·dL/dq_kx − Y·dL/dq_ky.
+        # The scatter to the vertices needs atomics; a run of pixels showing the same triangle is
+        # summed in registers first and flushed (9 atomic adds) when the triangle changes.
+        H, W = zbuf.shape[1], zbuf.shape[2]
+        nseg = (W + SEG - 1) // SEG
+        for it in range(zbuf.shape[0] * H * nseg):
+            n, y, xs, xe = segment(it, nseg, H, W)
+            pn = n * per_instance
+            Y = ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0
+            cur = -1
+            acc = ti.Matrix.zero(real, 3, 3)  # run sums of (dL/dx_k, dL/dy_k, dL/dw_k)
+            for x in range(xs, xe + 1):  # one step past the end flushes the last run
+                t = -1
+                g = vec4(0.0)
+                if x < xe:
+                    key = zbuf[n, y, x]
+                    g = g_rast[(n * H + y) * W + x]
+                    if key != ti.i64(EMPTY) and (g[0] != 0 or g[1] != 0):
+                        t = ti.cast(key & ti.i64(0xFFFFFFFF), ti.i32)
+                # flush on a change of triangle (background pixels in between keep the run open)
+                if (t >= 0 and t != cur) or x == xe:
+                    if cur >= 0:
+                        ids = tri[cur]
+                        for k in ti.static(range(3)):
+                            vi = ids[k]
+                            g_pos[pn, vi, 0] += acc[k, 0]
+                            g_pos[pn, vi, 1] += acc[k, 1]
+                            g_pos[pn, vi, 3] += acc[k, 2]
+                    cur = t
+                    acc = ti.Matrix.zero(real, 3, 3)
+                if t >= 0:
+                    p0, p1, p2, _, _, _ = load(pos, pn, tri, t)
+                    X = ti.cast(2 * x + 1, real) / ti.cast(W, real) - 1.0
+                    q0x, q0y, q1x, q1y, q2x, q2y, a0, a1, a2 = bary(p0, p1, p2, X, Y)
+                    iA = 1.0 / (a0 + a1 + a2)
+                    gu, gv = g[0], g[1]
+                    base = -(gu * a0 + gv * a1) * iA * iA
+                    g0, g1, g2 = base + gu * iA, base + gv * iA, base
+                    # a0 = q1x q2y − q1y q2x;  a1 = q2x q0y − q2y q0x;  a2 = q0x q1y − q0y q1x
+                    gq = ti.Matrix([[g1 * -q2y + g2 * q1y, g1 * q2x - g2 * q1x],
+                                    [g0 * q2y - g2 * q0y, -g0 * q2x + g2 * q0x],
+                                    [-g0 * q1y + g1 * q0y, g0 * q1x - g1 * q0x]], real)
+                    for k in ti.static(range(3)):
+                        acc[k, 0] += gq[k, 0]
+                        acc[k, 1] += gq[k, 1]
+                        acc[k, 2] += -X * gq[k, 0] - Y * gq[k, 1]
 
-    return setup, coverage, resolve, expand
+    return SimpleNamespace(setup=setup, expand=expand, coverage=coverage, resolve=resolve,
+                           resolve_flat=resolve_flat, resolve_bwd=resolve_bwd)

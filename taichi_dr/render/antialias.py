@@ -24,8 +24,10 @@ al. 2020) replaces that step by a ramp that depends continuously on the geometry
 Only edges more perpendicular than 45° to the pair direction are handled by that pair (flatter
 edges are the other direction's job), and crossings beyond the pixel pair are ignored.
 
-The forward and backward kernels share one ``ti.func`` (``_pair``) that redoes steps 1-4 for a
-pixel pair; the backward pass is hand-written (atomic scatter to the two edge vertices), because
+Step 3 depends only on the triangle, so ``silhouettes`` evaluates it once per triangle (a bit
+per edge); the pixel-pair pass then skips every pair whose front triangle has no silhouette edge
+after a single load — on a dense mesh nearly all of them. The forward and backward kernels
+share one ``ti.func`` (``_pair``) that redoes steps 1, 2 and 4 for a pixel pair; the backward pass is hand-written (atomic scatter to the two edge vertices), because
 the forward kernel accumulates into ``out`` with atomics, which Taichi's autodiff can't reverse.
 """
 import functools
@@ -34,7 +36,9 @@ from typing import Optional
 import taichi as ti
 import torch
 
-from taichi_dr._checks import as_index32, check_float, check_index, check_same_device, shape_str
+from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_rast, check_same_device,
+                               check_tensor, shape_str)
+from taichi_dr.render._raster_kernels import SEG, segment
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["antialias", "antialias_construct_topology_hash", "TopologyHash"]
@@ -65,7 +69,7 @@ def antialias_construct_topology_hash(tri: torch.Tensor) -> TopologyHash:
     Returns:
         A :class:`TopologyHash`.
     """
-    from taichi_dr._checks import check_tensor, INTS
+    from taichi_dr._checks import INTS
 
     check_tensor("tri", tri, ndim=2, last=3, dtypes=INTS, expected="[T, 3]")
     t64 = tri.to(torch.int64)
@@ -91,9 +95,49 @@ def antialias_construct_topology_hash(tri: torch.Tensor) -> TopologyHash:
 @functools.lru_cache(maxsize=None)
 def _kernels(real):
     nd = ti.types.ndarray
+    vec4 = ti.types.vector(4, real)
+    vec3i = ti.types.vector(3, ti.i32)
 
     @ti.func
-    def _pair(rast: ti.template(), pos: ti.template(), tri: ti.template(), wing: ti.template(),
+    def project(pos: ti.template(), pn, vi, H, W):
+        """Pixel coordinates (X, Y) of vertex vi of image pn (pixel centres at integer + 1/2)."""
+        q = pos[pn, vi]
+        return (q[0] / q[3] + 1.0) * (0.5 * W), (q[1] / q[3] + 1.0) * (0.5 * H)
+
+    @ti.kernel
+    def silhouettes(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), wing: nd(dtype=vec3i, ndim=1),
+                    sil: nd(dtype=ti.i32, ndim=1)):
+        # Step 3 of the module docstring, once per (position set, triangle) instead of once per
+        # pixel pair: bit k of sil[pn·T + t] says whether edge k of t (opposite vertex k) is a
+        # silhouette, i.e. the wing vertex lies on the same side of the edge as t's own third vertex
+        # (the surface folds away behind the edge) or there is no neighbour. Interior triangles of
+        # a dense mesh get 0, which lets the pixel-pair pass skip them after one load.
+        # Sides are compared without projecting: for homogeneous points (x, y, w) the screen-space
+        # orientation of (a, b, c) is sign(det[a; b; c]) · sign(w_a w_b w_c), and w_a w_b is shared
+        # by both tests, so "same side" is sign(det[a; b; k]·w_k) == sign(det[a; b; o]·w_o).
+        T = tri.shape[0]
+        for j in range(pos.shape[0] * T):
+            pn = ti.raw_div(j, T)
+            t = j - pn * T
+            ids = tri[t]
+            wg = wing[t]
+            bits = 0
+            for k in ti.static(range(3)):
+                a, b = pos[pn, ids[(k + 1) % 3]], pos[pn, ids[(k + 2) % 3]]
+                # cross product of a and b in (x, y, w): det[a; b; c] = (a × b) · c
+                nx, ny, nw = a[1] * b[3] - a[3] * b[1], a[3] * b[0] - a[0] * b[3], a[0] * b[1] - a[1] * b[0]
+                own = pos[pn, ids[k]]
+                other = own
+                if wg[k] >= 0:
+                    other = pos[pn, wg[k]]
+                side_t = (nx * own[0] + ny * own[1] + nw * own[3]) * own[3]
+                side_o = (nx * other[0] + ny * other[1] + nw * other[3]) * other[3]
+                if (side_t > 0) == (side_o > 0):
+                    bits |= 1 << k
+            sil[j] = bits
+
+    @ti.func
+    def _pair(rast: ti.template(), pos: ti.template(), tri: ti.template(), sil: ti.template(),
               pn, n, x, y, axis):
         """Analyse pixel pair P0 = (x, y), P1 = P0 + unit(axis). See the module docstring."""
         H, W = rast.shape[1], rast.shape[2]
@@ -107,131 +151,135 @@ def _kernels(real):
         # rotated, home-centred coordinates of the chosen edge's end points (for the backward pass)
         xa, ya, xb, yb, xc = ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real)
         if x1 < W and y1 < H:
-            id0 = ti.cast(rast[n, y, x, 3], ti.i32)
-            id1 = ti.cast(rast[n, y1, x1, 3], ti.i32)
+            r0, r1 = rast[n, y, x], rast[n, y1, x1]
+            id0, id1 = ti.cast(r0[3], ti.i32), ti.cast(r1[3], ti.i32)
             if id0 != id1:
                 home0 = 1
                 if id0 == 0:
                     home0 = 0
-                elif id1 != 0 and rast[n, y1, x1, 2] < rast[n, y, x, 2]:
+                elif id1 != 0 and r1[2] < r0[2]:
                     home0 = 0
-                hx, hy = x, y
-                if home0 == 0:
-                    hx, hy = x1, y1
-                    s = -1.0
                 t = ti.select(home0 == 1, id0, id1) - 1
-                # projected vertices relative to the home pixel centre, pair direction along "x"
-                P = ti.Matrix.zero(real, 3, 2)
-                for k in ti.static(range(3)):
-                    vi = tri[t, k]
-                    w = pos[pn, vi, 3]
-                    X = (pos[pn, vi, 0] / w + 1.0) * (0.5 * W) - (hx + 0.5)
-                    Y = (pos[pn, vi, 1] / w + 1.0) * (0.5 * H) - (hy + 0.5)
-                    P[k, 0] = ti.select(axis == 0, X, Y)
-                    P[k, 1] = ti.select(axis == 0, Y, X)
-                best = ti.cast(-1e30, real)
-                for k in ti.static(range(3)):  # edge k joins vertices k+1 and k+2
-                    a, b = (k + 1) % 3, (k + 2) % 3
-                    if (P[a, 1] < 0) != (P[b, 1] < 0):
-                        c = (P[a, 0] * P[b, 1] - P[b, 0] * P[a, 1]) / (P[b, 1] - P[a, 1])
-                        if s * c > best:
-                            best = s * c
-                            kb = k
-                if best > -1e29:
-                    a, b = (kb + 1) % 3, (kb + 2) % 3
-                    xa, ya, xb, yb = P[a, 0], P[a, 1], P[b, 0], P[b, 1]
-                    xc = s * best
-                    # silhouette test: the wing vertex lies on the same side of the edge as T's own
-                    # third vertex (or there is no neighbour) -> the surface folds away here
-                    ox, oy = P[kb, 0], P[kb, 1]
-                    wv = wing[t, kb]
-                    if wv >= 0:
-                        w = pos[pn, wv, 3]
-                        X = (pos[pn, wv, 0] / w + 1.0) * (0.5 * W) - (hx + 0.5)
-                        Y = (pos[pn, wv, 1] / w + 1.0) * (0.5 * H) - (hy + 0.5)
-                        ox, oy = ti.select(axis == 0, X, Y), ti.select(axis == 0, Y, X)
-                    area_t = (xb - xa) * (P[kb, 1] - ya) - (yb - ya) * (P[kb, 0] - xa)
-                    area_o = (xb - xa) * (oy - ya) - (yb - ya) * (ox - xa)
-                    silhouette = (area_t > 0) == (area_o > 0)
-                    steep = ti.abs(yb - ya) >= ti.abs(xb - xa)
-                    d = best
-                    if silhouette and steep and d > -1.0 / 16.0 and d < 1.0 + 1.0 / 16.0:
-                        valid = 1
-                        alpha = s * (0.5 - ti.min(ti.max(d, 0.0), 1.0))
-                        if d < 0.0 or d > 1.0:
-                            valid = 2  # clamped: contributes to the image, not to the gradient
+                bits = sil[pn * tri.shape[0] + t]
+                if bits != 0:  # only triangles with a silhouette edge can blend
+                    hx, hy = x, y
+                    if home0 == 0:
+                        hx, hy = x1, y1
+                        s = -1.0
+                    # projected vertices relative to the home pixel centre, pair direction along "x"
+                    P = ti.Matrix.zero(real, 3, 2)
+                    ids = tri[t]
+                    for k in ti.static(range(3)):
+                        X, Y = project(pos, pn, ids[k], H, W)
+                        X, Y = X - (hx + 0.5), Y - (hy + 0.5)
+                        P[k, 0] = ti.select(axis == 0, X, Y)
+                        P[k, 1] = ti.select(axis == 0, Y, X)
+                    best = ti.cast(-1e30, real)
+                    for k in ti.static(range(3)):  # edge k joins vertices k+1 and k+2
+                        a, b = (k + 1) % 3, (k + 2) % 3
+                        if (P[a, 1] < 0) != (P[b, 1] < 0):
+                            c = (P[a, 0] * P[b, 1] - P[b, 0] * P[a, 1]) / (P[b, 1] - P[a, 1])
+                            if s * c > best:
+                                best = s * c
+                                kb = k
+                    if best > -1e29 and (bits >> kb) & 1 == 1:
+                        a, b = (kb + 1) % 3, (kb + 2) % 3
+                        xa, ya, xb, yb = P[a, 0], P[a, 1], P[b, 0], P[b, 1]
+                        xc = s * best
+                        steep = ti.abs(yb - ya) >= ti.abs(xb - xa)
+                        d = best
+                        if steep and d > -1.0 / 16.0 and d < 1.0 + 1.0 / 16.0:
+                            valid = 1
+                            alpha = s * (0.5 - ti.min(ti.max(d, 0.0), 1.0))
+                            if d < 0.0 or d > 1.0:
+                                valid = 2  # clamped: contributes to the image, not to the gradient
         return valid, alpha, t, kb, xa, ya, xb, yb, xc, x1, y1
 
     @ti.kernel
-    def forward(color: nd(dtype=real, ndim=4), rast: nd(dtype=real, ndim=4), pos: nd(dtype=real, ndim=3),
-                tri: nd(dtype=ti.i32, ndim=2), wing: nd(dtype=ti.i32, ndim=2), per_instance: ti.i32,
+    def forward(color: nd(dtype=real, ndim=4), rast: nd(dtype=vec4, ndim=3), pos: nd(dtype=vec4, ndim=2),
+                tri: nd(dtype=vec3i, ndim=1), sil: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32,
                 out: nd(dtype=real, ndim=4)):
-        for n, y, x, axis in ti.ndrange(rast.shape[0], rast.shape[1], rast.shape[2], 2):
-            valid, alpha, t, kb, xa, ya, xb, yb, xc, x1, y1 = _pair(rast, pos, tri, wing, n * per_instance, n, x, y, axis)
-            if valid > 0:
-                tx, ty = ti.select(alpha > 0, x, x1), ti.select(alpha > 0, y, y1)
-                for c in range(color.shape[3]):
-                    out[n, ty, tx, c] += alpha * (color[n, y1, x1, c] - color[n, y, x, c])
+        # one parallel iteration per SEG-pixel piece of a row; pairs (x, y)-(x+1, y) and
+        # (x, y)-(x, y+1) inside. A pair may write into row y+1, owned by another thread -> atomics
+        H, W = rast.shape[1], rast.shape[2]
+        nseg = (W + SEG - 1) // SEG
+        for it in range(rast.shape[0] * H * nseg):
+            n, y, xs, xe = segment(it, nseg, H, W)
+            for i in range(2 * xs, 2 * xe):
+                x, axis = i >> 1, i & 1
+                valid, alpha, t, kb, xa, ya, xb, yb, xc, x1, y1 = _pair(rast, pos, tri, sil, n * per_instance, n, x, y, axis)
+                if valid > 0:
+                    tx, ty = ti.select(alpha > 0, x, x1), ti.select(alpha > 0, y, y1)
+                    for c in range(color.shape[3]):
+                        ti.atomic_add(out[n, ty, tx, c], alpha * (color[n, y1, x1, c] - color[n, y, x, c]))
 
     @ti.kernel
-    def backward(color: nd(dtype=real, ndim=4), rast: nd(dtype=real, ndim=4), pos: nd(dtype=real, ndim=3),
-                 tri: nd(dtype=ti.i32, ndim=2), wing: nd(dtype=ti.i32, ndim=2), per_instance: ti.i32,
+    def backward(color: nd(dtype=real, ndim=4), rast: nd(dtype=vec4, ndim=3), pos: nd(dtype=vec4, ndim=2),
+                 tri: nd(dtype=vec3i, ndim=1), sil: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32,
                  g_out: nd(dtype=real, ndim=4), boost: real,
                  g_color: nd(dtype=real, ndim=4), g_pos: nd(dtype=real, ndim=3)):
-        for n, y, x, axis in ti.ndrange(rast.shape[0], rast.shape[1], rast.shape[2], 2):
+        H, W = rast.shape[1], rast.shape[2]
+        nseg = (W + SEG - 1) // SEG
+        for it in range(rast.shape[0] * H * nseg):
+            n, y, xs, xe = segment(it, nseg, H, W)
             pn = n * per_instance
-            valid, alpha, t, kb, xa, ya, xb, yb, xc, x1, y1 = _pair(rast, pos, tri, wing, pn, n, x, y, axis)
-            if valid > 0:
-                tx, ty = ti.select(alpha > 0, x, x1), ti.select(alpha > 0, y, y1)
-                D = ti.cast(0.0, real)  # dL/dalpha
-                for c in range(color.shape[3]):
-                    g = g_out[n, ty, tx, c]
-                    g_color[n, y, x, c] -= alpha * g
-                    g_color[n, y1, x1, c] += alpha * g
-                    D += g * (color[n, y1, x1, c] - color[n, y, x, c])
-                if valid == 1:
-                    # alpha = s/2 - x_c  =>  dL/dx_c = -D; chain through x_c(xa, ya, xb, yb)
-                    gxc = -D * boost
-                    inv = 1.0 / (yb - ya)
-                    g_xa, g_xb = gxc * yb * inv, -gxc * ya * inv
-                    g_ya, g_yb = gxc * (xc - xb) * inv, gxc * (xa - xc) * inv
-                    H, W = rast.shape[1], rast.shape[2]
-                    for e in ti.static(range(2)):
-                        vi = tri[t, (kb + 1 + e) % 3]
-                        gr_x = g_xa if e == 0 else g_xb  # along the pair axis
-                        gr_y = g_ya if e == 0 else g_yb  # across it
-                        gX = ti.select(axis == 0, gr_x, gr_y)  # back to pixel X, Y
-                        gY = ti.select(axis == 0, gr_y, gr_x)
-                        w = pos[pn, vi, 3]
-                        # X = (x/w + 1)·W/2  ->  dX/dx = W/(2w),  dX/dw = -W·x/(2w²)
-                        gx = gX * 0.5 * W / w
-                        gy = gY * 0.5 * H / w
-                        g_pos[pn, vi, 0] += gx
-                        g_pos[pn, vi, 1] += gy
-                        g_pos[pn, vi, 3] += -(gx * pos[pn, vi, 0] + gy * pos[pn, vi, 1]) / w
+            for i in range(2 * xs, 2 * xe):
+                x, axis = i >> 1, i & 1
+                valid, alpha, t, kb, xa, ya, xb, yb, xc, x1, y1 = _pair(rast, pos, tri, sil, pn, n, x, y, axis)
+                if valid > 0:
+                    tx, ty = ti.select(alpha > 0, x, x1), ti.select(alpha > 0, y, y1)
+                    D = ti.cast(0.0, real)  # dL/dalpha
+                    for c in range(color.shape[3]):
+                        g = g_out[n, ty, tx, c]
+                        g_color[n, y, x, c] -= alpha * g
+                        g_color[n, y1, x1, c] += alpha * g
+                        D += g * (color[n, y1, x1, c] - color[n, y, x, c])
+                    if valid == 1:
+                        # alpha = s/2 - x_c  =>  dL/dx_c = -D; chain through x_c(xa, ya, xb, yb)
+                        gxc = -D * boost
+                        inv = 1.0 / (yb - ya)
+                        g_xa, g_xb = gxc * yb * inv, -gxc * ya * inv
+                        g_ya, g_yb = gxc * (xc - xb) * inv, gxc * (xa - xc) * inv
+                        ids = tri[t]
+                        for e in ti.static(range(2)):
+                            vi = ids[(kb + 1 + e) % 3]
+                            gr_x = g_xa if e == 0 else g_xb  # along the pair axis
+                            gr_y = g_ya if e == 0 else g_yb  # across it
+                            gX = ti.select(axis == 0, gr_x, gr_y)  # back to pixel X, Y
+                            gY = ti.select(axis == 0, gr_y, gr_x)
+                            q = pos[pn, vi]
+                            # X = (x/w + 1)·W/2  ->  dX/dx = W/(2w),  dX/dw = -W·x/(2w²)
+                            gx = gX * 0.5 * W / q[3]
+                            gy = gY * 0.5 * H / q[3]
+                            g_pos[pn, vi, 0] += gx
+                            g_pos[pn, vi, 1] += gy
+                            g_pos[pn, vi, 3] += -(gx * q[0] + gy * q[1]) / q[3]
 
-    return forward, backward
+    return silhouettes, forward, backward
 
 
 class _Antialias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, color, rast, pos3, tri, wing, per_instance, boost):
-        fwd, _ = _kernels(ti_real(color.dtype))
+        silhouettes, fwd, _ = _kernels(ti_real(color.dtype))
         color_c, rast_c, pos_c = color.detach().contiguous(), rast.detach().contiguous(), pos3.detach().contiguous()
+        N, H, W = rast_c.shape[:3]
+        sil = torch.empty(pos_c.shape[0] * tri.shape[0], dtype=torch.int32, device=color.device)
+        silhouettes(pos_c, tri, wing, sil)
         out = color_c.clone()
-        fwd(color_c, rast_c, pos_c, tri, wing, per_instance, out)
-        ctx.save_for_backward(color_c, rast_c, pos_c, tri, wing)
+        fwd(color_c, rast_c, pos_c, tri, sil, per_instance, out)
+        ctx.save_for_backward(color_c, rast_c, pos_c, tri, sil)
         ctx.per_instance, ctx.boost = per_instance, boost
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        color, rast, pos3, tri, wing = ctx.saved_tensors
-        _, bwd = _kernels(ti_real(color.dtype))
+        color, rast, pos3, tri, sil = ctx.saved_tensors
+        _, _, bwd = _kernels(ti_real(color.dtype))
         g_out = g_out.contiguous()
         g_color = g_out.clone()  # identity part: out = color + blends
         g_pos = torch.zeros_like(pos3)
-        bwd(color, rast, pos3, tri, wing, ctx.per_instance, g_out, float(ctx.boost), g_color, g_pos)
+        bwd(color, rast, pos3, tri, sil, ctx.per_instance, g_out, float(ctx.boost), g_color, g_pos)
         return g_color, None, g_pos, None, None, None, None
 
 
@@ -255,7 +303,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     """
     ensure_init()
     check_float("color", color, ndim=4, expected="[N, H, W, C]")
-    check_float("rast", rast, ndim=4, last=4, expected="[N, H, W, 4]")
+    check_tensor("rast", rast, ndim=4, last=4, dtypes=FLOATS, expected="[N, H, W, 4]")
     if rast.shape[:3] != color.shape[:3]:
         raise ValueError(f"rast: expected shape [{', '.join(map(str, color.shape[:3]))}, 4] to match color, "
                          f"got {shape_str(rast.shape)}")
@@ -273,8 +321,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         topology_hash = antialias_construct_topology_hash(tri)
     elif not isinstance(topology_hash, TopologyHash) or topology_hash.tri.shape != tri.shape:
         raise ValueError(f"topology_hash: expected a TopologyHash built for tri of shape {shape_str(tri.shape)}")
-    if rast.numel() and int(rast[..., 3].max()) > tri.shape[0]:
-        raise ValueError(f"rast: triangle ids exceed the {tri.shape[0]} triangles of tri")
+    check_rast("rast", rast, tri.shape[0])
     pos3, per_instance = (pos, 1) if pos.dim() == 3 else (pos.unsqueeze(0), 0)
     return _Antialias.apply(color, rast, pos3, as_index32(tri), topology_hash.wing.to(pos.device),
                             per_instance, float(pos_gradient_boost))

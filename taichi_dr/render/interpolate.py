@@ -11,10 +11,11 @@ and, by the chain rule through (u, v), its derivative along the pixel axes is
 
 which is what texture sampling needs to pick a mip level (the footprint of a pixel in uv space).
 
-Both kernels are *flat*: one parallel loop over the output elements (pixel × channel), nothing
-but scalar loads and arithmetic, each output written once. Taichi's reverse-mode autodiff is
-exact for such kernels, so their ``.grad`` versions are the backward pass; the scatter of
-gradients to shared vertices becomes atomic adds automatically.
+The op is linear in the attributes and in (u, v), so the backward is short and written by hand
+(``interp_bwd``, ``interp_da_bwd``): dL/da_ik = w_k·g scattered to the three vertices with
+atomic adds (vertices are shared by many pixels), dL/du = Σ_c g·(a0 − a2), dL/dv = Σ_c g·(a1 − a2),
+and for the derivatives dL/d(rast_db) = g·(a0 − a2), g·(a1 − a2). ``tests/test_raster_pipeline.py`` and
+``taichi-dr gradcheck`` check them against finite differences in float64.
 """
 import functools
 from typing import List, Optional, Sequence, Tuple, Union
@@ -22,7 +23,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import taichi as ti
 import torch
 
-from taichi_dr._checks import as_index32, check_float, check_index, check_same_device, shape_str
+from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_rast, check_same_device,
+                               check_tensor, shape_str)
+from taichi_dr.render._raster_kernels import SEG, segment
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["interpolate"]
@@ -31,85 +34,190 @@ __all__ = ["interpolate"]
 @functools.lru_cache(maxsize=None)
 def _kernels(real):
     nd = ti.types.ndarray
+    vec4 = ti.types.vector(4, real)
+    vec3i = ti.types.vector(3, ti.i32)
+
+    # All kernels take the images as flat [P, ·] views (P = N·H·W pixels) and loop over pixels
+    # with a plain range-for; the channel loops are ordinary loops, so the kernels are not flat
+    # and their adjoints are written by hand below (they are short: the op is linear in attr
+    # and in (u, v)).
+
+    @ti.func
+    def corners(attr: ti.template(), tri: ti.template(), na, tid, c):
+        return attr[na, tri[tid, 0], c], attr[na, tri[tid, 1], c], attr[na, tri[tid, 2], c]
 
     @ti.kernel
-    def interp(attr: nd(dtype=real, ndim=3), rast: nd(dtype=real, ndim=4), tri: nd(dtype=ti.i32, ndim=2),
-               out: nd(dtype=real, ndim=4)):
-        for n, y, x, c in out:
-            tid = ti.cast(rast[n, y, x, 3], ti.i32) - 1  # 0 = background
-            na = n if attr.shape[0] > 1 else 0
+    def interp(attr: nd(dtype=real, ndim=3), rast: nd(dtype=vec4, ndim=1), tri: nd(dtype=vec3i, ndim=1),
+               hw: ti.i32, A: ti.template(), out: nd(dtype=real, ndim=2)):
+        # A = channel count when small (loops unrolled at compile time), 0 = any count
+        for p in range(rast.shape[0]):
+            r = rast[p]
+            tid = ti.cast(r[3], ti.i32) - 1  # 0 = background
             if tid >= 0:
-                u, v = rast[n, y, x, 0], rast[n, y, x, 1]
-                a0 = attr[na, tri[tid, 0], c]
-                a1 = attr[na, tri[tid, 1], c]
-                a2 = attr[na, tri[tid, 2], c]
-                out[n, y, x, c] = u * a0 + v * a1 + (1.0 - u - v) * a2
+                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                ids = tri[tid]
+                w = ti.Vector([r[0], r[1], 1.0 - r[0] - r[1]], real)
+                if ti.static(A > 0):
+                    for c in ti.static(range(A)):
+                        out[p, c] = w[0] * attr[na, ids[0], c] + w[1] * attr[na, ids[1], c] + w[2] * attr[na, ids[2], c]
+                else:
+                    for c in range(out.shape[1]):
+                        out[p, c] = w[0] * attr[na, ids[0], c] + w[1] * attr[na, ids[1], c] + w[2] * attr[na, ids[2], c]
             else:
-                out[n, y, x, c] = 0.0
+                for c in range(out.shape[1]):
+                    out[p, c] = 0.0
 
     @ti.kernel
-    def interp_da(attr: nd(dtype=real, ndim=3), rast: nd(dtype=real, ndim=4), db: nd(dtype=real, ndim=4),
-                  tri: nd(dtype=ti.i32, ndim=2), which: nd(dtype=ti.i32, ndim=1), out_da: nd(dtype=real, ndim=4)):
-        # out_da[..., 2k + d] = d(attr[which[k]]) / d(X if d == 0 else Y)
-        for n, y, x, j in out_da:
-            tid = ti.cast(rast[n, y, x, 3], ti.i32) - 1
+    def interp_da(attr: nd(dtype=real, ndim=3), rast: nd(dtype=real, ndim=2), db: nd(dtype=real, ndim=2),
+                  tri: nd(dtype=ti.i32, ndim=2), which: nd(dtype=ti.i32, ndim=1), hw: ti.i32,
+                  out_da: nd(dtype=real, ndim=2)):
+        # out_da[p, 2k + d] = d(attr[which[k]]) / d(X if d == 0 else Y)
+        #                   = (a0 − a2)·du/dd + (a1 − a2)·dv/dd,  rast_db = (du/dX, du/dY, dv/dX, dv/dY)
+        for p in range(rast.shape[0]):
+            tid = ti.cast(rast[p, 3], ti.i32) - 1
+            na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+            for k in range(which.shape[0]):
+                for d in ti.static(range(2)):
+                    val = ti.cast(0.0, real)
+                    if tid >= 0:
+                        a0, a1, a2 = corners(attr, tri, na, tid, which[k])
+                        val = (a0 - a2) * db[p, d] + (a1 - a2) * db[p, 2 + d]
+                    out_da[p, 2 * k + d] = val
+
+    @ti.kernel
+    def interp_bwd(attr: nd(dtype=real, ndim=3), rast: nd(dtype=vec4, ndim=1), tri: nd(dtype=ti.i32, ndim=2),
+                   H: ti.i32, W: ti.i32, A: ti.template(), g_out: nd(dtype=real, ndim=2),
+                   g_attr: nd(dtype=real, ndim=3), g_rast: nd(dtype=vec4, ndim=1)):
+        # out = u·a0 + v·a1 + (1 − u − v)·a2  =>  dL/da0 += u·g, dL/da1 += v·g, dL/da2 += (1−u−v)·g,
+        # dL/du = Σ_c g·(a0 − a2), dL/dv = Σ_c g·(a1 − a2).
+        # The scatter to shared vertices needs atomic adds, the costliest part. Neighbouring pixels
+        # usually show the same triangle, so each thread walks a row piece and sums a run of
+        # pixels of one triangle in registers, flushing 3·A atomics only when the triangle changes.
+        nseg = (W + SEG - 1) // SEG
+        for it in range(ti.raw_div(rast.shape[0], H * W) * H * nseg):
+            n, y, xs, xe = segment(it, nseg, H, W)
             na = n if attr.shape[0] > 1 else 0
+            cur = -1
+            acc = ti.Matrix.zero(real, 3, A)  # run sums of dL/da_k per corner k and channel
+            cor = ti.Matrix.zero(real, 3, A)  # the run triangle's corner attributes
+            for x in range(xs, xe + 1):  # one step past the end flushes the last run
+                p = (n * H + y) * W + x
+                tid = -1
+                if x < xe:
+                    tid = ti.cast(rast[p][3], ti.i32) - 1
+                if tid != cur:
+                    if cur >= 0:
+                        for k in ti.static(range(3)):
+                            for c in ti.static(range(A)):
+                                g_attr[na, tri[cur, k], c] += acc[k, c]
+                    cur = tid
+                    acc = ti.Matrix.zero(real, 3, A)
+                    if tid >= 0:
+                        for k in ti.static(range(3)):
+                            for c in ti.static(range(A)):
+                                cor[k, c] = attr[na, tri[tid, k], c]
+                if x < xe:
+                    r = rast[p]
+                    gu, gv = ti.cast(0.0, real), ti.cast(0.0, real)
+                    if tid >= 0:
+                        w = ti.Vector([r[0], r[1], 1.0 - r[0] - r[1]], real)
+                        for c in ti.static(range(A)):
+                            g = g_out[p, c]
+                            gu += g * (cor[0, c] - cor[2, c])
+                            gv += g * (cor[1, c] - cor[2, c])
+                            for k in ti.static(range(3)):
+                                acc[k, c] += w[k] * g
+                    g_rast[p] = vec4(gu, gv, 0.0, 0.0)  # depth and triangle id: no gradient
+
+    @ti.kernel
+    def interp_bwd_wide(attr: nd(dtype=real, ndim=3), rast: nd(dtype=vec4, ndim=1), tri: nd(dtype=ti.i32, ndim=2),
+                        hw: ti.i32, g_out: nd(dtype=real, ndim=2), g_attr: nd(dtype=real, ndim=3),
+                        g_rast: nd(dtype=vec4, ndim=1)):
+        # same adjoint for many channels (A > 8): one pixel per iteration, atomics per pixel
+        for p in range(rast.shape[0]):
+            r = rast[p]
+            tid = ti.cast(r[3], ti.i32) - 1
+            gu, gv = ti.cast(0.0, real), ti.cast(0.0, real)
             if tid >= 0:
-                c, d = which[j // 2], j % 2
-                a0 = attr[na, tri[tid, 0], c]
-                a1 = attr[na, tri[tid, 1], c]
-                a2 = attr[na, tri[tid, 2], c]
-                # rast_db = (du/dX, du/dY, dv/dX, dv/dY)
-                out_da[n, y, x, j] = (a0 - a2) * db[n, y, x, d] + (a1 - a2) * db[n, y, x, 2 + d]
-            else:
-                out_da[n, y, x, j] = 0.0
+                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                u, v = r[0], r[1]
+                i0, i1, i2 = tri[tid, 0], tri[tid, 1], tri[tid, 2]
+                for c in range(g_out.shape[1]):
+                    g = g_out[p, c]
+                    if g != 0:
+                        a0, a1, a2 = attr[na, i0, c], attr[na, i1, c], attr[na, i2, c]
+                        gu += g * (a0 - a2)
+                        gv += g * (a1 - a2)
+                        g_attr[na, i0, c] += u * g
+                        g_attr[na, i1, c] += v * g
+                        g_attr[na, i2, c] += (1.0 - u - v) * g
+            g_rast[p] = vec4(gu, gv, 0.0, 0.0)
 
-    return interp, interp_da
+    @ti.kernel
+    def interp_da_bwd(attr: nd(dtype=real, ndim=3), rast: nd(dtype=real, ndim=2), db: nd(dtype=real, ndim=2),
+                      tri: nd(dtype=ti.i32, ndim=2), which: nd(dtype=ti.i32, ndim=1), hw: ti.i32,
+                      g_da: nd(dtype=real, ndim=2), g_attr: nd(dtype=real, ndim=3), g_db: nd(dtype=real, ndim=2)):
+        # da_d = (a0 − a2)·db_d + (a1 − a2)·db_{2+d} is bilinear in attr and rast_db (not in u, v)
+        for p in range(rast.shape[0]):
+            tid = ti.cast(rast[p, 3], ti.i32) - 1
+            gdb = ti.Vector.zero(real, 4)
+            if tid >= 0:
+                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                i0, i1, i2 = tri[tid, 0], tri[tid, 1], tri[tid, 2]
+                for k in range(which.shape[0]):
+                    c = which[k]
+                    a0, a1, a2 = attr[na, i0, c], attr[na, i1, c], attr[na, i2, c]
+                    for d in ti.static(range(2)):
+                        g = g_da[p, 2 * k + d]
+                        gdb[d] += g * (a0 - a2)
+                        gdb[2 + d] += g * (a1 - a2)
+                        g_attr[na, i0, c] += g * db[p, d]
+                        g_attr[na, i1, c] += g * db[p, 2 + d]
+                        g_attr[na, i2, c] -= g * (db[p, d] + db[p, 2 + d])
+            for j in ti.static(range(4)):
+                g_db[p, j] = gdb[j]
 
-
-def _leaf(t: torch.Tensor) -> torch.Tensor:
-    """Fresh detached leaf with a zeroed adjoint buffer (Taichi accumulates into ``.grad``)."""
-    leaf = t.detach().contiguous().clone().requires_grad_(True)
-    leaf.grad = torch.zeros_like(leaf)
-    return leaf
-
-
-def _seeded(shape, dtype, device, g: Optional[torch.Tensor]) -> torch.Tensor:
-    out = torch.zeros(shape, dtype=dtype, device=device).requires_grad_(True)
-    # the .grad kernel zeroes the output seed in place, so hand it a copy
-    out.grad = torch.zeros(shape, dtype=dtype, device=device) if g is None else g.detach().contiguous().clone()
-    return out
+    return interp, interp_da, interp_bwd, interp_bwd_wide, interp_da_bwd
 
 
 class _Interpolate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attr3, rast, tri, db, which):
-        interp, interp_da = _kernels(ti_real(attr3.dtype))
+        ctx.set_materialize_grads(False)
+        interp, interp_da = _kernels(ti_real(attr3.dtype))[:2]
         N, H, W = rast.shape[:3]
         attr3, rast_c = attr3.detach().contiguous(), rast.detach().contiguous()
-        out = torch.empty((N, H, W, attr3.shape[2]), dtype=attr3.dtype, device=attr3.device)
-        interp(attr3, rast_c, tri, out)
+        A = attr3.shape[2]
+        out = torch.empty((N, H, W, A), dtype=attr3.dtype, device=attr3.device)
+        interp(attr3, rast_c.view(-1, 4), tri, H * W, A if A <= 8 else 0, out.view(-1, A))
         out_da = torch.zeros((N, H, W, 2 * which.numel()), dtype=attr3.dtype, device=attr3.device)
         if which.numel():
-            interp_da(attr3, rast_c, db.detach().contiguous(), tri, which, out_da)
+            db = db.detach().contiguous()
+            interp_da(attr3, rast_c.view(-1, 4), db.view(-1, 4), tri, which, H * W, out_da.view(-1, 2 * which.numel()))
         ctx.save_for_backward(attr3, rast_c, tri, db, which)
         return out, out_da
 
     @staticmethod
     def backward(ctx, g_out, g_da):
         attr3, rast, tri, db, which = ctx.saved_tensors
-        interp, interp_da = _kernels(ti_real(attr3.dtype))
-        a, r = _leaf(attr3), _leaf(rast)
-        interp.grad(a, r, tri, _seeded((*rast.shape[:3], attr3.shape[2]), attr3.dtype, attr3.device, g_out))
+        _, _, interp_bwd, interp_bwd_wide, interp_da_bwd = _kernels(ti_real(attr3.dtype))
+        N, H, W = rast.shape[:3]
+        A = attr3.shape[2]
+        g_attr = torch.zeros_like(attr3)
+        g_rast = None
+        if g_out is not None:
+            g_rast = torch.empty_like(rast)
+            g2 = g_out.contiguous().view(N * H * W, A)
+            if A <= 8:  # channels unrolled at compile time (one kernel per channel count)
+                interp_bwd(attr3, rast.view(-1, 4), tri, H, W, A, g2, g_attr, g_rast.view(-1, 4))
+            else:
+                interp_bwd_wide(attr3, rast.view(-1, 4), tri, H * W, g2, g_attr, g_rast.view(-1, 4))
         g_db = None
-        if which.numel():
-            d = _leaf(db)
-            interp_da.grad(a, r, d, tri, which,
-                           _seeded((*rast.shape[:3], 2 * which.numel()), attr3.dtype, attr3.device, g_da))
-            g_db = d.grad
-        g_rast = r.grad
-        g_rast[..., 2:] = 0  # depth and triangle id are not differentiable
-        return a.grad, g_rast, None, g_db, None
+        if which.numel() and g_da is not None:
+            g_db = torch.empty_like(db)
+            interp_da_bwd(attr3, rast.view(-1, 4), db.view(-1, 4), tri, which, H * W,
+                          g_da.contiguous().view(N * H * W, -1), g_attr, g_db.view(-1, 4))
+        return g_attr, g_rast, None, g_db, None
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db: Optional[torch.Tensor] = None,
@@ -133,7 +241,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
     """
     ensure_init()
     check_float("attr", attr, ndim=(2, 3), expected="[V, A] or [N, V, A]")
-    check_float("rast", rast, ndim=4, last=4, expected="[N, H, W, 4]")
+    check_tensor("rast", rast, ndim=4, last=4, dtypes=FLOATS, expected="[N, H, W, 4]")
     if rast.dtype != attr.dtype:
         raise TypeError(f"rast: expected dtype {attr.dtype} (same as attr), got {rast.dtype}")
     attr3 = attr if attr.dim() == 3 else attr.unsqueeze(0)
@@ -144,10 +252,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
     check_index("tri", tri, V, expected="[T, 3]")
     check_same_device(attr=attr, rast=rast, tri=tri, rast_db=rast_db)
     tri32 = as_index32(tri)
-    if rast.numel():
-        max_id = int(rast[..., 3].max())
-        if max_id > tri.shape[0]:
-            raise ValueError(f"rast: triangle ids up to {max_id} but tri has only {tri.shape[0]} triangles")
+    check_rast("rast", rast, tri.shape[0])
     if diff_attrs is None:
         which: List[int] = []
     elif isinstance(diff_attrs, str):

@@ -1,32 +1,33 @@
 """rasterize(): which triangle covers each pixel, and where (perspective-correct barycentrics).
 
-The op runs in three Taichi kernels, following nvdiffrast's split between visibility (not
+The op runs in a few Taichi kernels, following nvdiffrast's split between visibility (not
 differentiable) and barycentrics (differentiable):
 
-1. ``_setup`` (one thread per triangle): clip the triangle against the near plane ``z = -w``
-   (Sutherland–Hodgman on a triangle gives at most a quad = 2 triangles), project to pixels and
-   count the 16×16-pixel tiles its bounding box touches. The clipped polygon (pixel X, Y, z/w)
-   and its vertex keys are stored so that tile jobs never redo the clipping.
-   ``_expand`` turns the counts into a flat (triangle, tile) job list; each triangle reserves
-   its slots with an atomic cursor (job order may vary between runs, the result cannot).
-2. ``_coverage`` (one thread per (triangle, tile) job): test the pixel centres of one tile against
-   the stored clipped triangle with edge functions and keep the nearest fragment per pixel with one
-   64-bit ``atomic_min`` on the key ``(depth bits << 32) | triangle index``. Splitting big
-   triangles into tile jobs keeps all threads busy when one triangle covers the screen. Ties in
-   depth go to the smaller triangle index: deterministic whatever the thread order.
-3. ``_resolve`` (one thread per pixel): recompute (u, v, z/w) and their screen derivatives from the
-   winning triangle's *original* clip-space vertices with nvdiffrast's formula
+1. ``setup`` (one thread per triangle): clip the triangle against the near plane ``z = -w``
+   (Sutherland–Hodgman on a triangle gives at most a quad = 2 triangles) and project it to
+   pixels. A triangle whose pixel bounding box holds at most 16×16 pixels — nearly every
+   triangle of a dense mesh — is rasterized right there: test the pixel centres with edge
+   functions and keep the nearest fragment per pixel with one 64-bit ``atomic_min`` on the key
+   ``(depth bits << 32) | triangle index``. Ties in depth go to the smaller triangle index:
+   deterministic whatever the thread order.
+2. Larger triangles store their clipped polygon and count the 16×16 tiles they touch;
+   ``expand`` turns the counts (prefix sum) into a (triangle, tile) job list and ``coverage``
+   runs one thread per job with the same test, so a triangle covering the whole screen is split
+   over all threads instead of serialising on one.
+3. ``resolve`` (per pixel): recompute (u, v, z/w) and their screen derivatives from the winning
+   triangle's *original* clip-space vertices with nvdiffrast's formula
 
        q_k = (x_k − X·w_k, y_k − Y·w_k),  a0 = q1×q2, a1 = q2×q0, a2 = q0×q1,  A = a0+a1+a2,
        u = a0/A,  v = a1/A,  z/w = Σ z_k a_k / Σ w_k a_k,
 
    which is perspective-correct (the a_k are the 2-D barycentrics divided by w_k, up to scale)
    and independent of clipping, so clipped triangles still report barycentrics of the original
-   vertices. This kernel is *flat* (one parallel loop, no inner loops, each output written once),
-   so Taichi's reverse-mode autodiff differentiates it correctly: ``_resolve.grad`` is the
-   backward pass (an atomic scatter to x, y, w of the three vertices), checked against finite
-   differences and against torch autograd through a pure-torch reference rasterizer in
-   ``tests/test_rasterize.py`` (``tests/reference_raster.py``).
+   vertices. Its backward ``resolve_bwd`` is the hand-written adjoint of (u, v) (an atomic
+   scatter to x, y, w of the three vertices); when a loss also depends on ``rast_db`` (with
+   ``grad_db=True``) the backward is Taichi's autodiff of ``resolve_flat``, a *flat* twin of the
+   resolve (one parallel loop, each output written once, the case where Taichi AD is exact).
+   Both are checked against finite differences and against torch autograd through a pure-torch
+   reference rasterizer in ``tests/test_rasterize.py`` (``tests/reference_raster.py``).
 
 Precision: depth in the z-buffer key is the float32 bit pattern of (z/w + 1)/2 even on the f64
 path, so fragments closer than ~1e-7 in z/w tie and the smaller triangle index wins; everything
@@ -54,35 +55,38 @@ __all__ = ["rasterize"]
 def _visibility(pos: torch.Tensor, tri: torch.Tensor, work_n, work_t, per_instance: int, N: int,
                 H: int, W: int) -> torch.Tensor:
     """Nearest-triangle z-buffer [N, H, W] int64 of packed keys (not differentiable)."""
-    setup, coverage, _, expand = _kernels(ti_real(pos.dtype))
+    k = _kernels(ti_real(pos.dtype))
     dev = pos.device
     zbuf = torch.full((N, H, W), _EMPTY, dtype=torch.int64, device=dev)
     K = work_t.numel()
     if K == 0:
         return zbuf
-    tiles = torch.zeros((K, 8), dtype=torch.int32, device=dev)  # tile x0, y0, count x; pixel bbox; n
+    tiles = torch.empty((K, 8), dtype=torch.int32, device=dev)  # tile x0, y0, count x; pixel bbox; n
     poly = torch.empty((K, 4, 3), dtype=pos.dtype, device=dev)  # clipped polygon: pixel X, Y, z/w
     keys = torch.empty((K, 4), dtype=torch.int64, device=dev)  # its vertex keys (fill-rule order)
-    counts = torch.zeros(K, dtype=torch.int64, device=dev)
-    setup(pos, tri, work_n, work_t, per_instance, W, H, tiles, counts, poly, keys)
-    total = int(counts.sum())
-    if total == 0:
-        return zbuf
-    job_k = torch.empty(total, dtype=torch.int32, device=dev)
-    job_local = torch.empty(total, dtype=torch.int32, device=dev)
-    expand(counts, torch.zeros(1, dtype=torch.int32, device=dev), job_k, job_local)
-    coverage(pos, tri, work_n, work_t, per_instance, W, H, tiles, job_k, job_local, poly, keys, zbuf)
+    counts = torch.empty(K, dtype=torch.int64, device=dev)  # tile jobs per large triangle
+    k.setup(pos, tri, work_n, work_t, per_instance, W, H, tiles, counts, poly, keys, zbuf)
+    offsets = torch.cumsum(counts, 0)
+    total = int(offsets[-1])
+    if total > 0:
+        if total >= 2**31:
+            raise ValueError(f"resolution: {H}x{W} with {K} triangles needs {total} tile jobs (limit 2^31)")
+        job_k = torch.empty(total, dtype=torch.int32, device=dev)
+        job_local = torch.empty(total, dtype=torch.int32, device=dev)
+        k.expand(counts, offsets, job_k, job_local)
+        k.coverage(work_n, work_t, tiles, job_k, job_local, poly, keys, zbuf)
     return zbuf
 
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pos4, tri, work_n, work_t, per_instance, N, H, W, grad_db):
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their backward work
         pos4 = pos4.detach().contiguous()
         zbuf = _visibility(pos4, tri, work_n, work_t, per_instance, N, H, W)
         rast = torch.empty((N, H, W, 4), dtype=pos4.dtype, device=pos4.device)
         db = torch.empty_like(rast)
-        _kernels(ti_real(pos4.dtype))[2](pos4, tri, zbuf, per_instance, rast, db)
+        _kernels(ti_real(pos4.dtype)).resolve(pos4, tri, zbuf, per_instance, rast.view(-1, 4), db.view(-1, 4))
         ctx.save_for_backward(pos4, tri, zbuf)
         ctx.per_instance, ctx.grad_db = per_instance, grad_db
         ctx.mark_non_differentiable(db) if not grad_db else None
@@ -91,20 +95,29 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_rast, g_db):
         pos4, tri, zbuf = ctx.saved_tensors
-        resolve = _kernels(ti_real(pos4.dtype))[2]
-        # "detach + fresh leaf" pattern: Taichi writes adjoints into .grad of the tensors it is given.
-        p = pos4.detach().clone().requires_grad_(True)
-        p.grad = torch.zeros_like(p)
-        r = torch.zeros((*zbuf.shape, 4), dtype=pos4.dtype, device=pos4.device).requires_grad_(True)
-        seed = torch.zeros_like(r) if g_rast is None else g_rast.clone()
-        seed[..., 2:] = 0  # z/w and the triangle id carry no gradient (visibility comes from antialias)
-        r.grad = seed.contiguous()
-        d = torch.zeros_like(r).requires_grad_(True)
-        d.grad = (g_db.clone().contiguous() if (g_db is not None and ctx.grad_db) else torch.zeros_like(r))
-        resolve.grad(p, tri, zbuf, ctx.per_instance, r, d)
-        g = p.grad
-        g[..., 2] = 0  # z never receives gradient (nvdiffrast convention)
-        return g, None, None, None, None, None, None, None, None
+        k = _kernels(ti_real(pos4.dtype))
+        if not ctx.grad_db:
+            g_db = None
+        if g_rast is None and g_db is None:
+            return (None,) * 9
+        if g_db is None:
+            # the common case: only (u, v) carry gradient -> hand-written adjoint, no AD tape
+            g_pos = torch.zeros_like(pos4)
+            k.resolve_bwd(pos4, tri, zbuf, ctx.per_instance, g_rast.contiguous().view(-1, 4), g_pos)
+        else:
+            # "detach + fresh leaf" pattern: Taichi writes adjoints into .grad of the tensors it is given.
+            p = pos4.clone().requires_grad_(True)
+            p.grad = torch.zeros_like(p)
+            M = zbuf.numel()
+            r = torch.zeros((M, 4), dtype=pos4.dtype, device=pos4.device).requires_grad_(True)
+            r.grad = torch.zeros_like(r) if g_rast is None else g_rast.reshape(M, 4).clone()
+            r.grad[:, 2:] = 0  # z/w and the triangle id carry no gradient (visibility comes from antialias)
+            d = torch.zeros_like(r).requires_grad_(True)
+            d.grad = g_db.reshape(M, 4).clone()
+            k.resolve_flat.grad(p, tri, zbuf, ctx.per_instance, r, d)
+            g_pos = p.grad
+        g_pos[..., 2] = 0  # z never receives gradient (nvdiffrast convention)
+        return g_pos, None, None, None, None, None, None, None, None
 
 
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
