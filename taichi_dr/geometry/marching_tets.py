@@ -38,7 +38,7 @@ from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["marching_tets", "TRIANGLE_TABLE", "NUM_TRIANGLES"]
 
-BLOCK = 1024  # tets (edges) per serial block of the compaction passes
+BLOCK = 256  # tets (edges) per serial block of the compaction passes
 
 NUM_TRIANGLES = [0, 1, 1, 2, 1, 2, 2, 1, 1, 2, 2, 1, 2, 1, 1, 0]
 TRIANGLE_TABLE = [
@@ -103,7 +103,8 @@ def _kernels(real):
             m = 0
             if b > 0:
                 m = block_end[b - 1]
-            for e in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, E)):
+            # blocks without crossings (most of the grid) are skipped after one load
+            for e in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, E) if block_end[b] > m else b * BLOCK):
                 if crossing[e] != 0:
                     vid[e] = m
                     cross_edges[m] = e
@@ -119,7 +120,7 @@ def _kernels(real):
             f = 0
             if b > 0:
                 f = block_end[b - 1]
-            for t in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, T)):
+            for t in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, T) if block_end[b] > f else b * BLOCK):
                 c = ti.cast(case[t], ti.i32)
                 n = ntab[c]
                 for k in range(n):
