@@ -338,7 +338,7 @@ def kernels(real):
     @ti.kernel
     def resolve(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
                 per_instance: ti.i32, rast: nd(dtype=vec4, ndim=1), db: nd(dtype=vec4, ndim=1)):
-        # one parallel iteration per image row (n, y); rast/db are [N·H·W, 4] views
+        # one parallel iteration per SEG-pixel piece of a row (see segment); rast/db: [N·H·W] vec4 views
         H, W = zbuf.shape[1], zbuf.shape[2]
         nseg = (W + SEG - 1) // SEG
         for it in range(zbuf.shape[0] * H * nseg):

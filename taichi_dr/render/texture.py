@@ -133,6 +133,7 @@ def cube_face_coords(d: torch.Tensor):
 @functools.lru_cache(maxsize=None)
 def _kernels(real):
     nd = ti.types.ndarray
+    vec2 = ti.types.vector(2, real)
 
     @ti.func
     def cube_dir(f, sc, tc):
@@ -172,12 +173,9 @@ def _kernels(real):
         """Address of texel (i, j) of face f, level k after the boundary rule, or -1 (zero)."""
         H, W = meta[k, 1], meta[k, 2]
         addr = -1
-        if ti.static(bmode == 0):  # wrap
-            # integer modulo costs a division: only pay it for taps outside the texture
-            if i < 0 or i >= W:
-                i = i % W
-            if j < 0 or j >= H:
-                j = j % H
+        if ti.static(bmode == 0):  # wrap; callers pre-wrap the base tap (wrap_base), so one step suffices
+            i = ti.select(i >= W, i - W, i)
+            j = ti.select(j >= H, j - H, j)
             addr = meta[k, 0] + (f * H + j) * W + i
         elif ti.static(bmode == 1):  # clamp to edge texels
             i, j = ti.min(ti.max(i, 0), W - 1), ti.min(ti.max(j, 0), H - 1)
@@ -196,11 +194,25 @@ def _kernels(real):
         return addr
 
     @ti.func
-    def setup(meta: ti.template(), st: ti.template(), lev: ti.template(), n, y, x, filt: ti.template(), nlev):
-        """Levels to blend (k0, k1), blend weight, and the continuous texel position at each."""
+    def wrap_base(i, n, bmode: ti.template()):
+        """For wrap mode, bring the base tap i into [0, n) so that taps i and i + 1 need no modulo.
+
+        A per-tap integer modulo (two divisions) made wrapped lookups 3× slower than clamped ones.
+        """
+        if ti.static(bmode == 0):
+            if i < 0 or i >= n:
+                # floor(i / n) from a float division (an integer modulo costs two divisions),
+                # then one correction step for a quotient rounded the wrong way
+                i -= ti.cast(ti.floor(ti.cast(i, ti.f32) / ti.cast(n, ti.f32)), ti.i32) * n
+                i = ti.select(i < 0, i + n, ti.select(i >= n, i - n, i))
+        return i
+
+    @ti.func
+    def setup(lev: ti.template(), p, filt: ti.template(), nlev):
+        """Levels to blend (k0, k1) and the blend weight of k1 for pixel p."""
         L = ti.cast(0.0, real)
         if ti.static(filt >= 2):
-            L = ti.min(ti.max(lev[n, y, x], 0.0), ti.cast(nlev - 1, real))
+            L = ti.min(ti.max(lev[p], 0.0), ti.cast(nlev - 1, real))
         k0 = ti.cast(ti.floor(L), ti.i32)
         frac = L - k0
         if ti.static(filt == 2):  # mipmap-nearest
@@ -211,30 +223,34 @@ def _kernels(real):
         return k0, k1, frac
 
     @ti.kernel
-    def fwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=3),
-            st: nd(dtype=real, ndim=4), lev: nd(dtype=real, ndim=3), filt: ti.template(), bmode: ti.template(),
-            C: ti.template(), out: nd(dtype=real, ndim=4)):
+    def fwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=1),
+            st: nd(dtype=vec2, ndim=1), lev: nd(dtype=real, ndim=1), hw: ti.i32, filt: ti.template(),
+            bmode: ti.template(), C: ti.template(), out: nd(dtype=real, ndim=2)):
         # filter, boundary mode and channel count are compile-time constants: one small
-        # specialised kernel per combination, channels accumulated in registers
+        # specialised kernel per combination, channels accumulated in registers. Images come as
+        # flat [P, ·] views (P = N·H·W pixels, hw = H·W): a plain range-for, no index division.
         nlev = meta.shape[0]
-        for n, y, x in face:
-            nt = n if tex.shape[0] > 1 else 0
-            k0, k1, frac = setup(meta, st, lev, n, y, x, filt, nlev)
-            f = face[n, y, x]
+        for p in range(face.shape[0]):
+            nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
+            k0, k1, frac = setup(lev, p, filt, nlev)
+            f = face[p]
+            s_t = st[p]
             acc = ti.Vector.zero(real, C)
             for li in ti.static(range(2 if filt == 3 else 1)):
                 k = k0 if li == 0 else k1
                 wl = (1.0 - frac) if li == 0 else frac
                 H, W = meta[k, 1], meta[k, 2]
-                px, py = st[n, y, x, 0] * W - 0.5, st[n, y, x, 1] * H - 0.5
+                px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
                 if ti.static(filt == 0):  # nearest: the texel containing the sample
-                    a = texel(meta, k, f, ti.cast(ti.floor(px + 0.5), ti.i32), ti.cast(ti.floor(py + 0.5), ti.i32), bmode)
+                    a = texel(meta, k, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
+                              wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
                     if a >= 0:
                         for c in ti.static(range(C)):
                             acc[c] += tex[nt, a, c]
                 else:
                     x0, y0 = ti.cast(ti.floor(px), ti.i32), ti.cast(ti.floor(py), ti.i32)
                     fx, fy = px - x0, py - y0
+                    x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
                     for dy, dx in ti.static(ti.ndrange(2, 2)):
                         w = wl * (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
                         a = texel(meta, k, f, x0 + dx, y0 + dy, bmode)
@@ -242,36 +258,39 @@ def _kernels(real):
                             for c in ti.static(range(C)):
                                 acc[c] += w * tex[nt, a, c]
             for c in ti.static(range(C)):
-                out[n, y, x, c] = acc[c]
+                out[p, c] = acc[c]
 
     @ti.kernel
-    def bwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=3),
-            st: nd(dtype=real, ndim=4), lev: nd(dtype=real, ndim=3), filt: ti.template(), bmode: ti.template(),
-            C: ti.template(), g_out: nd(dtype=real, ndim=4), g_tex: nd(dtype=real, ndim=3),
-            g_st: nd(dtype=real, ndim=4), g_lev: nd(dtype=real, ndim=3)):
+    def bwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=1),
+            st: nd(dtype=vec2, ndim=1), lev: nd(dtype=real, ndim=1), hw: ti.i32, filt: ti.template(),
+            bmode: ti.template(), C: ti.template(), g_out: nd(dtype=real, ndim=2), g_tex: nd(dtype=real, ndim=3),
+            g_st: nd(dtype=vec2, ndim=1), g_lev: nd(dtype=real, ndim=1)):
         nlev = meta.shape[0]
-        for n, y, x in face:
-            nt = n if tex.shape[0] > 1 else 0
-            k0, k1, frac = setup(meta, st, lev, n, y, x, filt, nlev)
-            f = face[n, y, x]
+        for p in range(face.shape[0]):
+            nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
+            k0, k1, frac = setup(lev, p, filt, nlev)
+            f = face[p]
+            s_t = st[p]
             g = ti.Vector.zero(real, C)
             for c in ti.static(range(C)):
-                g[c] = g_out[n, y, x, c]
+                g[c] = g_out[p, c]
             gs, gt, gl = ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real)
             for li in ti.static(range(2 if filt == 3 else 1)):
                 k = k0 if li == 0 else k1
                 wl = (1.0 - frac) if li == 0 else frac
                 dwl = -1.0 if li == 0 else 1.0  # d wl / d level
                 H, W = meta[k, 1], meta[k, 2]
-                px, py = st[n, y, x, 0] * W - 0.5, st[n, y, x, 1] * H - 0.5
+                px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
                 if ti.static(filt == 0):
-                    a = texel(meta, k, f, ti.cast(ti.floor(px + 0.5), ti.i32), ti.cast(ti.floor(py + 0.5), ti.i32), bmode)
+                    a = texel(meta, k, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
+                              wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
                     if a >= 0:
                         for c in ti.static(range(C)):
                             g_tex[nt, a, c] += g[c]
                 else:
                     x0, y0 = ti.cast(ti.floor(px), ti.i32), ti.cast(ti.floor(py), ti.i32)
                     fx, fy = px - x0, py - y0
+                    x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
                     for dy, dx in ti.static(ti.ndrange(2, 2)):
                         wx = fx if dx else 1.0 - fx
                         wy = fy if dy else 1.0 - fy
@@ -286,13 +305,12 @@ def _kernels(real):
                             gs += wl * (1.0 if dx else -1.0) * wy * W * tg
                             gt += wl * wx * (1.0 if dy else -1.0) * H * tg
                             gl += dwl * wx * wy * tg
-            g_st[n, y, x, 0] = gs
-            g_st[n, y, x, 1] = gt
+            g_st[p] = ti.Vector([gs, gt], real)
             # the level only matters for trilinear filtering inside the clamp range
             if ti.static(filt == 3):
-                L = lev[n, y, x]
+                L = lev[p]
                 if L > 0 and L < nlev - 1:
-                    g_lev[n, y, x] = gl
+                    g_lev[p] = gl
 
     return fwd, bwd
 
@@ -302,8 +320,10 @@ class _Sample(torch.autograd.Function):
     def forward(ctx, flat, meta, face, st, lev, filt, bmode):
         fwd, _ = _kernels(ti_real(flat.dtype))
         flat_c, st_c, lev_c = flat.detach().contiguous(), st.detach().contiguous(), lev.detach().contiguous()
-        out = torch.empty((*face.shape, flat.shape[2]), dtype=flat.dtype, device=flat.device)
-        fwd(flat_c, meta, face, st_c, lev_c, filt, bmode, flat.shape[2], out)
+        C = flat.shape[2]
+        hw = face.shape[1] * face.shape[2]
+        out = torch.empty((*face.shape, C), dtype=flat.dtype, device=flat.device)
+        fwd(flat_c, meta, face.view(-1), st_c.view(-1, 2), lev_c.view(-1), hw, filt, bmode, C, out.view(-1, C))
         ctx.save_for_backward(flat_c, meta, face, st_c, lev_c)
         ctx.modes = (filt, bmode)
         return out
@@ -312,8 +332,10 @@ class _Sample(torch.autograd.Function):
     def backward(ctx, g_out):
         flat, meta, face, st, lev = ctx.saved_tensors
         _, bwd = _kernels(ti_real(flat.dtype))
+        C = flat.shape[2]
         g_tex, g_st, g_lev = torch.zeros_like(flat), torch.zeros_like(st), torch.zeros_like(lev)
-        bwd(flat, meta, face, st, lev, *ctx.modes, flat.shape[2], g_out.detach().contiguous(), g_tex, g_st, g_lev)
+        bwd(flat, meta, face.view(-1), st.view(-1, 2), lev.view(-1), face.shape[1] * face.shape[2], *ctx.modes, C,
+            g_out.detach().contiguous().view(-1, C), g_tex, g_st.view(-1, 2), g_lev.view(-1))
         return g_tex, None, None, g_st, g_lev, None, None
 
 
