@@ -23,19 +23,24 @@ coordinates; a bilinear tap that falls off a face is re-projected through its 3-
 the neighbouring face, so filtering is seamless across edges.
 """
 import functools
+import math
 from typing import List, Optional
 
 import taichi as ti
 import torch
 import torch.nn.functional as F
 
-from taichi_dr._checks import FLOATS, check_choice, check_float, check_same_device, check_tensor, shape_str
+from taichi_dr._checks import (FLOATS, check_choice, check_finite, check_float, check_same_device, check_tensor,
+                               shape_str)
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["texture", "texture_construct_mip", "MipStack", "cube_face_coords"]
 
 FILTERS = ("nearest", "linear", "linear-mipmap-nearest", "linear-mipmap-linear", "auto")
 BOUNDARIES = ("wrap", "clamp", "zero", "cube")
+# level = ½·log2 λ = (½ / ln 2)·ln λ; wrapped as real(...) in kernels: a bare Python float there
+# becomes an f32 constant even in f64 kernels
+_HALF_INV_LN2 = 0.5 / math.log(2.0)
 
 
 class MipStack:
@@ -131,9 +136,12 @@ def cube_face_coords(d: torch.Tensor):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(real):
+def _kernels(real, C: int):
     nd = ti.types.ndarray
     vec2 = ti.types.vector(2, real)
+    vecC = ti.types.vector(C, real)  # one texel / pixel: loaded and stored as a whole
+    meta_t = ti.types.vector(3, ti.i32)  # per level: (offset, H, W)
+    vec4 = ti.types.vector(4, real)
 
     @ti.func
     def cube_dir(f, sc, tc):
@@ -169,20 +177,21 @@ def _kernels(real):
         return f, (sc / ma + 1.0) * 0.5, (tc / ma + 1.0) * 0.5
 
     @ti.func
-    def texel(meta: ti.template(), k, f, i, j, bmode: ti.template()):
-        """Address of texel (i, j) of face f, level k after the boundary rule, or -1 (zero)."""
-        H, W = meta[k, 1], meta[k, 2]
+    def texel(m, f, i, j, bmode: ti.template()):
+        """Address of texel (i, j) of face f of the level m = (offset, H, W) after the boundary
+        rule, or -1 (zero)."""
+        H, W = m[1], m[2]
         addr = -1
         if ti.static(bmode == 0):  # wrap; callers pre-wrap the base tap (wrap_base), so one step suffices
             i = ti.select(i >= W, i - W, i)
             j = ti.select(j >= H, j - H, j)
-            addr = meta[k, 0] + (f * H + j) * W + i
+            addr = m[0] + (f * H + j) * W + i
         elif ti.static(bmode == 1):  # clamp to edge texels
             i, j = ti.min(ti.max(i, 0), W - 1), ti.min(ti.max(j, 0), H - 1)
-            addr = meta[k, 0] + (f * H + j) * W + i
+            addr = m[0] + (f * H + j) * W + i
         elif ti.static(bmode == 2):  # zero outside
             if 0 <= i < W and 0 <= j < H:
-                addr = meta[k, 0] + (f * H + j) * W + i
+                addr = m[0] + (f * H + j) * W + i
         else:  # cube: re-project taps beyond the face through their direction
             if not (0 <= i < W and 0 <= j < H):
                 d = cube_dir(f, 2.0 * (i + 0.5) / W - 1.0, 2.0 * (j + 0.5) / H - 1.0)
@@ -190,7 +199,7 @@ def _kernels(real):
                 f = f2
                 i = ti.min(ti.max(ti.cast(ti.floor(s2 * W), ti.i32), 0), W - 1)
                 j = ti.min(ti.max(ti.cast(ti.floor(t2 * H), ti.i32), 0), H - 1)
-            addr = meta[k, 0] + (f * H + j) * W + i
+            addr = m[0] + (f * H + j) * W + i
         return addr
 
     @ti.func
@@ -205,147 +214,261 @@ def _kernels(real):
                 # then one correction step for a quotient rounded the wrong way
                 i -= ti.cast(ti.floor(ti.cast(i, ti.f32) / ti.cast(n, ti.f32)), ti.i32) * n
                 i = ti.select(i < 0, i + n, ti.select(i >= n, i - n, i))
+                # the f32 quotient is exact enough below 2^24; beyond (|s·W| that large, or past
+                # the int32 range) the texel is meaningless anyway: just keep the address valid
+                i = ti.min(ti.max(i, 0), n - 1)
         return i
 
     @ti.func
-    def setup(lev: ti.template(), p, filt: ti.template(), nlev):
-        """Levels to blend (k0, k1) and the blend weight of k1 for pixel p."""
+    def nonfinite(x):
+        """1 if a component of vector x is NaN or ±Inf (all exponent bits set), else 0. Tested on
+        the bits: with fast math the compiler may assume floats are finite and fold x != x away."""
+        bad = 0
+        for i in ti.static(range(x.n)):
+            if ti.static(real == ti.f64):
+                e = ti.i64(0x7FF0000000000000)
+                bad |= ti.cast((ti.bit_cast(x[i], ti.i64) & e) == e, ti.i32)
+            else:
+                e = ti.i32(0x7F800000)
+                bad |= ti.cast((ti.bit_cast(x[i], ti.i32) & e) == e, ti.i32)
+        return bad
+
+    @ti.func
+    def footprint(da: ti.template(), p, W0, H0):
+        """J = d(texel x, y)/d(pixel X, Y) at pixel p, flattened (J00, J01, J10, J11): the
+        (s, t) footprint (ds/dX, ds/dY, dt/dX, dt/dY) with its rows scaled to level-0 texels."""
+        j = da[p]
+        return ti.Vector([j[0] * W0, j[1] * W0, j[2] * H0, j[3] * H0], real)
+
+    @ti.func
+    def lam_max(J):
+        """Largest eigenvalue λ of JᵀJ = [[a, c], [c, b]] (a, b: squared column lengths):
+        λ = ½(a + b) + r with r = sqrt(¼(a − b)² + c²) (+ 1e-30, so r > 0 and dr is finite)."""
+        a = J[0] * J[0] + J[2] * J[2]
+        b = J[1] * J[1] + J[3] * J[3]
+        c = J[0] * J[1] + J[2] * J[3]
+        r = ti.sqrt(0.25 * (a - b) * (a - b) + c * c + real(1e-30))
+        return a, b, c, r, 0.5 * (a + b) + r
+
+    @ti.func
+    def level(da: ti.template(), bias: ti.template(), p, W0, H0, has_da: ti.template(), has_bias: ti.template()):
+        """Level of detail of pixel p before clamping: ½·log2 λ (the longer axis of the footprint
+        in texels, as a power of two) plus the bias; 0 without footprint or bias."""
         L = ti.cast(0.0, real)
+        if ti.static(has_da):
+            _, _, _, _, lam = lam_max(footprint(da, p, W0, H0))
+            L = real(_HALF_INV_LN2) * ti.log(ti.max(lam, real(1e-30)))
+        if ti.static(has_bias):
+            L += bias[p]
+        return L
+
+    @ti.func
+    def level_adjoint(da: ti.template(), p, W0, H0, gL):
+        """dL/d(uv_da) of pixel p given dL/dlevel = gL (the adjoint of footprint → lam_max → level)."""
+        J = footprint(da, p, W0, H0)
+        a, b, c, r, lam = lam_max(J)
+        g_lam = ti.cast(0.0, real)
+        if lam > real(1e-30):  # where the log's argument was clamped the level is constant
+            g_lam = gL * real(_HALF_INV_LN2) / lam
+        # dλ/da = ½ + ¼(a − b)/r, dλ/db = ½ − ¼(a − b)/r, dλ/dc = c/r
+        ga = g_lam * (0.5 + 0.25 * (a - b) / r)
+        gb = g_lam * (0.5 - 0.25 * (a - b) / r)
+        gc = g_lam * c / r
+        # a = J00² + J10², b = J01² + J11², c = J00·J01 + J10·J11; then the row scales W0, H0
+        return ti.Vector([(2.0 * ga * J[0] + gc * J[1]) * W0, (2.0 * gb * J[1] + gc * J[0]) * W0,
+                          (2.0 * ga * J[2] + gc * J[3]) * H0, (2.0 * gb * J[3] + gc * J[2]) * H0], real)
+
+    @ti.func
+    def setup(L, filt: ti.template(), nlev):
+        """Levels to blend (k0, k1) and the blend weight of k1 for a level of detail L."""
+        Lc = ti.cast(0.0, real)
         if ti.static(filt >= 2):
-            L = ti.min(ti.max(lev[p], 0.0), ti.cast(nlev - 1, real))
-        k0 = ti.cast(ti.floor(L), ti.i32)
-        frac = L - k0
+            Lc = ti.min(ti.max(L, 0.0), ti.cast(nlev - 1, real))
+        k0 = ti.cast(ti.floor(Lc), ti.i32)
+        frac = Lc - k0
         if ti.static(filt == 2):  # mipmap-nearest
-            k0 = ti.cast(ti.floor(L + 0.5), ti.i32)
+            k0 = ti.cast(ti.floor(Lc + 0.5), ti.i32)
             frac = 0.0
         k0 = ti.min(k0, nlev - 1)
         k1 = ti.min(k0 + 1, nlev - 1)
         return k0, k1, frac
 
     @ti.kernel
-    def fwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=1),
-            st: nd(dtype=vec2, ndim=1), lev: nd(dtype=real, ndim=1), hw: ti.i32, filt: ti.template(),
-            bmode: ti.template(), C: ti.template(), out: nd(dtype=real, ndim=2)):
-        # filter, boundary mode and channel count are compile-time constants: one small
-        # specialised kernel per combination, channels accumulated in registers. Images come as
-        # flat [P, ·] views (P = N·H·W pixels, hw = H·W): a plain range-for, no index division.
+    def fwd(tex: nd(dtype=vecC, ndim=2), meta: nd(dtype=meta_t, ndim=1), face: nd(dtype=ti.i32, ndim=1),
+            st: nd(dtype=vec2, ndim=1), da: nd(dtype=vec4, ndim=1), bias: nd(dtype=real, ndim=1), hw: ti.i32,
+            filt: ti.template(), bmode: ti.template(), has_da: ti.template(),
+            has_bias: ti.template(), out: nd(dtype=vecC, ndim=1), bad: nd(dtype=ti.i32, ndim=1)):
+        # filter, boundary mode, channel count and which level inputs exist are compile-time
+        # constants: one small specialised kernel per combination, channels accumulated in
+        # registers, and absent inputs (face for 2-D textures, footprint, bias) are 1-element
+        # dummies never read. Images come as flat [P, ·] views (P = N·H·W pixels, hw = H·W): a
+        # plain range-for, no index division.
+        # 2-D inputs come straight from the caller and are checked for NaN/Inf here, where they
+        # are read anyway (bad[0..2] flag uv, uv_da, mip_level_bias; the wrapper then raises): a
+        # torch reduction beforehand costs a pass per input, and its OpenMP workers keep spinning
+        # afterwards, slowing this kernel down by a third. Cube-map inputs are checked in torch.
         nlev = meta.shape[0]
-        for p in range(face.shape[0]):
+        H0, W0 = ti.cast(meta[0][1], real), ti.cast(meta[0][2], real)
+        for p in range(out.shape[0]):
             nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
-            k0, k1, frac = setup(lev, p, filt, nlev)
-            f = face[p]
+            L = ti.cast(0.0, real)
+            if ti.static(filt >= 2):
+                L = level(da, bias, p, W0, H0, has_da, has_bias)
+            f = 0
+            if ti.static(bmode == 3):
+                f = face[p]
             s_t = st[p]
+            if ti.static(bmode != 3):
+                b_st, b_da, b_bias = nonfinite(s_t), 0, 0
+                if ti.static(filt >= 2 and has_da):
+                    b_da = nonfinite(da[p])
+                if ti.static(filt >= 2 and has_bias):
+                    b_bias = nonfinite(ti.Vector([bias[p]], real))
+                if b_st | b_da | b_bias:
+                    # flag the input; sample a harmless point (a NaN texel index is no address)
+                    bad[0] |= b_st
+                    bad[1] |= b_da
+                    bad[2] |= b_bias
+                    s_t, L = ti.Vector.zero(real, 2), ti.cast(0.0, real)
+            k0, k1, frac = setup(L, filt, nlev)
             acc = ti.Vector.zero(real, C)
             for li in ti.static(range(2 if filt == 3 else 1)):
                 k = k0 if li == 0 else k1
                 wl = (1.0 - frac) if li == 0 else frac
-                H, W = meta[k, 1], meta[k, 2]
+                m = meta[k]
+                H, W = m[1], m[2]
                 px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
                 if ti.static(filt == 0):  # nearest: the texel containing the sample
-                    a = texel(meta, k, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
+                    a = texel(m, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
                               wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
                     if a >= 0:
-                        for c in ti.static(range(C)):
-                            acc[c] += tex[nt, a, c]
+                        acc += tex[nt, a]
                 else:
-                    x0, y0 = ti.cast(ti.floor(px), ti.i32), ti.cast(ti.floor(py), ti.i32)
-                    fx, fy = px - x0, py - y0
+                    fpx, fpy = ti.floor(px), ti.floor(py)
+                    x0, y0 = ti.cast(fpx, ti.i32), ti.cast(fpy, ti.i32)
+                    fx, fy = px - fpx, py - fpy  # in [0, 1] even where x0 overflows int32
                     x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
                     for dy, dx in ti.static(ti.ndrange(2, 2)):
                         w = wl * (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
-                        a = texel(meta, k, f, x0 + dx, y0 + dy, bmode)
+                        a = texel(m, f, x0 + dx, y0 + dy, bmode)
                         if a >= 0:
-                            for c in ti.static(range(C)):
-                                acc[c] += w * tex[nt, a, c]
-            for c in ti.static(range(C)):
-                out[p, c] = acc[c]
+                            acc += w * tex[nt, a]
+            out[p] = acc
 
     @ti.kernel
-    def bwd(tex: nd(dtype=real, ndim=3), meta: nd(dtype=ti.i32, ndim=2), face: nd(dtype=ti.i32, ndim=1),
-            st: nd(dtype=vec2, ndim=1), lev: nd(dtype=real, ndim=1), hw: ti.i32, filt: ti.template(),
-            bmode: ti.template(), C: ti.template(), g_out: nd(dtype=real, ndim=2), g_tex: nd(dtype=real, ndim=3),
-            g_st: nd(dtype=vec2, ndim=1), g_lev: nd(dtype=real, ndim=1)):
+    def bwd(tex: nd(dtype=vecC, ndim=2), meta: nd(dtype=meta_t, ndim=1), face: nd(dtype=ti.i32, ndim=1),
+            st: nd(dtype=vec2, ndim=1), da: nd(dtype=vec4, ndim=1), bias: nd(dtype=real, ndim=1), hw: ti.i32,
+            filt: ti.template(), bmode: ti.template(), has_da: ti.template(),
+            has_bias: ti.template(), g_out: nd(dtype=vecC, ndim=1), g_tex: nd(dtype=vecC, ndim=2),
+            g_st: nd(dtype=vec2, ndim=1), g_da: nd(dtype=vec4, ndim=1), g_bias: nd(dtype=real, ndim=1)):
+        # every pixel writes its g_st (and g_da, g_bias when present), so those need no zeroing
         nlev = meta.shape[0]
-        for p in range(face.shape[0]):
+        H0, W0 = ti.cast(meta[0][1], real), ti.cast(meta[0][2], real)
+        for p in range(g_out.shape[0]):
             nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
-            k0, k1, frac = setup(lev, p, filt, nlev)
-            f = face[p]
+            L = ti.cast(0.0, real)
+            if ti.static(filt >= 2):
+                L = level(da, bias, p, W0, H0, has_da, has_bias)
+            k0, k1, frac = setup(L, filt, nlev)
+            f = 0
+            if ti.static(bmode == 3):
+                f = face[p]
             s_t = st[p]
-            g = ti.Vector.zero(real, C)
-            for c in ti.static(range(C)):
-                g[c] = g_out[p, c]
+            g = g_out[p]
             gs, gt, gl = ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real)
             for li in ti.static(range(2 if filt == 3 else 1)):
                 k = k0 if li == 0 else k1
                 wl = (1.0 - frac) if li == 0 else frac
                 dwl = -1.0 if li == 0 else 1.0  # d wl / d level
-                H, W = meta[k, 1], meta[k, 2]
+                m = meta[k]
+                H, W = m[1], m[2]
                 px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
                 if ti.static(filt == 0):
-                    a = texel(meta, k, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
+                    a = texel(m, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
                               wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
                     if a >= 0:
-                        for c in ti.static(range(C)):
-                            g_tex[nt, a, c] += g[c]
+                        g_tex[nt, a] += g
                 else:
-                    x0, y0 = ti.cast(ti.floor(px), ti.i32), ti.cast(ti.floor(py), ti.i32)
-                    fx, fy = px - x0, py - y0
+                    fpx, fpy = ti.floor(px), ti.floor(py)
+                    x0, y0 = ti.cast(fpx, ti.i32), ti.cast(fpy, ti.i32)
+                    fx, fy = px - fpx, py - fpy  # in [0, 1] even where x0 overflows int32
                     x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
                     for dy, dx in ti.static(ti.ndrange(2, 2)):
                         wx = fx if dx else 1.0 - fx
                         wy = fy if dy else 1.0 - fy
-                        a = texel(meta, k, f, x0 + dx, y0 + dy, bmode)
+                        a = texel(m, f, x0 + dx, y0 + dy, bmode)
                         if a >= 0:
-                            tg = ti.cast(0.0, real)  # Σ_c g_c · texel_c
-                            for c in ti.static(range(C)):
-                                if wl > 0:
-                                    g_tex[nt, a, c] += wl * wx * wy * g[c]
-                                tg += g[c] * tex[nt, a, c]
+                            if wl > 0:
+                                g_tex[nt, a] += wl * wx * wy * g
+                            tg = g.dot(tex[nt, a])  # Σ_c g_c · texel_c
                             # bilinear weights move with the sample: d fx / d s = W, d fy / d t = H
                             gs += wl * (1.0 if dx else -1.0) * wy * W * tg
                             gt += wl * wx * (1.0 if dy else -1.0) * H * tg
                             gl += dwl * wx * wy * tg
             g_st[p] = ti.Vector([gs, gt], real)
             # the level only matters for trilinear filtering inside the clamp range
-            if ti.static(filt == 3):
-                L = lev[p]
-                if L > 0 and L < nlev - 1:
-                    g_lev[p] = gl
+            if ti.static(filt != 3):
+                gl = 0.0
+            else:
+                if not (L > 0 and L < nlev - 1):
+                    gl = 0.0
+            if ti.static(has_bias):
+                g_bias[p] = gl  # dlevel/dbias = 1
+            if ti.static(has_da):
+                g_da[p] = level_adjoint(da, p, W0, H0, gl)
 
     return fwd, bwd
 
 
 class _Sample(torch.autograd.Function):
+    """The Taichi lookup as an autograd node. ``face`` (cube maps only), ``da`` (the ``[N, H, W, 4]``
+    (s, t) footprint) and ``bias`` (``[N, H, W]``) may be None: the kernel is then compiled without
+    them and gets 1-element dummies."""
+
     @staticmethod
-    def forward(ctx, flat, meta, face, st, lev, filt, bmode):
-        fwd, _ = _kernels(ti_real(flat.dtype))
-        flat_c, st_c, lev_c = flat.detach().contiguous(), st.detach().contiguous(), lev.detach().contiguous()
+    def forward(ctx, flat, meta, face, st, da, bias, filt, bmode):
+        N, H, W = st.shape[:3]
         C = flat.shape[2]
-        hw = face.shape[1] * face.shape[2]
-        out = torch.empty((*face.shape, C), dtype=flat.dtype, device=flat.device)
-        fwd(flat_c, meta, face.view(-1), st_c.view(-1, 2), lev_c.view(-1), hw, filt, bmode, C, out.view(-1, C))
-        ctx.save_for_backward(flat_c, meta, face, st_c, lev_c)
+        fwd, _ = _kernels(ti_real(flat.dtype), C)
+        # .contiguous() returns the tensor itself when it already is (the usual case): no copy
+        flat_c, st_c = flat.detach().contiguous(), st.detach().contiguous()
+        da_c = None if da is None else da.detach().contiguous()
+        bias_c = None if bias is None else bias.detach().contiguous()
+        out = torch.empty((N, H, W, C), dtype=flat.dtype, device=flat.device)
+        bad = torch.zeros(3, dtype=torch.int32, device=flat.device)
+        fwd(flat_c, meta, *_flat_args(face, st_c, da_c, bias_c), H * W, filt, bmode, da is not None,
+            bias is not None, out.view(-1, C), bad)
+        if bad.any():  # NaN/Inf in a 2-D input: the same error as a check before the lookup
+            for name, t, b in zip(("uv", "uv_da", "mip_level_bias"), (st, da, bias), bad.tolist()):
+                if b:
+                    check_finite(name, t)
+        ctx.save_for_backward(flat_c, meta, face, st_c, da_c, bias_c)
         ctx.modes = (filt, bmode)
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        flat, meta, face, st, lev = ctx.saved_tensors
-        _, bwd = _kernels(ti_real(flat.dtype))
+        flat, meta, face, st, da, bias = ctx.saved_tensors
         C = flat.shape[2]
-        g_tex, g_st, g_lev = torch.zeros_like(flat), torch.zeros_like(st), torch.zeros_like(lev)
-        bwd(flat, meta, face.view(-1), st.view(-1, 2), lev.view(-1), face.shape[1] * face.shape[2], *ctx.modes, C,
-            g_out.detach().contiguous().view(-1, C), g_tex, g_st.view(-1, 2), g_lev.view(-1))
-        return g_tex, None, None, g_st, g_lev, None, None
+        _, bwd = _kernels(ti_real(flat.dtype), C)
+        # the kernel writes every pixel of g_st, g_da and g_bias: only the scattered g_tex needs zeros
+        g_tex, g_st = torch.zeros_like(flat), torch.empty_like(st)
+        g_da = None if da is None else torch.empty_like(da)
+        g_bias = None if bias is None else torch.empty_like(bias)
+        _, _, g_da_f, g_bias_f = _flat_args(None, st, g_da, g_bias)
+        bwd(flat, meta, *_flat_args(face, st, da, bias), st.shape[1] * st.shape[2], *ctx.modes, da is not None,
+            bias is not None, g_out.detach().contiguous().view(-1, C), g_tex, g_st.view(-1, 2), g_da_f, g_bias_f)
+        return g_tex, None, None, g_st, g_da, g_bias, None, None
 
 
-def _lod(jac: torch.Tensor) -> torch.Tensor:
-    """½·log2 of the largest eigenvalue of JᵀJ for J ``[..., 2, 2]`` (rows s, t; columns X, Y)."""
-    a = (jac[..., 0, 0] ** 2 + jac[..., 1, 0] ** 2)
-    b = (jac[..., 0, 1] ** 2 + jac[..., 1, 1] ** 2)
-    c = jac[..., 0, 0] * jac[..., 0, 1] + jac[..., 1, 0] * jac[..., 1, 1]
-    lam = 0.5 * (a + b) + torch.sqrt(0.25 * (a - b) ** 2 + c * c + 1e-30)
-    return 0.5 * torch.log2(lam.clamp(min=1e-30))
+def _flat_args(face, st, da, bias):
+    """Flat per-pixel kernel views ``face [P]``, ``st [P, 2]``, ``da [P, 4]``, ``bias [P]``; a
+    1-element dummy stands in for each absent (None) one."""
+    if face is None:
+        face = torch.zeros(1, dtype=torch.int32, device=st.device)
+    da = st.new_zeros(1, 4) if da is None else da.view(-1, 4)
+    bias = st.new_zeros(1) if bias is None else bias.view(-1)
+    return face.view(-1), st.view(-1, 2), da, bias
 
 
 def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_level_bias: Optional[torch.Tensor] = None,
@@ -380,7 +503,10 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
     if filter_mode == "auto":
         filter_mode = "linear-mipmap-linear" if (uv_da is not None or mip_level_bias is not None) else "linear"
     filt = FILTERS.index(filter_mode)
-    check_float("uv", uv, ndim=4, last=3 if cube else 2, expected=f"[N, H, W, {3 if cube else 2}]")
+    # 2-D inputs: shape and dtype here, NaN/Inf inside the lookup kernel, which reads them anyway
+    # (see fwd); cube-map inputs feed torch code first and get the full check here
+    check_in = check_float if cube else functools.partial(check_tensor, dtypes=FLOATS)
+    check_in("uv", uv, ndim=4, last=3 if cube else 2, expected=f"[N, H, W, {3 if cube else 2}]")
     if mip is None:
         tex5 = _check_tex(tex, cube)
         levels = [tex5] if filt < 2 else _build_levels(tex5, max_mip_level)
@@ -399,31 +525,28 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
     if cube:
         face, st = cube_face_coords(uv)
     else:
-        face, st = torch.zeros(uv.shape[:3], dtype=torch.int32, device=uv.device), uv
-    # the level of detail is only read by the mipmapped filters (a 1-element dummy otherwise)
-    level = torch.zeros(uv.shape[:3] if filt >= 2 else (1, 1, 1), dtype=uv.dtype, device=uv.device)
+        face, st = None, uv  # 2-D: the kernel is compiled for face 0 and needs no face tensor
+    # the level of detail is only read by the mipmapped filters; the kernel computes it from the
+    # (s, t) footprint and the bias, and differentiates it by hand
+    da = bias = None
     if filt >= 2:
         if uv_da is not None:
             k = 6 if cube else 4
-            check_float("uv_da", uv_da, ndim=4, last=k, expected=f"[N, H, W, {k}]")
+            check_in("uv_da", uv_da, ndim=4, last=k, expected=f"[N, H, W, {k}]")
             if uv_da.shape[:3] != uv.shape[:3]:
                 raise ValueError(f"uv_da: expected shape {shape_str([*uv.shape[:3], k])}, got {shape_str(uv_da.shape)}")
-            Ht, Wt = lvl0.shape[2], lvl0.shape[3]
+            da = uv_da.to(uv.dtype)  # no-op for the same dtype
             if cube:
-                # chain rule through the face projection: d(s,t)/dX = d(s,t)/dd · dd/dX
-                jac = _st_jacobian(uv) @ uv_da.reshape(*uv_da.shape[:3], 3, 2)  # [..., 2, 2]
-            else:
-                jac = uv_da.reshape(*uv_da.shape[:3], 2, 2)
-            scale = torch.tensor([Wt, Ht], dtype=uv.dtype, device=uv.device).view(1, 1, 1, 2, 1)
-            level = _lod(jac * scale)
+                # chain rule through the face projection, d(s,t)/dX = d(s,t)/dd · dd/dX, in torch:
+                # autograd carries the kernel's dL/d(da) back to the directions and their footprint
+                da = (_st_jacobian(uv) @ da.reshape(*da.shape[:3], 3, 2)).reshape(*da.shape[:3], 4)
         if mip_level_bias is not None:
-            check_float("mip_level_bias", mip_level_bias, ndim=3, expected=f"{shape_str(uv.shape[:3])}")
+            check_in("mip_level_bias", mip_level_bias, ndim=3, expected=f"{shape_str(uv.shape[:3])}")
             if mip_level_bias.shape != uv.shape[:3]:
                 raise ValueError(f"mip_level_bias: expected shape {shape_str(uv.shape[:3])}, got {shape_str(mip_level_bias.shape)}")
-            level = level + mip_level_bias
+            bias = mip_level_bias.to(uv.dtype)
     flat, meta = stack.packed()
-    return _Sample.apply(flat, meta, face.contiguous(), st.contiguous(), level.contiguous(), filt,
-                         BOUNDARIES.index(boundary_mode))
+    return _Sample.apply(flat, meta, face, st, da, bias, filt, BOUNDARIES.index(boundary_mode))
 
 
 def _st_jacobian(d: torch.Tensor) -> torch.Tensor:
