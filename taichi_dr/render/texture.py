@@ -2,12 +2,16 @@
 
 Work is split where each part is simplest to read and to differentiate:
 
-* **torch** (differentiable by autograd): the mip pyramid (2×2 box filter per level), the cube-map
-  face projection of a direction, and the level of detail from the screen-space footprint;
-* **Taichi** (forward + hand-written adjoint): the filtered lookup itself, given per pixel a face,
-  coordinates (s, t) ∈ [0, 1]² on it and a continuous mip level. Its adjoint scatters weights to
-  texels (atomic adds) and returns dL/ds, dL/dt, dL/dlevel, which autograd carries back to
-  ``uv``, ``uv_da`` and ``mip_level_bias``.
+* **torch** (differentiable by autograd): the mip pyramid (2×2 box filter per level) and, for
+  cube maps, the face projection of a direction and the chain rule of the pixel footprint through
+  it (d(s, t)/dX = d(s, t)/d(direction) · d(direction)/dX);
+* **Taichi** (forward + hand-written adjoint): per pixel, the level of detail from the (s, t)
+  footprint and the bias, then the filtered lookup at coordinates (s, t) ∈ [0, 1]² on a face.
+  The adjoint scatters weights to texels (atomic adds) and returns dL/ds, dL/dt, dL/d(footprint)
+  and dL/dbias; autograd carries them on to ``uv``, ``uv_da`` and ``mip_level_bias``. Doing the
+  level of detail in the kernel spares ~10 full-image torch temporaries per call.
+
+2-D inputs are checked for NaN/Inf inside the kernel (see ``fwd``), cube-map inputs in torch.
 
 Conventions (nvdiffrast's): texel (i, j) of a W×H level has its centre at s = (i + ½)/W, so a
 coordinate maps to the continuous texel position x = s·W − ½; bilinear filtering blends the 4
@@ -220,9 +224,28 @@ def _kernels(real, C: int):
         return i
 
     @ti.func
+    def nearest_tap(m, f, s_t, bmode: ti.template()):
+        """Address of the texel containing sample s_t on level m, or -1 (zero)."""
+        px, py = s_t[0] * m[2] - 0.5, s_t[1] * m[1] - 0.5
+        return texel(m, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), m[2], bmode),
+                     wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), m[1], bmode), bmode)
+
+    @ti.func
+    def bilinear_taps(m, f, s_t, bmode: ti.template()):
+        """Addresses of the 2×2 texels around sample s_t on level m, (x0 + dx, y0 + dy) at index
+        q = 2·dy + dx (-1 = zero), and the sample's position (fx, fy) ∈ [0, 1]² between them."""
+        px, py = s_t[0] * m[2] - 0.5, s_t[1] * m[1] - 0.5
+        fpx, fpy = ti.floor(px), ti.floor(py)
+        # the weights come from the float floor: in [0, 1] even where the int cast overflows
+        x0, y0 = wrap_base(ti.cast(fpx, ti.i32), m[2], bmode), wrap_base(ti.cast(fpy, ti.i32), m[1], bmode)
+        a = ti.Vector([texel(m, f, x0 + (q & 1), y0 + (q >> 1), bmode) for q in ti.static(range(4))])
+        return a, px - fpx, py - fpy
+
+    @ti.func
     def nonfinite(x):
         """1 if a component of vector x is NaN or ±Inf (all exponent bits set), else 0. Tested on
-        the bits: with fast math the compiler may assume floats are finite and fold x != x away."""
+        the bits: under ti.init(fast_math=True) the compiler may assume finite floats and fold
+        x != x away."""
         bad = 0
         for i in ti.static(range(x.n)):
             if ti.static(real == ti.f64):
@@ -264,7 +287,8 @@ def _kernels(real, C: int):
 
     @ti.func
     def level_adjoint(da: ti.template(), p, W0, H0, gL):
-        """dL/d(uv_da) of pixel p given dL/dlevel = gL (the adjoint of footprint → lam_max → level)."""
+        """Gradient w.r.t. the footprint da[p] given gL, the gradient w.r.t. the level of pixel p
+        (the adjoint of footprint → lam_max → level)."""
         J = footprint(da, p, W0, H0)
         a, b, c, r, lam = lam_max(J)
         g_lam = ti.cast(0.0, real)
@@ -299,10 +323,10 @@ def _kernels(real, C: int):
             filt: ti.template(), bmode: ti.template(), has_da: ti.template(),
             has_bias: ti.template(), out: nd(dtype=vecC, ndim=1), bad: nd(dtype=ti.i32, ndim=1)):
         # filter, boundary mode, channel count and which level inputs exist are compile-time
-        # constants: one small specialised kernel per combination, channels accumulated in
-        # registers, and absent inputs (face for 2-D textures, footprint, bias) are 1-element
-        # dummies never read. Images come as flat [P, ·] views (P = N·H·W pixels, hw = H·W): a
-        # plain range-for, no index division.
+        # constants: one small specialised kernel per combination. Texels and output pixels are
+        # C-vectors (one load / store each, channels summed in registers); absent inputs (face for
+        # 2-D textures, footprint, bias) are 1-element dummies never read. Images come as flat
+        # [P, ·] views (P = N·H·W pixels, hw = H·W): a plain range-for, no index division.
         # 2-D inputs come straight from the caller and are checked for NaN/Inf here, where they
         # are read anyway (bad[0..2] flag uv, uv_da, mip_level_bias; the wrapper then raises): a
         # torch reduction beforehand costs a pass per input, and its OpenMP workers keep spinning
@@ -320,9 +344,9 @@ def _kernels(real, C: int):
             s_t = st[p]
             if ti.static(bmode != 3):
                 b_st, b_da, b_bias = nonfinite(s_t), 0, 0
-                if ti.static(filt >= 2 and has_da):
+                if ti.static(has_da):
                     b_da = nonfinite(da[p])
-                if ti.static(filt >= 2 and has_bias):
+                if ti.static(has_bias):
                     b_bias = nonfinite(ti.Vector([bias[p]], real))
                 if b_st | b_da | b_bias:
                     # flag the input; sample a harmless point (a NaN texel index is no address)
@@ -332,27 +356,19 @@ def _kernels(real, C: int):
                     s_t, L = ti.Vector.zero(real, 2), ti.cast(0.0, real)
             k0, k1, frac = setup(L, filt, nlev)
             acc = ti.Vector.zero(real, C)
-            for li in ti.static(range(2 if filt == 3 else 1)):
-                k = k0 if li == 0 else k1
+            for li in ti.static(range(2 if filt == 3 else 1)):  # levels k0, k1
+                m = meta[k0 if li == 0 else k1]
                 wl = (1.0 - frac) if li == 0 else frac
-                m = meta[k]
-                H, W = m[1], m[2]
-                px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
-                if ti.static(filt == 0):  # nearest: the texel containing the sample
-                    a = texel(m, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
-                              wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
+                if ti.static(filt == 0):
+                    a = nearest_tap(m, f, s_t, bmode)
                     if a >= 0:
                         acc += tex[nt, a]
                 else:
-                    fpx, fpy = ti.floor(px), ti.floor(py)
-                    x0, y0 = ti.cast(fpx, ti.i32), ti.cast(fpy, ti.i32)
-                    fx, fy = px - fpx, py - fpy  # in [0, 1] even where x0 overflows int32
-                    x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
-                    for dy, dx in ti.static(ti.ndrange(2, 2)):
-                        w = wl * (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
-                        a = texel(m, f, x0 + dx, y0 + dy, bmode)
-                        if a >= 0:
-                            acc += w * tex[nt, a]
+                    a, fx, fy = bilinear_taps(m, f, s_t, bmode)
+                    for q in ti.static(range(4)):
+                        w = wl * (fx if q & 1 else 1.0 - fx) * (fy if q >> 1 else 1.0 - fy)
+                        if a[q] >= 0:
+                            acc += w * tex[nt, a[q]]
             out[p] = acc
 
     @ti.kernel
@@ -377,33 +393,26 @@ def _kernels(real, C: int):
             g = g_out[p]
             gs, gt, gl = ti.cast(0.0, real), ti.cast(0.0, real), ti.cast(0.0, real)
             for li in ti.static(range(2 if filt == 3 else 1)):
-                k = k0 if li == 0 else k1
+                m = meta[k0 if li == 0 else k1]
                 wl = (1.0 - frac) if li == 0 else frac
                 dwl = -1.0 if li == 0 else 1.0  # d wl / d level
-                m = meta[k]
-                H, W = m[1], m[2]
-                px, py = s_t[0] * W - 0.5, s_t[1] * H - 0.5
                 if ti.static(filt == 0):
-                    a = texel(m, f, wrap_base(ti.cast(ti.floor(px + 0.5), ti.i32), W, bmode),
-                              wrap_base(ti.cast(ti.floor(py + 0.5), ti.i32), H, bmode), bmode)
+                    a = nearest_tap(m, f, s_t, bmode)
                     if a >= 0:
                         g_tex[nt, a] += g
                 else:
-                    fpx, fpy = ti.floor(px), ti.floor(py)
-                    x0, y0 = ti.cast(fpx, ti.i32), ti.cast(fpy, ti.i32)
-                    fx, fy = px - fpx, py - fpy  # in [0, 1] even where x0 overflows int32
-                    x0, y0 = wrap_base(x0, W, bmode), wrap_base(y0, H, bmode)
-                    for dy, dx in ti.static(ti.ndrange(2, 2)):
+                    a, fx, fy = bilinear_taps(m, f, s_t, bmode)
+                    for q in ti.static(range(4)):
+                        dx, dy = q & 1, q >> 1
                         wx = fx if dx else 1.0 - fx
                         wy = fy if dy else 1.0 - fy
-                        a = texel(m, f, x0 + dx, y0 + dy, bmode)
-                        if a >= 0:
+                        if a[q] >= 0:
                             if wl > 0:
-                                g_tex[nt, a] += wl * wx * wy * g
-                            tg = g.dot(tex[nt, a])  # Σ_c g_c · texel_c
+                                g_tex[nt, a[q]] += wl * wx * wy * g
+                            tg = g.dot(tex[nt, a[q]])  # Σ_c g_c · texel_c
                             # bilinear weights move with the sample: d fx / d s = W, d fy / d t = H
-                            gs += wl * (1.0 if dx else -1.0) * wy * W * tg
-                            gt += wl * wx * (1.0 if dy else -1.0) * H * tg
+                            gs += wl * (1.0 if dx else -1.0) * wy * m[2] * tg
+                            gt += wl * wx * (1.0 if dy else -1.0) * m[1] * tg
                             gl += dwl * wx * wy * tg
             g_st[p] = ti.Vector([gs, gt], real)
             # the level only matters for trilinear filtering inside the clamp range
@@ -482,7 +491,8 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
         uv: ``[N, H, W, 2]`` texture coordinates (s, t), or ``[N, H, W, 3]`` directions for cube maps.
         uv_da: ``[N, H, W, 4]`` (ds/dX, ds/dY, dt/dX, dt/dY), or ``[N, H, W, 6]`` for cube maps
             (dx/dX, dx/dY, dy/dX, dy/dY, dz/dX, dz/dY): the pixel footprint that selects the mip level.
-        mip_level_bias: ``[N, H, W]`` added to the level of detail.
+        mip_level_bias: ``[N, H, W]`` added to the level of detail. Both are used in the texture's
+            dtype and must be finite (``ValueError`` otherwise, as for ``uv``).
         mip: a :class:`MipStack` from :func:`texture_construct_mip` (``tex`` is then ignored
             except for validation and may be ``None``).
         filter_mode: ``'nearest'``, ``'linear'``, ``'linear-mipmap-nearest'``, ``'linear-mipmap-linear'``
