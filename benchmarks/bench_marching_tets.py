@@ -1,7 +1,11 @@
 """Prints the marching_tets benchmark tables (see taichi_dr/bench/marching_tets.py). Usage: python benchmarks/bench_marching_tets.py [--quick]"""
+import os
 import sys
 
-from taichi_dr.bench.marching_tets import main
+# before torch loads: its OpenMP threads must sleep, not spin, between ops (see README, Benchmarks)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from taichi_dr.bench.marching_tets import main  # noqa: E402  (imports torch)
 
 if __name__ == "__main__":
     main(quick="--quick" in sys.argv)

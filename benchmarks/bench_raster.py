@@ -1,7 +1,11 @@
 """Prints the raster benchmark tables (see taichi_dr/bench/raster.py). Usage: python benchmarks/bench_raster.py [--quick]"""
+import os
 import sys
 
-from taichi_dr.bench.raster import main
+# before torch loads: its OpenMP threads must sleep, not spin, between ops (see README, Benchmarks)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from taichi_dr.bench.raster import main  # noqa: E402  (imports torch)
 
 if __name__ == "__main__":
     main(quick="--quick" in sys.argv)

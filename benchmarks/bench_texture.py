@@ -1,7 +1,11 @@
 """Prints the texture benchmark table (see taichi_dr/bench/texture.py). Usage: python benchmarks/bench_texture.py [--quick]"""
+import os
 import sys
 
-from taichi_dr.bench.texture import main
+# before torch loads: its OpenMP threads must sleep, not spin, between ops (see README, Benchmarks)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from taichi_dr.bench.texture import main  # noqa: E402  (imports torch)
 
 if __name__ == "__main__":
     main(quick="--quick" in sys.argv)

@@ -27,7 +27,7 @@ def main(resolutions=(8, 16, 48), res=192):
         tiles = []
         for r in resolutions:
             grid = tdr.TetGrid.create(r, 2.0)
-            verts, faces = tdr.marching_tets(grid.verts, sdf(grid.verts), grid.tets, grid.edges, grid.tet_edges)
+            verts, faces = tdr.marching_tets(grid.verts, sdf(grid.verts), grid)
             colors = 0.5 + 0.5 * tdr.vertex_normals(verts, faces)  # colour = normal
             tiles.append(render_mesh(tdr.Mesh(verts, faces, colors=colors), res=res, view=(30, 25)))
             print(f"{name:6s} grid {r:3d}: {verts.shape[0]:6d} vertices, {faces.shape[0]:6d} triangles")

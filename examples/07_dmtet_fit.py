@@ -26,7 +26,7 @@ def main(iters=200, res=64, grid=24, seed=0):
     torch.manual_seed(seed)
     g = tdr.TetGrid.create(64, 2.0)  # the target: a torus, extracted finely
     q = torch.stack([g.verts[:, [0, 2]].norm(dim=1) - 0.5, g.verts[:, 1]], 1)
-    target_v, target_f = tdr.marching_tets(g.verts, q.norm(dim=1) - 0.22, g.tets, g.edges, g.tet_edges)
+    target_v, target_f = tdr.marching_tets(g.verts, q.norm(dim=1) - 0.22, g)
     proj = tdr.perspective(math.radians(40), 1.0, 0.5, 10.0)
     cams = tdr.orbit_views(16, 3.0, [-60.0, 10.0, 45.0, 80.0])
     mvps = proj @ torch.linalg.inv(cams)

@@ -10,6 +10,7 @@ Subcommands (argparse only here; the library takes plain arguments / dataclass c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Before torch is first imported (every subcommand imports it below): torch's OpenMP (libgomp)
+    # reads this once, when it is loaded. Its default lets worker threads spin-wait after each
+    # parallel op, stealing a core from the Taichi kernel that runs next; PASSIVE makes them sleep.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     from taichi_dr import runtime
 

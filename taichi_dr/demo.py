@@ -50,7 +50,7 @@ def trefoil_albedo(p: torch.Tensor) -> torch.Tensor:
 def make_demo_mesh(resolution: int = 96) -> Mesh:
     """Ground-truth trefoil mesh with vertex colours (marching tets of :func:`trefoil_sdf`)."""
     grid = TetGrid.create(resolution, 2.2)
-    verts, faces = marching_tets(grid.verts, trefoil_sdf(grid.verts), grid.tets, grid.edges, grid.tet_edges)
+    verts, faces = marching_tets(grid.verts, trefoil_sdf(grid.verts), grid)
     return Mesh(verts.detach(), faces, colors=trefoil_albedo(verts.detach()))
 
 

@@ -113,16 +113,68 @@ def test_torus_euler_characteristic_zero_and_empty_result():
     assert v.shape == (0, 3) and f.shape == (0, 3)
 
 
-def test_gradcheck_marching_tets_volume_and_positions():
+@pytest.mark.parametrize("lattice", [False, True])
+def test_gradcheck_marching_tets_volume_and_positions(lattice):
     g = TetGrid.create(3, 2.0)
     gen = torch.Generator().manual_seed(0)
     sdf = g.verts.double().norm(dim=1) - 0.6 + 0.02 * torch.randn(g.verts.shape[0], dtype=torch.float64, generator=gen)
 
     def f(verts, s):
-        mv, faces = marching_tets(verts, s, g.tets, g.edges, g.tet_edges)
+        mv, faces = marching_tets(verts, s, g) if lattice else marching_tets(verts, s, g.tets, g.edges, g.tet_edges)
         tv = mv[faces.long()]
         return (tv[:, 0] * torch.linalg.cross(tv[:, 1], tv[:, 2])).sum() / 6, mv.sum(0), mv
     assert torch.autograd.gradcheck(f, (g.verts.double().requires_grad_(), sdf.requires_grad_()))
+
+
+@pytest.mark.parametrize("res", [1, 2, 5, 12, 33])
+def test_lattice_path_identical_to_general_path(res):
+    """A grid from TetGrid.create passed whole takes the lattice path (indices from arithmetic, rows
+    skipped); its vertices, faces (same order) and gradients must equal the general path's."""
+    g = TetGrid.create(res, 2.0)
+    gen = torch.Generator().manual_seed(res)
+    V = g.verts.shape[0]
+    fields = {
+        "noise": torch.randn(V, generator=gen),
+        "sphere": g.verts.norm(dim=1) - 0.61,
+        "exact zeros": torch.randint(-1, 2, (V,), generator=gen).float(),  # 0 counts as outside
+        "two spheres, f64": torch.minimum((g.verts.double() - 0.4).norm(dim=1), (g.verts.double() + 0.3).norm(dim=1)) - 0.35,
+        "all outside": torch.rand(V, generator=gen) + 0.1,
+    }
+    for name, sdf in fields.items():
+        outs = []
+        for whole in (False, True):
+            v = g.verts.to(sdf.dtype).clone().requires_grad_(True)
+            s = sdf.clone().requires_grad_(True)
+            mv, faces = marching_tets(v, s, g) if whole else marching_tets(v, s, g.tets, g.edges, g.tet_edges)
+            w = torch.arange(mv.numel(), dtype=mv.dtype).reshape(mv.shape)
+            (mv * w.sin()).sum().backward()
+            outs.append((mv.detach(), faces, v.grad, s.grad))
+        for a, b, what in zip(*outs, ("verts", "faces", "d/dverts", "d/dsdf")):
+            # gradients are sums of atomic adds in thread order: equal up to rounding
+            same = torch.equal(a, b) if what in ("verts", "faces") else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+            assert same, f"{name}: {what} differ"
+
+
+def test_grid_argument_general_grids_and_flags(tmp_path):
+    g = TetGrid.create(3, 2.0)
+    assert g.lattice and TetGrid.load(_saved(g, tmp_path)).lattice
+    foreign = TetGrid.from_arrays(g.verts, g.tets, resolution=3, scale=2.0)  # same arrays, not create()'s
+    assert not foreign.lattice
+    sdf = g.verts.norm(dim=1) - 0.55
+    a, b = marching_tets(g.verts, sdf, g), marching_tets(g.verts, sdf, foreign)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match=r"verts: expected shape \[64, 3\]"):
+        marching_tets(g.verts[:10], sdf[:10], g)
+    m = DMTet(grid_resolution=4, mode="direct")
+    assert m.grid().lattice
+    mv, faces = m.mesh()
+    mv2, faces2 = marching_tets(m.deformed_verts(), m()[0], m.tets, m.edges, m.tet_edges)
+    assert torch.equal(faces, faces2) and torch.allclose(mv, mv2)
+
+
+def _saved(g, tmp_path):
+    g.save(tmp_path / "g.npz")
+    return tmp_path / "g.npz"
 
 
 def test_dmtet_forward_bounds_mesh_and_gradients():
@@ -170,6 +222,12 @@ def test_geometry_bad_input():
         TetGrid.create(2.5)
     with pytest.raises(TypeError, match="sdf: expected dtype"):
         marching_tets(g.verts, torch.zeros(27, dtype=torch.int32), g.tets)
+    with pytest.raises(ValueError, match=r"edges: expected indices in \[0, 27\)"):
+        marching_tets(g.verts, torch.zeros(27), g.tets, g.edges + 27, g.tet_edges)
+    with pytest.raises(ValueError, match=r"tet_edges: expected indices in \[0, %d\)" % g.edges.shape[0]):
+        marching_tets(g.verts, torch.zeros(27), g.tets, g.edges, g.tet_edges - 1)
+    with pytest.raises(ValueError, match=r"tet_edges: expected shape \[48, 6\]"):
+        marching_tets(g.verts, torch.zeros(27), g.tets, g.edges, g.tet_edges[:5])
 
 
 @pytest.mark.parametrize("res", [2, 5])

@@ -71,7 +71,7 @@ class DMTet(nn.Module):
             raise ValueError(f"mode: expected 'mlp' or 'direct', got {mode!r}")
         grid = grid if grid is not None else TetGrid.create(grid_resolution, scale)
         self.mode, self.multires = mode, multires
-        self.resolution, self.scale = grid.resolution, grid.scale
+        self.resolution, self.scale, self.lattice = grid.resolution, grid.scale, grid.lattice
         self.register_buffer("verts", grid.verts.clone())
         self.register_buffer("tets", grid.tets.clone())
         self.register_buffer("edges", grid.edges.clone())
@@ -89,7 +89,7 @@ class DMTet(nn.Module):
         return self.scale / self.resolution
 
     def grid(self) -> TetGrid:
-        return TetGrid(self.verts, self.tets, self.edges, self.tet_edges, self.resolution, self.scale)
+        return TetGrid(self.verts, self.tets, self.edges, self.tet_edges, self.resolution, self.scale, self.lattice)
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(sdf [V], offsets [V, 3])`` (float32), offsets bounded by half a cell."""
@@ -110,7 +110,7 @@ class DMTet(nn.Module):
         """Marching tets on the deformed grid: ``(verts [M, 3], faces [F, 3] int32)``, differentiable."""
         if sdf is None or offsets is None:
             sdf, offsets = self.forward()
-        return marching_tets(self.verts + offsets, sdf, self.tets, self.edges, self.tet_edges)
+        return marching_tets(self.verts + offsets, sdf, self.grid())
 
     def fit_sdf_values(self, target: torch.Tensor, steps: int = 300, lr: float = 3e-3) -> float:
         """Make the SDF equal ``target [V]`` at the grid vertices (direct mode: copy; MLP: fit).

@@ -25,15 +25,25 @@ per-block counts), and the
 differentiable pair ``place``/``place_bwd`` (per surface vertex). Only the last pair carries
 gradients; topology is index work. The triangle table lists local edges (01,02,03,12,13,23) and
 is wound so that face normals point towards positive SDF (outside) for positively oriented tets.
+
+**Lattice path.** Given a grid made by :meth:`TetGrid.create` itself (``marching_tets(verts, sdf,
+grid)``), every vertex, tet and edge index is a closed-form function of lattice coordinates, so
+the topology passes read only the SDF (1 MB at R = 64) instead of 25 MB of tets and 15 MB of
+edges, and skip whole rows of the lattice: a row of vertices along z whose SDF has one sign
+everywhere (``row_signs``) cannot make a cube or an edge next to it cross unless a neighbouring
+row has the other sign. The blocks are rows, numbered in the same order as the tets and edges,
+so the output is *identical* to the general path (same vertex and face order), only faster.
 """
 import functools
 from types import SimpleNamespace
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import taichi as ti
 import torch
 
-from taichi_dr._checks import FLOATS, INTS, check_finite, check_tensor, shape_str
+from taichi_dr._checks import (FLOATS, INTS, as_index32, check_finite, check_index, check_same_device, check_tensor,
+                               shape_str)
+from taichi_dr.geometry.tetgrid import _DIRS, LOCAL_EDGES, TetGrid, cube_tet_corners
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["marching_tets", "TRIANGLE_TABLE", "NUM_TRIANGLES"]
@@ -49,6 +59,35 @@ TRIANGLE_TABLE = [
 ]
 
 
+# TRIANGLE_TABLE packed for the kernels: case c's six local-edge numbers (0-5), 3 bits each.
+PACKED_TABLE = [sum((max(e, 0) & 7) << (3 * k) for k, e in enumerate(row)) for row in TRIANGLE_TABLE]
+
+
+@ti.func
+def _num_triangles(c):
+    # NUM_TRIANGLES[c] without a table: one or three vertices outside -> 1, two -> 2, else 0
+    pc = (c & 1) + ((c >> 1) & 1) + ((c >> 2) & 1) + ((c >> 3) & 1)
+    return ti.select(pc == 2, 2, pc & 1)
+
+
+@ti.func
+def crosses(c, k: ti.template()):
+    # local edge k of a tet in case c crosses the surface: its two end points' bits differ
+    return ((c >> LOCAL_EDGES[k][0]) ^ (c >> LOCAL_EDGES[k][1])) & 1
+
+
+@ti.func
+def _emit_case(c, e, faces: ti.template(), f):
+    """Write case c's triangles at faces[f], [f+1]; ``e`` = surface vertex of each of the tet's 6
+    local edges (only the crossing ones are valid, and only those are read). Returns the next f."""
+    packed = ti.Vector(PACKED_TABLE)[c]  # a constant table, indexed in registers
+    for q in range(_num_triangles(c)):
+        for j in ti.static(range(3)):
+            faces[f, j] = e[(packed >> (3 * (3 * q + j))) & 7]
+        f += 1
+    return f
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels(real):
     nd = ti.types.ndarray
@@ -60,16 +99,18 @@ def _kernels(real):
     # divisions per element); tets and edges are read as one vector load each.
 
     # Compaction without a full-length prefix sum: the tets (edges) are cut into blocks of BLOCK;
-    # a first pass counts per block, a tiny cumsum over the block counts gives each block its
-    # output offset, and a second pass walks each block serially, writing in order. The output
-    # order is the input order, whatever the threads do.
+    # ``count`` counts per block, a tiny cumsum over the block counts gives each block its output
+    # offset, and ``fill`` walks each block serially, writing in order. The output order is the
+    # input order, whatever the threads do. (Each kernel runs its top-level loops one after the
+    # other; fusing the passes saves Python launch overhead, which costs as much as small grids.)
 
     @ti.kernel
-    def classify(sdf: nd(dtype=real, ndim=1), tets: nd(dtype=vec4i, ndim=1), ntab: nd(dtype=ti.i32, ndim=1),
-                 case: nd(dtype=ti.i8, ndim=1), block_tris: nd(dtype=ti.i32, ndim=1)):
-        T = tets.shape[0]
-        for b in range(block_tris.shape[0]):
-            count = 0
+    def count(sdf: nd(dtype=real, ndim=1), tets: nd(dtype=vec4i, ndim=1), edges: nd(dtype=vec2i, ndim=1),
+              case: nd(dtype=ti.i8, ndim=1), crossing: nd(dtype=ti.i8, ndim=1),
+              block_tris: nd(dtype=ti.i32, ndim=1), block_verts: nd(dtype=ti.i32, ndim=1)):
+        T, E = tets.shape[0], edges.shape[0]
+        for b in range(block_tris.shape[0]):  # per tet: case and triangle count
+            n = 0
             for t in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, T)):
                 ids = tets[t]
                 c = 0
@@ -77,72 +118,63 @@ def _kernels(real):
                     if sdf[ids[i]] >= 0:
                         c |= 1 << i
                 case[t] = ti.cast(c, ti.i8)
-                count += ntab[c]
-            block_tris[b] = count
-
-    @ti.kernel
-    def mark(sdf: nd(dtype=real, ndim=1), edges: nd(dtype=vec2i, ndim=1), crossing: nd(dtype=ti.i8, ndim=1),
-             block_verts: nd(dtype=ti.i32, ndim=1)):
-        E = edges.shape[0]
-        for b in range(block_verts.shape[0]):
-            count = 0
+                n += _num_triangles(c)
+            block_tris[b] = n
+        for b in range(block_verts.shape[0]):  # per edge: sign change
+            n = 0
             for e in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, E)):
                 ab = edges[e]
                 x = ti.cast((sdf[ab[0]] >= 0) != (sdf[ab[1]] >= 0), ti.i32)
                 crossing[e] = ti.cast(x, ti.i8)
-                count += x
-            block_verts[b] = count
+                n += x
+            block_verts[b] = n
 
     @ti.kernel
-    def compact(crossing: nd(dtype=ti.i8, ndim=1), block_end: nd(dtype=ti.i32, ndim=1),
-                vid: nd(dtype=ti.i32, ndim=1), cross_edges: nd(dtype=ti.i32, ndim=1)):
-        # number the crossing edges in order: vid[e] = surface vertex of edge e (only crossing
-        # edges are ever read), cross_edges[m] = the edge of surface vertex m
-        E = crossing.shape[0]
-        for b in range(block_end.shape[0]):
+    def fill(crossing: nd(dtype=ti.i8, ndim=1), verts_end: nd(dtype=ti.i32, ndim=1), edges: nd(dtype=vec2i, ndim=1),
+             vid: nd(dtype=ti.i32, ndim=1), ends: nd(dtype=vec2i, ndim=1), case: nd(dtype=ti.i8, ndim=1),
+             tris_end: nd(dtype=ti.i32, ndim=1), tet_edges: nd(dtype=ti.i32, ndim=2), faces: nd(dtype=ti.i32, ndim=2)):
+        E, T = crossing.shape[0], case.shape[0]
+        # 1. number the crossing edges in order: vid[e] = surface vertex of edge e (only crossing
+        # edges are ever read), ends[m] = the grid vertices of surface vertex m's edge
+        for b in range(verts_end.shape[0]):
             m = 0
             if b > 0:
-                m = block_end[b - 1]
+                m = verts_end[b - 1]
             # blocks without crossings (most of the grid) are skipped after one load
-            for e in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, E) if block_end[b] > m else b * BLOCK):
+            for e in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, E) if verts_end[b] > m else b * BLOCK):
                 if crossing[e] != 0:
                     vid[e] = m
-                    cross_edges[m] = e
+                    ends[m] = edges[e]
                     m += 1
-
-    @ti.kernel
-    def emit(case: nd(dtype=ti.i8, ndim=1), block_end: nd(dtype=ti.i32, ndim=1), ttab: nd(dtype=ti.i32, ndim=2),
-             ntab: nd(dtype=ti.i32, ndim=1), tet_edges: nd(dtype=ti.i32, ndim=2), vid: nd(dtype=ti.i32, ndim=1),
-             faces: nd(dtype=ti.i32, ndim=2)):
-        # each tet's 0-2 triangles, in tet order; corners are the surface vertices of its edges
-        T = case.shape[0]
-        for b in range(block_end.shape[0]):
+        # 2. each tet's 0-2 triangles, in tet order; corners are the surface vertices of its edges
+        for b in range(tris_end.shape[0]):
             f = 0
             if b > 0:
-                f = block_end[b - 1]
-            for t in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, T) if block_end[b] > f else b * BLOCK):
+                f = tris_end[b - 1]
+            for t in range(b * BLOCK, ti.min(b * BLOCK + BLOCK, T) if tris_end[b] > f else b * BLOCK):
                 c = ti.cast(case[t], ti.i32)
-                n = ntab[c]
-                for k in range(n):
-                    for j in ti.static(range(3)):
-                        faces[f, j] = vid[tet_edges[t, ttab[c, 3 * k + j]]]
-                    f += 1
+                if c != 0 and c != 15:
+                    e = ti.Vector([0, 0, 0, 0, 0, 0])
+                    for k in ti.static(range(6)):
+                        if crosses(c, k):
+                            e[k] = vid[tet_edges[t, k]]
+                    f = _emit_case(c, e, faces, f)
 
     @ti.kernel
-    def place(verts: nd(dtype=vec3, ndim=1), sdf: nd(dtype=real, ndim=1), edges: nd(dtype=vec2i, ndim=1),
-              cross_edges: nd(dtype=ti.i32, ndim=1), out: nd(dtype=vec3, ndim=1)):
-        for m in range(cross_edges.shape[0]):
-            ab = edges[cross_edges[m]]
+    def place(verts: nd(dtype=vec3, ndim=1), sdf: nd(dtype=real, ndim=1), ends: nd(dtype=vec2i, ndim=1),
+              out: nd(dtype=vec3, ndim=1)):
+        for m in range(ends.shape[0]):
+            ab = ends[m]
             sa, sb = sdf[ab[0]], sdf[ab[1]]
             inv = 1.0 / (sb - sa)  # never 0: the signs differ
             out[m] = (verts[ab[0]] * sb - verts[ab[1]] * sa) * inv
 
     @ti.kernel
-    def place_bwd(verts: nd(dtype=vec3, ndim=1), sdf: nd(dtype=real, ndim=1), edges: nd(dtype=vec2i, ndim=1),
-                  cross_edges: nd(dtype=ti.i32, ndim=1), out: nd(dtype=vec3, ndim=1), g_out: nd(dtype=vec3, ndim=1),
+    def place_bwd(verts: nd(dtype=vec3, ndim=1), sdf: nd(dtype=real, ndim=1), ends: nd(dtype=vec2i, ndim=1),
+                  out: nd(dtype=vec3, ndim=1), g_out: nd(dtype=vec3, ndim=1),
                   g_verts: nd(dtype=real, ndim=2), g_sdf: nd(dtype=real, ndim=1)):
-        for m in range(cross_edges.shape[0]):
-            ab = edges[cross_edges[m]]
+        for m in range(ends.shape[0]):
+            ab = ends[m]
             a, b = ab[0], ab[1]
             sa, sb = sdf[a], sdf[b]
             inv = 1.0 / (sb - sa)
@@ -154,52 +186,268 @@ def _kernels(real):
             g_sdf[a] += g.dot(p - verts[b]) * inv
             g_sdf[b] += g.dot(verts[a] - p) * inv
 
-    return SimpleNamespace(classify=classify, mark=mark, compact=compact, emit=emit, place=place, place_bwd=place_bwd)
+    return SimpleNamespace(count=count, fill=fill, place=place, place_bwd=place_bwd)
+
+
+DIRS = tuple(tuple(int(c) for c in d) for d in _DIRS)  # the 7 edge directions, in edge-id order
+CORNERS = cube_tet_corners()  # [6][4] cube corner (4·ox + 2·oy + oz) of each tet's local vertex
+
+
+def _tet_edge_table():
+    """[6][6] (ox, oy, oz, d): the local edge k of cube tet p starts at cube corner (ox, oy, oz) and
+    runs along direction DIRS[d]."""
+    out = []
+    for corners in CORNERS:
+        offs = [((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in corners]
+        row = []
+        for a, b in LOCAL_EDGES:
+            lo, hi = sorted((offs[a], offs[b]), key=sum)  # path vertices are componentwise ordered
+            row.append((*lo, DIRS.index(tuple(h - q for h, q in zip(hi, lo)))))
+        out.append(tuple(row))
+    return tuple(out)
+
+
+TET_EDGES = _tet_edge_table()
+
+
+@functools.lru_cache(maxsize=None)
+def _lattice_kernels(real):
+    """Topology kernels for a :meth:`TetGrid.create` grid with n = R + 1 lattice points per axis.
+
+    Numbering (see tetgrid.py): vertex (i, j, l) is ``(i·n + j)·n + l``; tet π of the cube with
+    lower corner (i, j, l) is ``π·R³ + (i·R + j)·R + l``; the edge from p along direction d is
+    ``first[d] + x-major index of p in the box (n−dx, n−dy, n−dz)``. A *row* is a run along z
+    (the fastest index): vertex row (i, j), cube row (i, j) of tet π, edge row (d, i, j). Each row is
+    a contiguous range of ids, and rows are visited in id order, so per-row counts + a cumsum give
+    exactly the general path's output slots.
+    """
+    nd = ti.types.ndarray
+    vec2i = ti.types.vector(2, ti.i32)
+
+    @ti.func
+    def outside(sdf: ti.template(), v):
+        return ti.cast(sdf[v] >= 0, ti.i32)
+
+    @ti.func
+    def uniform(flag: ti.template(), a, b):
+        # two vertex rows that both have one sign, the same one: nothing between them crosses
+        fa = flag[a]
+        return fa != 2 and flag[b] == fa
+
+    @ti.func
+    def edge_row(row, n):
+        # edge row -> (lower end's vertex row, the other end's vertex row, dz, id of the row's first
+        # edge, row length). Rows are grouped by direction, (n−dx)(n−dy) rows of n−dz edges each.
+        a, b, dz, e0, length = 0, 0, 0, 0, 0
+        start_row, start_edge = 0, 0
+        for d in ti.static(range(7)):
+            DX, DY, DZ = ti.static(DIRS[d])
+            rows = (n - DX) * (n - DY)
+            if row >= start_row and row < start_row + rows:
+                q = row - start_row
+                i = q // (n - DY)
+                j = q - i * (n - DY)
+                a, b, dz = i * n + j, (i + DX) * n + j + DY, DZ
+                e0, length = start_edge + q * (n - DZ), n - DZ
+            start_row += rows
+            start_edge += rows * (n - DZ)
+        return ti.Vector([a, b, dz, e0, length])
+
+    @ti.kernel
+    def count(sdf: nd(dtype=real, ndim=1), R: ti.i32, flag: nd(dtype=ti.i8, ndim=1),
+              cube_mask: nd(dtype=ti.i8, ndim=1), block_tris: nd(dtype=ti.i32, ndim=1),
+              block_verts: nd(dtype=ti.i32, ndim=1)):
+        n = R + 1
+        # 1. per vertex row: 0 = all inside, 1 = all outside, 2 = mixed
+        for r in range(n * n):
+            pos = 0
+            for l in range(n):
+                pos += outside(sdf, r * n + l)
+            flag[r] = ti.cast(ti.select(pos == 0, 0, ti.select(pos == n, 1, 2)), ti.i8)
+        # 2. per cube row: triangles of each of the 6 tet types
+        for row in range(R * R):
+            i = row // R
+            j = row - i * R
+            r00 = i * n + j  # vertex rows of the 4 cube edges along z: (i,j), (i,j+1), (i+1,j), (i+1,j+1)
+            counts = ti.Vector([0, 0, 0, 0, 0, 0])
+            if not (uniform(flag, r00, r00 + 1) and uniform(flag, r00, r00 + n)
+                    and uniform(flag, r00, r00 + n + 1)):
+                # 8-bit corner mask of cube l: bit 4·ox + 2·oy + oz = corner (i+ox, j+oy, l+oz) is
+                # outside. Slide along z: the z = l+1 face of cube l is the z = l face of cube l+1.
+                v00, v01, v10, v11 = r00 * n, (r00 + 1) * n, (r00 + n) * n, (r00 + n + 1) * n
+                below = outside(sdf, v00) | outside(sdf, v01) << 2 | outside(sdf, v10) << 4 | outside(sdf, v11) << 6
+                for l in range(R):
+                    z = l + 1
+                    above = (outside(sdf, v00 + z) | outside(sdf, v01 + z) << 2 | outside(sdf, v10 + z) << 4
+                             | outside(sdf, v11 + z) << 6)
+                    mask = below | above << 1
+                    below = above
+                    cube_mask[row * R + l] = ti.cast(mask, ti.i8)
+                    if mask != 0 and mask != 255:
+                        for p in ti.static(range(6)):  # tet p's case: its 4 corners' bits, constant shifts
+                            c = 0
+                            for k in ti.static(range(4)):
+                                c |= ((mask >> CORNERS[p][k]) & 1) << k
+                            counts[p] += _num_triangles(c)
+            for p in ti.static(range(6)):
+                block_tris[p * R * R + row] = counts[p]
+        # 3. per edge row: crossing edges
+        for row in range(block_verts.shape[0]):
+            r = edge_row(row, n)
+            m = 0
+            if not uniform(flag, r[0], r[1]):
+                for l in range(r[4]):
+                    m += outside(sdf, r[0] * n + l) ^ outside(sdf, r[1] * n + l + r[2])
+            block_verts[row] = m
+
+    @ti.kernel
+    def fill(sdf: nd(dtype=real, ndim=1), R: ti.i32, verts_end: nd(dtype=ti.i32, ndim=1),
+             row_slot: nd(dtype=ti.i32, ndim=1), vid: nd(dtype=ti.i32, ndim=1), ends: nd(dtype=vec2i, ndim=1),
+             cube_mask: nd(dtype=ti.i8, ndim=1), tris_end: nd(dtype=ti.i32, ndim=1), faces: nd(dtype=ti.i32, ndim=2)):
+        n, RR = R + 1, R * R
+        # 1. Surface vertex ids live in a row-compact map: the s-th edge row that crosses at all
+        # keeps n slots, vid[s·n + l]. (An E-sized map would touch every page of a 7 MB array at
+        # R = 64, and fresh pages cost more than the work.) ends[m] = grid vertices of vertex m's edge.
+        for row in range(verts_end.shape[0]):
+            m = 0
+            if row > 0:
+                m = verts_end[row - 1]
+            if verts_end[row] > m:
+                r = edge_row(row, n)
+                base = row_slot[row] * n
+                for l in range(r[4]):
+                    a, b = r[0] * n + l, r[1] * n + l + r[2]
+                    if outside(sdf, a) != outside(sdf, b):
+                        vid[base + l] = m
+                        ends[m] = ti.Vector([a, b])
+                        m += 1
+        # 2. Faces. One walk along a cube row serves all 6 tet types: block (p, row) of the output
+        # holds type p's faces of this row, from cursor f[p] on.
+        for row in range(RR):
+            row_first = ti.Vector([0, 0, 0, 0, 0, 0, 0])  # first edge row of each direction
+            for d in ti.static(range(1, 7)):
+                row_first[d] = row_first[d - 1] + (n - DIRS[d - 1][0]) * (n - DIRS[d - 1][1])
+            f = ti.Vector([0, 0, 0, 0, 0, 0])
+            busy = 0
+            for p in ti.static(range(6)):
+                b = p * RR + row
+                if b > 0:
+                    f[p] = tris_end[b - 1]
+                if tris_end[b] > f[p]:
+                    busy = 1
+            if busy:
+                i = row // R
+                j = row - i * R
+                for l in range(R):
+                    mask = ti.cast(cube_mask[row * R + l], ti.i32) & 255
+                    if mask != 0 and mask != 255:
+                        for p in ti.static(range(6)):
+                            c = 0
+                            for k in ti.static(range(4)):
+                                c |= ((mask >> CORNERS[p][k]) & 1) << k
+                            if c != 0 and c != 15:
+                                # each local edge's edge row (direction d, lower end's (x, y)) and
+                                # position along z are closed-form; only crossing edges have a slot
+                                # in the row-compact map (the others' rows may have none)
+                                e = ti.Vector([0, 0, 0, 0, 0, 0])
+                                for k in ti.static(range(6)):
+                                    ox, oy, oz, d = ti.static(TET_EDGES[p][k])
+                                    if crosses(c, k):
+                                        er = row_first[d] + (i + ox) * (n - DIRS[d][1]) + j + oy
+                                        e[k] = vid[row_slot[er] * n + l + oz]
+                                f[p] = _emit_case(c, e, faces, f[p])
+
+    return SimpleNamespace(count=count, fill=fill)
 
 
 class _Place(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, verts, sdf, edges, cross_edges):
+    def forward(ctx, verts, sdf, ends):
         k = _kernels(ti_real(verts.dtype))
         verts, sdf = verts.detach().contiguous(), sdf.detach().contiguous()
-        out = torch.empty((cross_edges.numel(), 3), dtype=verts.dtype, device=verts.device)
-        if cross_edges.numel():
-            k.place(verts, sdf, edges, cross_edges, out)
-        ctx.save_for_backward(verts, sdf, edges, cross_edges, out)
+        out = torch.empty((ends.shape[0], 3), dtype=verts.dtype, device=verts.device)
+        if ends.shape[0]:
+            k.place(verts, sdf, ends, out)
+        ctx.save_for_backward(verts, sdf, ends, out)
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        verts, sdf, edges, cross_edges, out = ctx.saved_tensors
+        verts, sdf, ends, out = ctx.saved_tensors
         out = out.detach()  # a saved output carries our own grad_fn; Taichi must only see plain data
         g_verts, g_sdf = torch.zeros_like(verts), torch.zeros_like(sdf)
-        if cross_edges.numel():
-            _kernels(ti_real(verts.dtype)).place_bwd(verts, sdf, edges, cross_edges, out, g_out.detach().contiguous(),
+        if ends.shape[0]:
+            _kernels(ti_real(verts.dtype)).place_bwd(verts, sdf, ends, out, g_out.detach().contiguous(),
                                                      g_verts, g_sdf)
-        return g_verts, g_sdf, None, None
+        return g_verts, g_sdf, None
 
 
-def _tables(device):
-    return (torch.tensor(TRIANGLE_TABLE, dtype=torch.int32, device=device),
-            torch.tensor(NUM_TRIANGLES, dtype=torch.int32, device=device))
+def _topology(sdf, tets32, edges32, tet_edges32):
+    """General grids: (ends [M, 2] int32 grid vertices of each surface vertex's edge, faces [F, 3] int32)."""
+    k = _kernels(ti_real(sdf.dtype))
+    dev = sdf.device
+    T, E = tets32.shape[0], edges32.shape[0]
+    case = torch.empty(T, dtype=torch.int8, device=dev)
+    crossing = torch.empty(E, dtype=torch.int8, device=dev)
+    block_tris = torch.empty((T + BLOCK - 1) // BLOCK, dtype=torch.int32, device=dev)
+    block_verts = torch.empty((E + BLOCK - 1) // BLOCK, dtype=torch.int32, device=dev)
+    k.count(sdf, tets32, edges32, case, crossing, block_tris, block_verts)
+    # int32 offsets suffice: a grid with 2^31 tets would not fit in memory
+    verts_end = torch.cumsum(block_verts, 0, dtype=torch.int32)
+    M = int(verts_end[-1]) if E else 0
+    if M == 0:
+        return None
+    tris_end = torch.cumsum(block_tris, 0, dtype=torch.int32)
+    vid = torch.empty(E, dtype=torch.int32, device=dev)
+    ends = torch.empty((M, 2), dtype=torch.int32, device=dev)
+    faces = torch.empty((int(tris_end[-1]), 3), dtype=torch.int32, device=dev)
+    k.fill(crossing, verts_end, edges32, vid, ends, case, tris_end, tet_edges32, faces)
+    return ends, faces
 
 
-def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor, edges: Optional[torch.Tensor] = None,
+def _topology_lattice(sdf, R):
+    """The same for a :meth:`TetGrid.create` grid of resolution R, from lattice arithmetic alone."""
+    k = _lattice_kernels(ti_real(sdf.dtype))
+    dev = sdf.device
+    n = R + 1
+    flag = torch.empty(n * n, dtype=torch.int8, device=dev)
+    cube_mask = torch.empty(R ** 3, dtype=torch.int8, device=dev)  # written and read only in rows that cross
+    block_tris = torch.empty(6 * R * R, dtype=torch.int32, device=dev)
+    block_verts = torch.empty(sum((n - dx) * (n - dy) for dx, dy, _ in DIRS), dtype=torch.int32, device=dev)
+    k.count(sdf, R, flag, cube_mask, block_tris, block_verts)
+    verts_end = torch.cumsum(block_verts, 0, dtype=torch.int32)
+    M = int(verts_end[-1])
+    if M == 0:
+        return None
+    row_slot = torch.cumsum(block_verts > 0, 0, dtype=torch.int32) - 1  # read only for rows that cross
+    vid = torch.empty((int(row_slot[-1]) + 1) * n, dtype=torch.int32, device=dev)
+    ends = torch.empty((M, 2), dtype=torch.int32, device=dev)
+    tris_end = torch.cumsum(block_tris, 0, dtype=torch.int32)
+    faces = torch.empty((int(tris_end[-1]), 3), dtype=torch.int32, device=dev)
+    k.fill(sdf, R, verts_end, row_slot, vid, ends, cube_mask, tris_end, faces)
+    return ends, faces
+
+
+def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: Union[torch.Tensor, TetGrid],
+                  edges: Optional[torch.Tensor] = None,
                   tet_edges: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Extract the zero level set of ``sdf`` on a tetrahedral grid.
 
     Args:
         verts: ``[V, 3]`` float32/float64 grid vertex positions (e.g. deformed DMTet vertices).
         sdf: ``[V]`` float32/float64 signed distance per vertex (> 0 outside, = 0 counts as outside).
-        tets: ``[T, 4]`` int32/int64 positively oriented tetrahedra.
+        tets: ``[T, 4]`` int32/int64 positively oriented tetrahedra, or a :class:`TetGrid` (its
+            ``tets``, ``edges`` and ``tet_edges`` are used; a grid from :meth:`TetGrid.create` takes
+            the faster lattice path, with identical output).
         edges, tet_edges: optional ``[E, 2]`` unique grid edges and ``[T, 6]`` per-tet edge ids, as in
-            :class:`~taichi_dr.geometry.tetgrid.TetGrid` (pass them to skip recomputing them).
+            :class:`~taichi_dr.geometry.tetgrid.TetGrid` (pass them to skip recomputing them; they
+            must describe ``tets``).
 
     Returns:
         mesh_verts: ``[M, 3]`` surface vertices (dtype of ``verts``/``sdf``, the wider of the two),
-            one per sign-changing grid edge.
-        faces: ``[F, 3]`` int32, wound so that normals point towards positive SDF. Both empty
-            (``[0, 3]``) when the SDF does not change sign.
+            one per sign-changing grid edge, in edge order.
+        faces: ``[F, 3]`` int32, in tet order, wound so that normals point towards positive SDF.
+            Both empty (``[0, 3]``) when the SDF does not change sign.
 
     Differentiable w.r.t. ``verts`` and ``sdf``.
     """
@@ -211,46 +459,43 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor, ed
         raise ValueError(f"sdf: expected shape [{V}] (one value per vertex), got {shape_str(sdf.shape)}")
     check_finite("sdf", sdf)
     check_finite("verts", verts)
+    check_same_device(verts=verts, sdf=sdf)
+    lattice = 0
+    if isinstance(tets, TetGrid):
+        grid = tets
+        if grid.verts.shape[0] != V:
+            raise ValueError(f"verts: expected shape [{grid.verts.shape[0]}, 3] (the grid's vertex count), "
+                             f"got {shape_str(verts.shape)}")
+        tets, edges, tet_edges = grid.tets, grid.edges, grid.tet_edges
+        if grid.lattice:
+            lattice = grid.resolution  # arrays are create()'s own: indices are in range by construction
     check_tensor("tets", tets, ndim=2, last=4, dtypes=INTS, expected="[T, 4]")
-    if tets.numel():
-        lo, hi = (int(v) for v in torch.aminmax(tets))
-        if lo < 0 or hi >= V:
-            raise ValueError(f"tets: expected indices in [0, {V}), got [{lo}, {hi}]")
+    if not lattice:
+        check_index("tets", tets, V, ndim=2, last=4, expected="[T, 4]")
+        check_same_device(verts=verts, tets=tets)
     dev = verts.device
     dtype = torch.promote_types(verts.dtype, sdf.dtype)
     verts, sdf = verts.to(dtype), sdf.to(dtype)
-    tets32 = tets.to(torch.int32).contiguous()
-    if edges is None or tet_edges is None:
-        from taichi_dr.geometry.tetgrid import TetGrid
-
-        g = TetGrid.from_arrays(torch.zeros(V, 3), tets.cpu())
-        edges, tet_edges = g.edges.to(dev), g.tet_edges.to(dev)
-    edges32, tet_edges32 = edges.to(torch.int32).contiguous(), tet_edges.to(torch.int32).contiguous()
-    k = _kernels(ti_real(dtype))
+    # differentiable empty result, so that a loss on an empty mesh still backpropagates (zeros)
+    empty = lambda: (verts[:0] * 0 + sdf[:0, None] * 0, torch.zeros((0, 3), dtype=torch.int32, device=dev))  # noqa: E731
+    if tets.shape[0] == 0:
+        return empty()
     sdf_c = sdf.detach().contiguous()
-    T, E = tets32.shape[0], edges32.shape[0]
-    empty = (torch.zeros((0, 3), dtype=dtype, device=dev) + verts.sum() * 0 + sdf.sum() * 0,
-             torch.zeros((0, 3), dtype=torch.int32, device=dev))
-    if T == 0 or E == 0:
-        return empty
-    ttab, ntab = _tables(dev)
-    nb_t, nb_e = (T + BLOCK - 1) // BLOCK, (E + BLOCK - 1) // BLOCK
-    case = torch.empty(T, dtype=torch.int8, device=dev)
-    block_tris = torch.empty(nb_t, dtype=torch.int32, device=dev)
-    k.classify(sdf_c, tets32, ntab, case, block_tris)
-    crossing = torch.empty(E, dtype=torch.int8, device=dev)
-    block_verts = torch.empty(nb_e, dtype=torch.int32, device=dev)
-    k.mark(sdf_c, edges32, crossing, block_verts)
-    # int32 offsets suffice: a grid with 2^31 tets would not fit in memory
-    verts_end = torch.cumsum(block_verts, 0, dtype=torch.int32)
-    M = int(verts_end[-1])
-    if M == 0:
-        return empty
-    vid = torch.empty(E, dtype=torch.int32, device=dev)
-    cross_edges = torch.empty(M, dtype=torch.int32, device=dev)
-    k.compact(crossing, verts_end, vid, cross_edges)
-    tris_end = torch.cumsum(block_tris, 0, dtype=torch.int32)
-    faces = torch.empty((int(tris_end[-1]), 3), dtype=torch.int32, device=dev)
-    k.emit(case, tris_end, ttab, ntab, tet_edges32, vid, faces)
-    mesh_verts = _Place.apply(verts, sdf, edges32, cross_edges)
-    return mesh_verts, faces
+    if lattice:
+        topo = _topology_lattice(sdf_c, lattice)
+    else:
+        if edges is None or tet_edges is None:
+            g = TetGrid.from_arrays(torch.zeros(V, 3), tets.cpu())
+            edges, tet_edges = g.edges.to(dev), g.tet_edges.to(dev)
+        else:
+            check_index("edges", edges, V, ndim=2, last=2, expected="[E, 2]")
+            check_index("tet_edges", tet_edges, edges.shape[0], ndim=2, last=6, expected=f"[{tets.shape[0]}, 6]")
+            if tet_edges.shape[0] != tets.shape[0]:
+                raise ValueError(f"tet_edges: expected shape [{tets.shape[0]}, 6] (one row per tet), "
+                                 f"got {shape_str(tet_edges.shape)}")
+            check_same_device(verts=verts, tets=tets, edges=edges, tet_edges=tet_edges)
+        topo = _topology(sdf_c, as_index32(tets), as_index32(edges), as_index32(tet_edges))
+    if topo is None:
+        return empty()
+    ends, faces = topo
+    return _Place.apply(verts, sdf, ends), faces

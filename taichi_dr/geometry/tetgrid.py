@@ -30,12 +30,36 @@ from typing import Union
 import numpy as np
 import torch
 
-__all__ = ["TetGrid"]
+__all__ = ["TetGrid", "cube_tet_corners"]
 
 # Edge directions from a lattice point to a neighbour with all coordinates >= its own.
 _DIRS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=np.int32)
 # Local tet edges in marching-tets order: (01), (02), (03), (12), (13), (23).
 LOCAL_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+# The 6 axis permutations, in the order their tets are stored.
+_PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def _cube_tets() -> list:
+    """The 6 tets of the unit cube as lists of 4 corner offsets (int32 [3] arrays), positively oriented.
+
+    Tet π is the monotone path 0 → e_π0 → e_π0 + e_π1 → (1,1,1); an odd permutation gives a
+    negatively oriented path, so its vertices 1 and 2 are swapped.
+    """
+    eye = np.eye(3, dtype=np.int32)
+    out = []
+    for perm in _PERMS:
+        offs = [np.zeros(3, np.int32), eye[perm[0]], eye[perm[0]] + eye[perm[1]], np.ones(3, np.int32)]
+        if np.linalg.det(np.stack(offs[1:])) < 0:
+            offs[1], offs[2] = offs[2], offs[1]
+        out.append(offs)
+    return out
+
+
+def cube_tet_corners() -> tuple:
+    """``[6][4]`` cube-corner number (4·ox + 2·oy + oz) of each local vertex of each cube tet, in the
+    order :meth:`TetGrid.create` stores them (used by the lattice path of marching tets)."""
+    return tuple(tuple(int(4 * o[0] + 2 * o[1] + o[2]) for o in offs) for offs in _cube_tets())
 
 
 @dataclasses.dataclass
@@ -49,6 +73,9 @@ class TetGrid:
         tet_edges: ``[T, 6]`` int32 index into ``edges`` of each tet's local edges (01, 02, 03, 12, 13, 23).
         resolution: cells per axis (0 if unknown, e.g. a loaded foreign grid).
         scale: side of the cube.
+        lattice: True when the arrays are exactly :meth:`create`'s layout (vertex, tet and edge
+            numbering in closed form). :func:`marching_tets` given the grid itself then computes
+            indices instead of reading ``tets``/``edges``; treat such a grid's arrays as read-only.
     """
 
     verts: torch.Tensor
@@ -57,6 +84,7 @@ class TetGrid:
     tet_edges: torch.Tensor
     resolution: int = 0
     scale: float = 1.0
+    lattice: bool = False
 
     @staticmethod
     def create(resolution: int, scale: float = 1.0) -> "TetGrid":
@@ -112,25 +140,21 @@ class TetGrid:
         vid_c = x_major(cube, n, n)
         edge_base = {}  # (dy, dz) -> x-major index of c in a box of size (·, n-dy, n-dz)
         dir_index = {tuple(d): k for k, d in enumerate(_DIRS.tolist())}
-        eye = np.eye(3, dtype=np.int32)
         tets = np.empty((6, R, R, R, 4), dtype=np.int32)
         tet_edges = np.empty((6, R, R, R, 6), dtype=np.int32)
-        for t, perm in enumerate(((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))):
-            # monotone path c -> c+e_a -> c+e_a+e_b -> c+(1,1,1); offsets of the 4 path vertices
-            offs = [np.zeros(3, np.int32), eye[perm[0]], eye[perm[0]] + eye[perm[1]], np.ones(3, np.int32)]
-            # an odd permutation gives a negatively oriented path tet: swap two vertices
-            odd = np.linalg.det(np.stack(offs[1:])) < 0
-            order = [0, 2, 1, 3] if odd else [0, 1, 2, 3]
-            np.add(vid_c[..., None], np.array([vid(offs[o]) for o in order], np.int32), out=tets[t])
+        for t, offs in enumerate(_cube_tets()):
+            np.add(vid_c[..., None], np.array([vid(o) for o in offs], np.int32), out=tets[t])
             for col, (i, j) in enumerate(LOCAL_EDGES):
-                lo, hi = min(order[i], order[j]), max(order[i], order[j])
-                (ox, oy, oz), (dx, dy, dz) = offs[lo].tolist(), (offs[hi] - offs[lo]).tolist()
+                # the path vertices are componentwise ordered, so one end of each edge is the lower one
+                lo, hi = (offs[i], offs[j]) if offs[i].sum() < offs[j].sum() else (offs[j], offs[i])
+                (ox, oy, oz), (dx, dy, dz) = lo.tolist(), (hi - lo).tolist()
                 if (dy, dz) not in edge_base:
                     edge_base[dy, dz] = x_major(cube, n - dy, n - dz)
                 const = first[dir_index[dx, dy, dz]] + (ox * (n - dy) + oy) * (n - dz) + oz
                 np.add(edge_base[dy, dz], const, out=tet_edges[t, ..., col])
         return TetGrid(torch.from_numpy(verts.reshape(-1, 3)), torch.from_numpy(tets.reshape(-1, 4)),
-                       torch.from_numpy(edges), torch.from_numpy(tet_edges.reshape(-1, 6)), R, float(scale))
+                       torch.from_numpy(edges), torch.from_numpy(tet_edges.reshape(-1, 6)), R, float(scale),
+                       lattice=True)
 
     @staticmethod
     def from_arrays(verts, tets, resolution: int = 0, scale: float = 1.0) -> "TetGrid":
@@ -158,7 +182,7 @@ class TetGrid:
 
     def to(self, device) -> "TetGrid":
         return TetGrid(self.verts.to(device), self.tets.to(device), self.edges.to(device),
-                       self.tet_edges.to(device), self.resolution, self.scale)
+                       self.tet_edges.to(device), self.resolution, self.scale, self.lattice)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Save to ``.npz`` (written atomically)."""
@@ -166,7 +190,7 @@ class TetGrid:
         tmp = path + ".tmp.npz"
         np.savez_compressed(tmp, verts=self.verts.cpu().numpy(), tets=self.tets.cpu().numpy(),
                             edges=self.edges.cpu().numpy(), tet_edges=self.tet_edges.cpu().numpy(),
-                            resolution=self.resolution, scale=self.scale)
+                            resolution=self.resolution, scale=self.scale, lattice=self.lattice)
         os.replace(tmp, path)
 
     @staticmethod
@@ -181,7 +205,8 @@ class TetGrid:
             raise ValueError(f"path: cannot read {path!r} as .npz ({e})") from None
         if "verts" in z and "tet_edges" in z:
             return TetGrid(torch.from_numpy(z["verts"]), torch.from_numpy(z["tets"]), torch.from_numpy(z["edges"]),
-                           torch.from_numpy(z["tet_edges"]), int(z["resolution"]), float(z["scale"]))
+                           torch.from_numpy(z["tet_edges"]), int(z["resolution"]), float(z["scale"]),
+                           bool(z["lattice"]) if "lattice" in z else False)
         if "vertices" in z and "indices" in z:
             return TetGrid.from_arrays(z["vertices"], z["indices"])
         raise ValueError(f"path: {path!r} has neither (verts, tets) nor (vertices, indices) arrays")

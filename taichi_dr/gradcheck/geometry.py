@@ -15,22 +15,25 @@ def _setup():
     return g, sdf
 
 
-def _fn(g):
+def _fn(g, lattice):
     from taichi_dr import marching_tets
 
     def f(verts, sdf):
-        mv, faces = marching_tets(verts, sdf, g.tets, g.edges, g.tet_edges)
+        # the grid itself takes the lattice path; its arrays take the general one
+        mv, faces = marching_tets(verts, sdf, g) if lattice else marching_tets(verts, sdf, g.tets, g.edges, g.tet_edges)
         tv = mv[faces.long()]
         return (tv[:, 0] * torch.linalg.cross(tv[:, 1], tv[:, 2])).sum() / 6, mv  # volume, positions
     return f
 
 
-def _build(index):
+def _build(index, lattice=False):
     def build():
         g, sdf = _setup()
-        return _fn(g), (g.verts.double(), sdf), index
+        return _fn(g, lattice), (g.verts.double(), sdf), index
     return build
 
 
 def cases():
-    return [Case("marching_tets", "verts", _build(0)), Case("marching_tets", "sdf", _build(1))]
+    return [Case("marching_tets", "verts", _build(0)), Case("marching_tets", "sdf", _build(1)),
+            Case("marching_tets (lattice)", "verts", _build(0, True)),
+            Case("marching_tets (lattice)", "sdf", _build(1, True))]
