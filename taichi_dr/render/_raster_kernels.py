@@ -171,6 +171,10 @@ def kernels(real):
                     E0 = edge_setup(S, K, r1, r2)  # edge opposite polygon vertex 0
                     E1 = edge_setup(S, K, r2, 0)
                     E2 = edge_setup(S, K, 0, r1)
+                    # e0 + e1 + e2 is the same at every sample (twice the signed area; the edge
+                    # functions' gradients cancel), and at vertex 0 only e0 is non-zero: one
+                    # division per triangle instead of one per pixel
+                    inv_sum = 1.0 / edge_eval(E0, S[0, 0], S[0, 1])
                     for y in range(ya, yb + 1):
                         py = ti.cast(y, real) + 0.5
                         entered = 0
@@ -186,7 +190,7 @@ def kernels(real):
                             else:
                                 entered = 1
                                 # z/w is affine in screen space: interpolate with 2-D barycentrics
-                                zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) / (e0 + e1 + e2)
+                                zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) * inv_sum
                                 if zw <= 1.0:
                                     # key = (depth bits << 32) | triangle: nearest wins, ties -> lower index
                                     d01 = ti.min(ti.max((zw + 1.0) * 0.5, 0.0), 1.0)
