@@ -220,6 +220,30 @@ def test_interpolate_and_antialias_bad_input():
         antialias(None, r, classic(), TRI)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_interpolate_and_antialias_reject_bad_rast_values(dtype):
+    """A rast that did not come from rasterize: ids beyond the triangle count, negative or NaN
+    ids, NaN/Inf u, v -> ValueError naming rast (never an out-of-bounds read)."""
+    pos = classic().to(dtype)
+    r, _ = rasterize(pos, TRI, (8, 8))
+    attr, color = torch.ones(3, 2, dtype=dtype), torch.ones(1, 8, 8, 3, dtype=dtype)
+    cases = [(3, 5.0, r"rast: expected triangle ids \(channel 3\) in \[0, 1\]"),
+             (3, -2.0, "rast: expected triangle ids"), (3, float("nan"), "rast: expected triangle ids"),
+             (3, 1e9, "rast: expected triangle ids"), (0, float("nan"), "rast.*expected finite"),
+             (1, float("inf"), "rast.*expected finite")]
+    for ch, val, match in cases:
+        bad = r.clone()
+        bad[0, 3, 4, ch] = val
+        with pytest.raises(ValueError, match=match):
+            interpolate(attr, bad, TRI)
+        if ch == 3:  # antialias reads only the ids of rast
+            with pytest.raises(ValueError, match=match):
+                antialias(color, bad, pos, TRI)
+    # the valid rast still works, and background (id 0) is fine
+    out, _ = interpolate(attr, r, TRI)
+    assert out.shape == (1, 8, 8, 2) and bool(out.isfinite().all())
+
+
 def test_empty_mesh_and_odd_resolutions():
     r, db = rasterize(classic(), torch.zeros(0, 3, dtype=torch.int32), (5, 3))
     assert r.shape == (1, 5, 3, 4) and not bool(r.any())

@@ -36,8 +36,8 @@ from typing import Optional
 import taichi as ti
 import torch
 
-from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_rast, check_same_device,
-                               check_tensor, shape_str)
+from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_same_device, check_tensor,
+                               raise_bad_rast, shape_str)
 from taichi_dr.render._raster_kernels import SEG, segment
 from taichi_dr.runtime import ensure_init, ti_real
 
@@ -104,37 +104,32 @@ def _kernels(real):
         q = pos[pn, vi]
         return (q[0] / q[3] + 1.0) * (0.5 * W), (q[1] / q[3] + 1.0) * (0.5 * H)
 
-    @ti.kernel
-    def silhouettes(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), wing: nd(dtype=vec3i, ndim=1),
-                    sil: nd(dtype=ti.i32, ndim=1)):
+    @ti.func
+    def silhouette_bits(pos: ti.template(), tri: ti.template(), wing: ti.template(), pn, t):
         # Step 3 of the module docstring, once per (position set, triangle) instead of once per
-        # pixel pair: bit k of sil[pn·T + t] says whether edge k of t (opposite vertex k) is a
-        # silhouette, i.e. the wing vertex lies on the same side of the edge as t's own third vertex
-        # (the surface folds away behind the edge) or there is no neighbour. Interior triangles of
-        # a dense mesh get 0, which lets the pixel-pair pass skip them after one load.
+        # pixel pair: bit k says whether edge k of t (opposite vertex k) is a silhouette, i.e. the
+        # wing vertex lies on the same side of the edge as t's own third vertex (the surface folds
+        # away behind the edge) or there is no neighbour. Interior triangles of a dense mesh get 0,
+        # which lets the pixel-pair pass skip them after one load.
         # Sides are compared without projecting: for homogeneous points (x, y, w) the screen-space
         # orientation of (a, b, c) is sign(det[a; b; c]) · sign(w_a w_b w_c), and w_a w_b is shared
         # by both tests, so "same side" is sign(det[a; b; k]·w_k) == sign(det[a; b; o]·w_o).
-        T = tri.shape[0]
-        for j in range(pos.shape[0] * T):
-            pn = ti.raw_div(j, T)
-            t = j - pn * T
-            ids = tri[t]
-            wg = wing[t]
-            bits = 0
-            for k in ti.static(range(3)):
-                a, b = pos[pn, ids[(k + 1) % 3]], pos[pn, ids[(k + 2) % 3]]
-                # cross product of a and b in (x, y, w): det[a; b; c] = (a × b) · c
-                nx, ny, nw = a[1] * b[3] - a[3] * b[1], a[3] * b[0] - a[0] * b[3], a[0] * b[1] - a[1] * b[0]
-                own = pos[pn, ids[k]]
-                other = own
-                if wg[k] >= 0:
-                    other = pos[pn, wg[k]]
-                side_t = (nx * own[0] + ny * own[1] + nw * own[3]) * own[3]
-                side_o = (nx * other[0] + ny * other[1] + nw * other[3]) * other[3]
-                if (side_t > 0) == (side_o > 0):
-                    bits |= 1 << k
-            sil[j] = bits
+        ids = tri[t]
+        wg = wing[t]
+        bits = 0
+        for k in ti.static(range(3)):
+            a, b = pos[pn, ids[(k + 1) % 3]], pos[pn, ids[(k + 2) % 3]]
+            # cross product of a and b in (x, y, w): det[a; b; c] = (a × b) · c
+            nx, ny, nw = a[1] * b[3] - a[3] * b[1], a[3] * b[0] - a[0] * b[3], a[0] * b[1] - a[1] * b[0]
+            own = pos[pn, ids[k]]
+            other = own
+            if wg[k] >= 0:
+                other = pos[pn, wg[k]]
+            side_t = (nx * own[0] + ny * own[1] + nw * own[3]) * own[3]
+            side_o = (nx * other[0] + ny * other[1] + nw * other[3]) * other[3]
+            if (side_t > 0) == (side_o > 0):
+                bits |= 1 << k
+        return bits
 
     @ti.func
     def _pair(rast: ti.template(), pos: ti.template(), tri: ti.template(), sil: ti.template(),
@@ -153,7 +148,9 @@ def _kernels(real):
         if x1 < W and y1 < H:
             r0, r1 = rast[n, y, x], rast[n, y1, x1]
             id0, id1 = ti.cast(r0[3], ti.i32), ti.cast(r1[3], ti.i32)
-            if id0 != id1:
+            T = tri.shape[0]
+            # ids outside [0, T] (reported by ``forward``) never index anything
+            if id0 != id1 and id0 >= 0 and id1 >= 0 and id0 <= T and id1 <= T:
                 home0 = 1
                 if id0 == 0:
                     home0 = 0
@@ -197,12 +194,29 @@ def _kernels(real):
 
     @ti.kernel
     def forward(color: nd(dtype=real, ndim=4), rast: nd(dtype=vec4, ndim=3), pos: nd(dtype=vec4, ndim=2),
-                tri: nd(dtype=vec3i, ndim=1), sil: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32,
-                out: nd(dtype=real, ndim=4)):
-        # one parallel iteration per SEG-pixel piece of a row; pairs (x, y)-(x+1, y) and
-        # (x, y)-(x, y+1) inside. A pair may write into row y+1, owned by another thread -> atomics
+                tri: nd(dtype=vec3i, ndim=1), wing: nd(dtype=vec3i, ndim=1), per_instance: ti.i32,
+                sil: nd(dtype=ti.i32, ndim=1), out: nd(dtype=real, ndim=4), bad: nd(dtype=ti.i32, ndim=1)):
+        # Three passes in one launch (a kernel runs its top-level loops one after the other).
         H, W = rast.shape[1], rast.shape[2]
+        T = tri.shape[0]
         nseg = (W + SEG - 1) // SEG
+        # 1. silhouette bits of every (position set, triangle): sil[pn·T + t]
+        for j in range(pos.shape[0] * T):
+            pn = ti.raw_div(j, T)
+            sil[j] = silhouette_bits(pos, tri, wing, pn, j - pn * T)
+        # 2. out = color, and the check that rast's ids are triangle ids (0 or 1..T; NaN fails
+        # both comparisons): cheaper here than a separate pass over rast before the launch
+        for it in range(rast.shape[0] * H * nseg):
+            n, y, xs, xe = segment(it, nseg, H, W)
+            for x in range(xs, xe):
+                i = rast[n, y, x][3]
+                if not (i >= 0 and i <= T):
+                    bad[0] = 1
+                for c in range(color.shape[3]):
+                    out[n, y, x, c] = color[n, y, x, c]
+        # 3. the pixel pairs: one parallel iteration per SEG-pixel piece of a row; pairs
+        # (x, y)-(x+1, y) and (x, y)-(x, y+1) inside. A pair may write into row y+1, owned by
+        # another thread -> atomics
         for it in range(rast.shape[0] * H * nseg):
             n, y, xs, xe = segment(it, nseg, H, W)
             for i in range(2 * xs, 2 * xe):
@@ -255,19 +269,20 @@ def _kernels(real):
                             g_pos[pn, vi, 1] += gy
                             g_pos[pn, vi, 3] += -(gx * q[0] + gy * q[1]) / q[3]
 
-    return silhouettes, forward, backward
+    return forward, backward
 
 
 class _Antialias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, color, rast, pos3, tri, wing, per_instance, boost):
-        silhouettes, fwd, _ = _kernels(ti_real(color.dtype))
+        fwd, _ = _kernels(ti_real(color.dtype))
         color_c, rast_c, pos_c = color.detach().contiguous(), rast.detach().contiguous(), pos3.detach().contiguous()
-        N, H, W = rast_c.shape[:3]
         sil = torch.empty(pos_c.shape[0] * tri.shape[0], dtype=torch.int32, device=color.device)
-        silhouettes(pos_c, tri, wing, sil)
-        out = color_c.clone()
-        fwd(color_c, rast_c, pos_c, tri, sil, per_instance, out)
+        out = torch.empty_like(color_c)
+        bad = torch.zeros(1, dtype=torch.int32, device=color.device)
+        fwd(color_c, rast_c, pos_c, tri, wing, per_instance, sil, out, bad)
+        if bad.item():
+            raise_bad_rast("rast", rast_c, tri.shape[0])
         ctx.save_for_backward(color_c, rast_c, pos_c, tri, sil)
         ctx.per_instance, ctx.boost = per_instance, boost
         return out
@@ -275,7 +290,7 @@ class _Antialias(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out):
         color, rast, pos3, tri, sil = ctx.saved_tensors
-        _, _, bwd = _kernels(ti_real(color.dtype))
+        _, bwd = _kernels(ti_real(color.dtype))
         g_out = g_out.contiguous()
         g_color = g_out.clone()  # identity part: out = color + blends
         g_pos = torch.zeros_like(pos3)
@@ -321,7 +336,6 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         topology_hash = antialias_construct_topology_hash(tri)
     elif not isinstance(topology_hash, TopologyHash) or topology_hash.tri.shape != tri.shape:
         raise ValueError(f"topology_hash: expected a TopologyHash built for tri of shape {shape_str(tri.shape)}")
-    check_rast("rast", rast, tri.shape[0])
     pos3, per_instance = (pos, 1) if pos.dim() == 3 else (pos.unsqueeze(0), 0)
     return _Antialias.apply(color, rast, pos3, as_index32(tri), topology_hash.wing.to(pos.device),
                             per_instance, float(pos_gradient_boost))

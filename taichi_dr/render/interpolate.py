@@ -23,8 +23,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import taichi as ti
 import torch
 
-from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_rast, check_same_device,
-                               check_tensor, shape_str)
+from taichi_dr._checks import (FLOATS, as_index32, check_float, check_index, check_same_device, check_tensor,
+                               raise_bad_rast, shape_str)
 from taichi_dr.render._raster_kernels import SEG, segment
 from taichi_dr.runtime import ensure_init, ti_real
 
@@ -48,11 +48,17 @@ def _kernels(real):
 
     @ti.kernel
     def interp(attr: nd(dtype=real, ndim=3), rast: nd(dtype=vec4, ndim=1), tri: nd(dtype=vec3i, ndim=1),
-               hw: ti.i32, A: ti.template(), out: nd(dtype=real, ndim=2)):
+               hw: ti.i32, A: ti.template(), out: nd(dtype=real, ndim=2), bad: nd(dtype=ti.i32, ndim=1)):
         # A = channel count when small (loops unrolled at compile time), 0 = any count
         for p in range(rast.shape[0]):
             r = rast[p]
             tid = ti.cast(r[3], ti.i32) - 1  # 0 = background
+            # rast is checked here, as it is read: an id outside [0, T] or a non-finite u, v is
+            # reported and its pixel left empty, never used as an index. NaN fails every comparison,
+            # and x − x is 0 exactly when x is finite (Inf − Inf = NaN; fast math is off).
+            if not (r[3] >= 0 and r[3] <= tri.shape[0] and r[0] - r[0] == 0 and r[1] - r[1] == 0):
+                bad[0] = 1
+                tid = -1
             if tid >= 0:
                 na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
                 ids = tri[tid]
@@ -189,7 +195,10 @@ class _Interpolate(torch.autograd.Function):
         attr3, rast_c = attr3.detach().contiguous(), rast.detach().contiguous()
         A = attr3.shape[2]
         out = torch.empty((N, H, W, A), dtype=attr3.dtype, device=attr3.device)
-        interp(attr3, rast_c.view(-1, 4), tri, H * W, A if A <= 8 else 0, out.view(-1, A))
+        bad = torch.zeros(1, dtype=torch.int32, device=attr3.device)
+        interp(attr3, rast_c.view(-1, 4), tri, H * W, A if A <= 8 else 0, out.view(-1, A), bad)
+        if bad.item():
+            raise_bad_rast("rast", rast_c, tri.shape[0])
         out_da = torch.zeros((N, H, W, 2 * which.numel()), dtype=attr3.dtype, device=attr3.device)
         if which.numel():
             db = db.detach().contiguous()
@@ -252,7 +261,6 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
     check_index("tri", tri, V, expected="[T, 3]")
     check_same_device(attr=attr, rast=rast, tri=tri, rast_db=rast_db)
     tri32 = as_index32(tri)
-    check_rast("rast", rast, tri.shape[0])
     if diff_attrs is None:
         which: List[int] = []
     elif isinstance(diff_attrs, str):
