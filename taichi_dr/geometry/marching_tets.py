@@ -19,20 +19,20 @@ The gradient of p is what lets DMTet move the surface (the SDF values) and the g
 
 Geometrically, raising s_a (making a more "outside") slides p along the edge towards a.
 
-Kernels: ``classify`` (per tet: case, triangle count), ``mark`` (per edge: sign change),
-``compact`` (numbers the crossing edges) and ``emit`` (per tet: faces, at an output slot from
-per-block counts), and the
-differentiable pair ``place``/``place_bwd`` (per surface vertex). Only the last pair carries
-gradients; topology is index work. The triangle table lists local edges (01,02,03,12,13,23) and
-is wound so that face normals point towards positive SDF (outside) for positively oriented tets.
+Kernels: ``count`` (per tet: case and triangle count; per edge: sign change; both per block),
+``fill`` (numbers the crossing edges, then writes each tet's faces at an output slot from the
+per-block counts), and the differentiable pair ``place``/``place_bwd`` (per surface vertex).
+Only the last pair carries gradients; topology is index work. The triangle table lists local
+edges (01,02,03,12,13,23) and is wound so that face normals point towards positive SDF (outside)
+for positively oriented tets.
 
 **Lattice path.** Given a grid made by :meth:`TetGrid.create` itself (``marching_tets(verts, sdf,
 grid)``), every vertex, tet and edge index is a closed-form function of lattice coordinates, so
 the topology passes read only the SDF (1 MB at R = 64) instead of 25 MB of tets and 15 MB of
 edges, and skip whole rows of the lattice: a row of vertices along z whose SDF has one sign
-everywhere (``row_signs``) cannot make a cube or an edge next to it cross unless a neighbouring
-row has the other sign. The blocks are rows, numbered in the same order as the tets and edges,
-so the output is *identical* to the general path (same vertex and face order), only faster.
+everywhere cannot make a cube or an edge next to it cross unless a neighbouring row has the other
+sign. The blocks are rows, numbered in the same order as the tets and edges, so the output is
+*identical* to the general path (same vertex and face order), only faster (``_lattice_kernels``).
 """
 import functools
 from types import SimpleNamespace
