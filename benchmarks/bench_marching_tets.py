@@ -2,8 +2,10 @@
 import os
 import sys
 
-# before torch loads: its OpenMP threads must sleep, not spin, between ops (see README, Benchmarks)
+# before torch loads: its OpenMP threads must sleep, not spin, between ops, and large tensors
+# should sit on huge pages (fewer page faults); see README, Benchmarks
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from taichi_dr.bench.marching_tets import main  # noqa: E402  (imports torch)
 
