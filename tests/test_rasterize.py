@@ -162,6 +162,26 @@ def test_odd_resolutions_cover_full_screen_quad(H, W):
     torch.testing.assert_close(rast[..., 2], torch.full((1, H, W), 0.5))
 
 
+@pytest.mark.slow
+def test_4096_square_image_quad_and_barycentrics():
+    """The largest resolution the issue names: a quad covering the screen, split in two, covers
+    every pixel of a 4096² image exactly once, with the analytic barycentrics at pixel centres."""
+    S = 4096
+    pos = torch.tensor([[[-1, -1, 0.5, 1], [1, -1, 0.5, 1], [1, 1, 0.5, 1], [-1, 1, 0.5, 1]]])
+    rast, _ = rasterize(pos, torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32), (S, S), grad_db=False)
+    ids = rast[0, ..., 3]
+    assert bool((ids > 0).all())
+    c = (torch.arange(S, dtype=torch.float64) + 0.5) / S * 2 - 1  # pixel centres in NDC
+    Y, X = torch.meshgrid(c, c, indexing="ij")
+    lower = X > Y  # below the diagonal (0, 2): triangle 1 = (0, 1, 2)
+    on_diag = X == Y
+    assert bool((ids[lower & ~on_diag] == 1).all()) and bool((ids[~lower & ~on_diag] == 2).all())
+    # triangle (0, 1, 2): u = weight of (-1, -1) = (1 - X) / 2, v = weight of (1, -1) = (X - Y) / 2
+    m = lower & ~on_diag
+    torch.testing.assert_close(rast[0, ..., 0][m].double(), ((1 - X) / 2)[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rast[0, ..., 1][m].double(), ((X - Y) / 2)[m], atol=1e-5, rtol=0)
+
+
 def test_big_triangle_outside_depth_range_is_discarded_and_empty_tri_is_background():
     pos = torch.tensor([[[-1, -1, 2.0, 1], [3, -1, 2.0, 1], [-1, 3, 2.0, 1]]])  # z/w = 2 > 1: beyond far
     rast, db = rasterize(pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (16, 16))
