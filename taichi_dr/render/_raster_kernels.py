@@ -57,6 +57,18 @@ def kernels(real):
         return pos[pn, ids[0]], pos[pn, ids[1]], pos[pn, ids[2]], ids[0], ids[1], ids[2]
 
     @ti.func
+    def work_item(work_n: ti.template(), work_t: ti.template(), n_inst, k):
+        # work item k -> (image, triangle). Instanced mode (n_inst = T triangles per image): k = n·T + t,
+        # one division instead of two index arrays; range mode (n_inst = 0): read from the lists.
+        n, t = 0, 0
+        if n_inst > 0:
+            n = ti.raw_div(k, n_inst)
+            t = k - n * n_inst
+        else:
+            n, t = work_n[k], work_t[k]
+        return n, t
+
+    @ti.func
     def key_of(a, b):
         # Vertex key: an original vertex v is (v, v); the near-plane crossing of edge (a, b) is
         # (min, max). Keys give every clipped vertex an identity shared by both triangles of an edge.
@@ -199,15 +211,17 @@ def kernels(real):
 
     @ti.kernel
     def setup(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), work_n: nd(dtype=ti.i32, ndim=1),
-              work_t: nd(dtype=ti.i32, ndim=1), per_instance: ti.i32, W: ti.i32, H: ti.i32,
-              tiles: nd(dtype=ti.i32, ndim=2), counts: nd(dtype=ti.i64, ndim=1),
-              poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3)):
+              work_t: nd(dtype=ti.i32, ndim=1), n_work: ti.i32, n_inst: ti.i32, per_instance: ti.i32, W: ti.i32,
+              H: ti.i32, tiles: nd(dtype=ti.i32, ndim=2), counts: nd(dtype=ti.i64, ndim=1),
+              poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3),
+              njobs: nd(dtype=ti.i64, ndim=1)):
         # One thread per (image, triangle) work item: clip, project, and either rasterize it on the
         # spot (bounding box of at most one tile's worth of pixels, i.e. nearly every triangle of a
-        # dense mesh) or store it and count the 16×16 tiles it needs as separate jobs.
-        for k in range(work_t.shape[0]):
-            pn = work_n[k] * per_instance
-            t = work_t[k]
+        # dense mesh) or store it and count the 16×16 tiles it needs as separate jobs (njobs: their
+        # total, so the host skips the job list when there are none).
+        for k in range(n_work):
+            n_img, t = work_item(work_n, work_t, n_inst, k)
+            pn = n_img * per_instance
             p0, p1, p2, i0, i1, i2 = load(pos, pn, tri, t)
             counts[k] = 0
             S = ti.Matrix.zero(real, 4, 3)
@@ -243,7 +257,7 @@ def kernels(real):
                 y1 = ti.min(ti.cast(ti.floor(ti.min(hi[1], 1e9) - 0.5), ti.i32), H - 1)
                 if lo[0] < W and lo[1] < H and x0 <= x1 and y0 <= y1:
                     if (x1 - x0 + 1) * (y1 - y0 + 1) <= TILE * TILE:
-                        cover(S, K, n, t, work_n[k], x0, x1, y0, y1, zbuf)
+                        cover(S, K, n, t, n_img, x0, x1, y0, y1, zbuf)
                     else:
                         tx0, ty0 = x0 // TILE, y0 // TILE
                         ntx = x1 // TILE - tx0 + 1
@@ -257,6 +271,7 @@ def kernels(real):
                         tiles[k, 6] = y1
                         tiles[k, 7] = n
                         counts[k] = ti.cast(ntx * nty, ti.i64)
+                        ti.atomic_add(njobs[0], counts[k])
                         # keep the clipped polygon in pixels so tile jobs do not redo clipping
                         for r in ti.static(range(4)):
                             keys[k, r] = K[r]
@@ -275,7 +290,7 @@ def kernels(real):
                 job_local[base + i] = i
 
     @ti.kernel
-    def coverage(work_n: nd(dtype=ti.i32, ndim=1), work_t: nd(dtype=ti.i32, ndim=1),
+    def coverage(work_n: nd(dtype=ti.i32, ndim=1), work_t: nd(dtype=ti.i32, ndim=1), n_inst: ti.i32,
                  tiles: nd(dtype=ti.i32, ndim=2), job_k: nd(dtype=ti.i32, ndim=1), job_local: nd(dtype=ti.i32, ndim=1),
                  poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3)):
         # One thread per (large triangle, tile) job: a triangle covering the whole screen is split
@@ -295,7 +310,8 @@ def kernels(real):
             # only the part of the tile inside the triangle's pixel bounding box
             xa, xb = ti.max(tx * TILE, tiles[k, 3]), ti.min(tx * TILE + TILE - 1, tiles[k, 5])
             ya, yb = ti.max(ty * TILE, tiles[k, 4]), ti.min(ty * TILE + TILE - 1, tiles[k, 6])
-            cover(S, K, tiles[k, 7], work_t[k], work_n[k], xa, xb, ya, yb, zbuf)
+            n_img, t = work_item(work_n, work_t, n_inst, k)
+            cover(S, K, tiles[k, 7], t, n_img, xa, xb, ya, yb, zbuf)
 
     @ti.func
     def bary(p0, p1, p2, X, Y):

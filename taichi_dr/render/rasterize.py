@@ -52,38 +52,39 @@ from taichi_dr.runtime import ensure_init, ti_real
 __all__ = ["rasterize"]
 
 
-def _visibility(pos: torch.Tensor, tri: torch.Tensor, work_n, work_t, per_instance: int, N: int,
+def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N: int,
                 H: int, W: int) -> torch.Tensor:
     """Nearest-triangle z-buffer [N, H, W] int64 of packed keys (not differentiable)."""
     k = _kernels(ti_real(pos.dtype))
     dev = pos.device
     zbuf = torch.full((N, H, W), _EMPTY, dtype=torch.int64, device=dev)
-    K = work_t.numel()
+    work_n, work_t, K, n_inst = work
     if K == 0:
         return zbuf
     tiles = torch.empty((K, 8), dtype=torch.int32, device=dev)  # tile x0, y0, count x; pixel bbox; n
     poly = torch.empty((K, 4, 3), dtype=pos.dtype, device=dev)  # clipped polygon: pixel X, Y, z/w
     keys = torch.empty((K, 4), dtype=torch.int64, device=dev)  # its vertex keys (fill-rule order)
     counts = torch.empty(K, dtype=torch.int64, device=dev)  # tile jobs per large triangle
-    k.setup(pos, tri, work_n, work_t, per_instance, W, H, tiles, counts, poly, keys, zbuf)
-    offsets = torch.cumsum(counts, 0)
-    total = int(offsets[-1])
-    if total > 0:
+    njobs = torch.zeros(1, dtype=torch.int64, device=dev)
+    k.setup(pos, tri, work_n, work_t, K, n_inst, per_instance, W, H, tiles, counts, poly, keys, zbuf, njobs)
+    total = int(njobs[0])
+    if total > 0:  # large triangles: one job per (triangle, 16×16 tile)
         if total >= 2**31:
             raise ValueError(f"resolution: {H}x{W} with {K} triangles needs {total} tile jobs (limit 2^31)")
+        offsets = torch.cumsum(counts, 0)
         job_k = torch.empty(total, dtype=torch.int32, device=dev)
         job_local = torch.empty(total, dtype=torch.int32, device=dev)
         k.expand(counts, offsets, job_k, job_local)
-        k.coverage(work_n, work_t, tiles, job_k, job_local, poly, keys, zbuf)
+        k.coverage(work_n, work_t, n_inst, tiles, job_k, job_local, poly, keys, zbuf)
     return zbuf
 
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pos4, tri, work_n, work_t, per_instance, N, H, W, grad_db):
+    def forward(ctx, pos4, tri, work, per_instance, N, H, W, grad_db):
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their backward work
         pos4 = pos4.detach().contiguous()
-        zbuf = _visibility(pos4, tri, work_n, work_t, per_instance, N, H, W)
+        zbuf = _visibility(pos4, tri, work, per_instance, N, H, W)
         rast = torch.empty((N, H, W, 4), dtype=pos4.dtype, device=pos4.device)
         db = torch.empty_like(rast)
         _kernels(ti_real(pos4.dtype)).resolve(pos4, tri, zbuf, per_instance, rast.view(-1, 4), db.view(-1, 4))
@@ -99,7 +100,7 @@ class _Rasterize(torch.autograd.Function):
         if not ctx.grad_db:
             g_db = None
         if g_rast is None and g_db is None:
-            return (None,) * 9
+            return (None,) * 8
         if g_db is None:
             # the common case: only (u, v) carry gradient -> hand-written adjoint, no AD tape
             g_pos = torch.zeros_like(pos4)
@@ -117,7 +118,7 @@ class _Rasterize(torch.autograd.Function):
             k.resolve_flat.grad(p, tri, zbuf, ctx.per_instance, r, d)
             g_pos = p.grad
         g_pos[..., 2] = 0  # z never receives gradient (nvdiffrast convention)
-        return g_pos, None, None, None, None, None, None, None, None
+        return g_pos, None, None, None, None, None, None, None
 
 
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
@@ -153,8 +154,9 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
         if pos.dim() != 3:
             raise ValueError(f"pos: expected shape [N, V, 4] when ranges is None, got {list(pos.shape)}")
         N = pos.shape[0]
-        work_n = torch.arange(N, device=dev, dtype=torch.int32).repeat_interleave(T)
-        work_t = torch.arange(T, device=dev, dtype=torch.int32).repeat(N)
+        # work item k = n·T + t: the kernels derive (n, t) from k, no index lists needed
+        unused = torch.zeros(1, dtype=torch.int32, device=dev)
+        work = (unused, unused, N * T, T)
         pos3, per_instance = pos, 1
     else:
         if pos.dim() != 2:
@@ -167,7 +169,7 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
         work_n = torch.repeat_interleave(torch.arange(N, dtype=torch.int32), rg[:, 1]).to(dev)
         work_t = torch.cat([torch.arange(s, s + c, dtype=torch.int32) for s, c in rg.tolist()]
                            or [torch.zeros(0, dtype=torch.int32)]).to(dev)
+        work = (work_n.contiguous(), work_t.contiguous(), work_t.numel(), 0)  # explicit (image, triangle) lists
         pos3, per_instance = pos.unsqueeze(0), 0
-    rast, db = _Rasterize.apply(pos3, as_index32(tri), work_n.contiguous(), work_t.contiguous(),
-                                per_instance, N, H, W, bool(grad_db))
+    rast, db = _Rasterize.apply(pos3, as_index32(tri), work, per_instance, N, H, W, bool(grad_db))
     return rast, db
