@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from taichi_dr.bench import table, timed
+from taichi_dr.bench import table, timed, timed_stats
 
 __all__ = ["main", "uv_sphere"]
 
@@ -63,6 +63,13 @@ def _raster_only(n_tris: int, res: int):
     return f.shape[0], fwd, fwd_bwd
 
 
+def _host_speed() -> float:
+    """Median ms of a fixed single-thread torch workload (a 512×512 matmul): a yardstick for
+    comparing runs, since this VM's speed drifts by ±40 % with its neighbours' load."""
+    a, b = torch.rand(512, 512), torch.rand(512, 512)
+    return timed_stats(lambda: a @ b, 21)[2] * 1e3
+
+
 def main(quick: bool = False) -> None:
     import os
 
@@ -71,23 +78,17 @@ def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     reps = 3 if quick else 5
     print(f"CPU load average before start: {os.getloadavg()[0]:.1f} (2 cores; timings scale with it)")
-    print("80k-triangle sphere at 512x512 (CPU), medians after one warm-up call")
+    print(f"host speed yardstick: 512² torch matmul {_host_speed():.2f} ms (about 2.4 ms on a quiet host)")
+    print("80k-triangle sphere at 512x512 (CPU), median / min of 21 calls after one warm-up call")
     rows = []
-    n, fwd, fb = _raster_only(80_000, 512)
-    c1, t1 = timed(fwd, reps)
-    c2, t2 = timed(fb, reps)
-    rows.append(["rasterize", n, 512, f"{t1 * 1e3:.1f}", f"{t2 * 1e3:.1f}", f"{c1:.2f}", f"{c2:.2f}"])
-    try:
-        n, fwd, fb = _pipeline(80_000, 512)
-    except ImportError as e:  # interpolate / antialias not available yet
-        print(f"(pipeline skipped: {e}; rasterize timed alone)")
-        fwd = None
-    if fwd is not None:
-        c1, t1 = timed(fwd, reps)
-        c2, t2 = timed(fb, reps)
-        rows.append(["rast+interp+AA", n, 512, f"{t1 * 1e3:.1f}", f"{t2 * 1e3:.1f}", f"{c1:.2f}", f"{c2:.2f}"])
+    for build, name in ((_raster_only, "rasterize"), (_pipeline, "rast+interp+AA")):
+        n, fwd, fb = build(80_000, 512)
+        c1, m1, t1 = timed_stats(fwd, 21)
+        c2, m2, t2 = timed_stats(fb, 21)
+        rows.append([name, n, 512, f"{t1 * 1e3:.1f} / {m1 * 1e3:.1f}", f"{t2 * 1e3:.1f} / {m2 * 1e3:.1f}",
+                     f"{c1:.2f}", f"{c2:.2f}"])
     print(table(["ops", "triangles", "res", "forward ms", "fwd+bwd ms", "compile fwd s", "compile fwd+bwd s"], rows))
-    build, what = (_pipeline, "rasterize + interpolate + antialias") if fwd is not None else (_raster_only, "rasterize")
+    build, what = _pipeline, "rasterize + interpolate + antialias"
     sizes = [1_000, 10_000, 100_000] + ([] if quick else [1_000_000])
     resolutions = [256, 512] + ([] if quick else [1024, 2048])
     rows = []
