@@ -322,3 +322,38 @@ def test_gradcheck_antialias_batched_mesh_silhouettes():
     topo = antialias_construct_topology_hash(tri)
     f = lambda c, p: antialias(c, rast, p, tri, topology_hash=topo)
     assert torch.autograd.gradcheck(f, (color.requires_grad_(), pos.clone().requires_grad_()), eps=1e-7, atol=1e-6)
+
+
+def _compiled_kernel_count():
+    """Number of compiled Taichi kernel instances behind rasterize / interpolate / antialias
+    (introspects Taichi's per-kernel cache, ``kernel._primal.compiled_kernels``)."""
+    import taichi as ti
+
+    from taichi_dr.render import _raster_kernels, antialias as aa_mod, interpolate as interp_mod
+
+    kernels = list(vars(_raster_kernels.kernels(ti.f32)).values())
+    kernels += list(interp_mod._kernels(ti.f32)) + list(aa_mod._kernels(ti.f32))
+    return sum(len(k._primal.compiled_kernels) for k in kernels)
+
+
+def test_no_recompilation_for_new_shapes_or_resolutions():
+    """Shapes and resolutions are run-time values of the kernels: after a first pass (forward and
+    backward), other image sizes, triangle counts and batch sizes reuse the compiled kernels."""
+    from taichi_dr.bench.raster import uv_sphere
+
+    def step(n_tris, H, W, N):
+        v, f = uv_sphere(n_tris)
+        pos = torch.cat([v * 0.8, torch.ones(v.shape[0], 1)], 1).expand(N, -1, -1).contiguous()
+        pos.requires_grad_(True)
+        rast, _ = rasterize(pos, f, (H, W), grad_db=False)
+        col, _ = interpolate((v * 0.5 + 0.5).contiguous(), rast, f)
+        antialias(col, rast, pos, f).sum().backward()
+
+    step(200, 32, 32, 1)  # compiles what this pipeline needs (if no earlier test did) ...
+    step(8, 64, 64, 1)  # ... including the tile jobs of large triangles
+    before = _compiled_kernel_count()
+    for n_tris, H, W, N in [(200, 32, 32, 1), (2000, 48, 80, 1), (50, 17, 9, 2), (8, 300, 200, 1),
+                            (5000, 128, 128, 1)]:
+        step(n_tris, H, W, N)
+    assert _compiled_kernel_count() == before
+    assert before >= 6  # setup, resolve, expand, coverage, interp, AA forward (+ backward kernels)
