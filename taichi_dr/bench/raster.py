@@ -78,7 +78,7 @@ def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     reps = 3 if quick else 5
     print(f"CPU load average before start: {os.getloadavg()[0]:.1f} (2 cores; timings scale with it)")
-    print(f"host speed yardstick: 512² torch matmul {_host_speed():.2f} ms (about 2.4 ms on a quiet host)")
+    print(f"host speed yardstick: 512² torch matmul {_host_speed():.2f} ms (3.0 ms when this project's VM was quiet)")
     print("80k-triangle sphere at 512x512 (CPU), median / min of 21 calls after one warm-up call")
     rows = []
     for build, name in ((_raster_only, "rasterize"), (_pipeline, "rast+interp+AA")):
