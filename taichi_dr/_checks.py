@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
-import math
-
 import torch
 
 __all__ = [

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import taichi as ti
 
-from taichi_dr.geometry.tetgrid import _DIRS, LOCAL_EDGES, cube_tet_corners
+from taichi_dr.geometry.tetgrid import _DIRS, LOCAL_EDGES, cube_tet_corners, cube_tet_edges
 
 __all__ = ["kernels", "lattice_kernels", "TRIANGLE_TABLE", "NUM_TRIANGLES", "BLOCK", "DIRS"]
 
@@ -161,23 +161,7 @@ def kernels(real):
 
 DIRS = tuple(tuple(int(c) for c in d) for d in _DIRS)  # the 7 edge directions, in edge-id order
 CORNERS = cube_tet_corners()  # [6][4] cube corner (4·ox + 2·oy + oz) of each tet's local vertex
-
-
-def _tet_edge_table():
-    """[6][6] (ox, oy, oz, d): the local edge k of cube tet p starts at cube corner (ox, oy, oz) and
-    runs along direction DIRS[d]."""
-    out = []
-    for corners in CORNERS:
-        offs = [((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in corners]
-        row = []
-        for a, b in LOCAL_EDGES:
-            lo, hi = sorted((offs[a], offs[b]), key=sum)  # path vertices are componentwise ordered
-            row.append((*lo, DIRS.index(tuple(h - q for h, q in zip(hi, lo)))))
-        out.append(tuple(row))
-    return tuple(out)
-
-
-TET_EDGES = _tet_edge_table()
+TET_EDGES = cube_tet_edges()  # [6][6] (ox, oy, oz, d): local edge k of tet p, from corner o along DIRS[d]
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,6 +187,14 @@ def lattice_kernels(real):
         # two vertex rows that both have one sign, the same one: nothing between them crosses
         fa = flag[a]
         return fa != 2 and flag[b] == fa
+
+    @ti.func
+    def tet_case(mask, p: ti.template()):
+        # case of cube tet p from the cube's 8-bit corner mask: its 4 corners' bits, constant shifts
+        c = 0
+        for k in ti.static(range(4)):
+            c |= ((mask >> CORNERS[p][k]) & 1) << k
+        return c
 
     @ti.func
     def edge_row(row, n):
@@ -254,11 +246,8 @@ def lattice_kernels(real):
                     below = above
                     cube_mask[row * R + l] = ti.cast(mask, ti.i8)
                     if mask != 0 and mask != 255:
-                        for p in ti.static(range(6)):  # tet p's case: its 4 corners' bits, constant shifts
-                            c = 0
-                            for k in ti.static(range(4)):
-                                c |= ((mask >> CORNERS[p][k]) & 1) << k
-                            counts[p] += _num_triangles(c)
+                        for p in ti.static(range(6)):
+                            counts[p] += _num_triangles(tet_case(mask, p))
             for p in ti.static(range(6)):
                 block_tris[p * R * R + row] = counts[p]
         # 3. per edge row: crossing edges
@@ -312,9 +301,7 @@ def lattice_kernels(real):
                     mask = ti.cast(cube_mask[row * R + l], ti.i32) & 255
                     if mask != 0 and mask != 255:
                         for p in ti.static(range(6)):
-                            c = 0
-                            for k in ti.static(range(4)):
-                                c |= ((mask >> CORNERS[p][k]) & 1) << k
+                            c = tet_case(mask, p)
                             if c != 0 and c != 15:
                                 # each local edge's edge row (direction d, lower end's (x, y)) and
                                 # position along z are closed-form; only crossing edges have a slot

@@ -31,7 +31,7 @@ from typing import Union
 import numpy as np
 import torch
 
-__all__ = ["TetGrid", "cube_tet_corners"]
+__all__ = ["TetGrid", "cube_tet_corners", "cube_tet_edges"]
 
 # Edge directions from a lattice point to a neighbour with all coordinates >= its own.
 _DIRS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=np.int32)
@@ -55,6 +55,22 @@ def _cube_tets() -> list:
             offs[1], offs[2] = offs[2], offs[1]
         out.append(offs)
     return out
+
+
+def cube_tet_edges() -> tuple:
+    """``[6][6]`` ``(ox, oy, oz, d)``: local edge k (``LOCAL_EDGES`` order) of cube tet p runs from
+    cube corner (ox, oy, oz) along direction ``_DIRS[d]`` (used by :meth:`TetGrid.create` for the
+    edge ids and by the lattice path of marching tets)."""
+    dir_index = {tuple(d): k for k, d in enumerate(_DIRS.tolist())}
+    out = []
+    for offs in _cube_tets():
+        row = []
+        for i, j in LOCAL_EDGES:
+            # the path vertices are componentwise ordered, so one end of each edge is the lower one
+            lo, hi = (offs[i], offs[j]) if offs[i].sum() < offs[j].sum() else (offs[j], offs[i])
+            row.append((*(int(c) for c in lo), dir_index[tuple((hi - lo).tolist())]))
+        out.append(tuple(row))
+    return tuple(out)
 
 
 def cube_tet_corners() -> tuple:
@@ -140,18 +156,15 @@ class TetGrid:
         cube = (R, R, R)
         vid_c = x_major(cube, n, n)
         edge_base = {}  # (dy, dz) -> x-major index of c in a box of size (·, n-dy, n-dz)
-        dir_index = {tuple(d): k for k, d in enumerate(_DIRS.tolist())}
         tets = np.empty((6, R, R, R, 4), dtype=np.int32)
         tet_edges = np.empty((6, R, R, R, 6), dtype=np.int32)
-        for t, offs in enumerate(_cube_tets()):
+        for t, (offs, tet_edge) in enumerate(zip(_cube_tets(), cube_tet_edges())):
             np.add(vid_c[..., None], np.array([vid(o) for o in offs], np.int32), out=tets[t])
-            for col, (i, j) in enumerate(LOCAL_EDGES):
-                # the path vertices are componentwise ordered, so one end of each edge is the lower one
-                lo, hi = (offs[i], offs[j]) if offs[i].sum() < offs[j].sum() else (offs[j], offs[i])
-                (ox, oy, oz), (dx, dy, dz) = lo.tolist(), (hi - lo).tolist()
+            for col, (ox, oy, oz, d) in enumerate(tet_edge):
+                dy, dz = int(_DIRS[d][1]), int(_DIRS[d][2])
                 if (dy, dz) not in edge_base:
                     edge_base[dy, dz] = x_major(cube, n - dy, n - dz)
-                const = first[dir_index[dx, dy, dz]] + (ox * (n - dy) + oy) * (n - dz) + oz
+                const = first[d] + (ox * (n - dy) + oy) * (n - dz) + oz
                 np.add(edge_base[dy, dz], const, out=tet_edges[t, ..., col])
         return TetGrid(torch.from_numpy(verts.reshape(-1, 3)), torch.from_numpy(tets.reshape(-1, 4)),
                        torch.from_numpy(edges), torch.from_numpy(tet_edges.reshape(-1, 6)), R, float(scale),
