@@ -10,7 +10,7 @@ import json
 import os
 
 import taichi_dr as tdr
-from taichi_dr.demo import make_demo_dataset
+from taichi_dr.recon.demo import make_demo_dataset
 
 
 def main(iters=200, refine_iters=100, grid_res=40, res=128):  # the demo's defaults (~1.5 min on 2 cores)

@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runtime.init(arch)
 
     if args.cmd == "demo":
-        from taichi_dr.demo import run_demo
+        from taichi_dr.recon.demo import run_demo
 
         run_demo(out_dir=args.out, iters=args.iters, resume=args.resume, seed=args.seed)
         return 0

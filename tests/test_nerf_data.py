@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taichi_dr import load_nerf, transform_pos
-from taichi_dr.demo import make_demo_dataset
+from taichi_dr.recon.demo import make_demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from taichi_dr import reconstruct
-from taichi_dr.demo import make_demo_dataset
+from taichi_dr.recon.demo import make_demo_dataset
 from taichi_dr.recon import ReconConfig
 
 
@@ -35,7 +35,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     # an interrupted run continues at the right iteration
     out2 = str(tmp_path / "run2")
     calls = {"n": 0}
-    from taichi_dr import recon as recon_mod
+    from taichi_dr.recon import loop as recon_mod
     orig = recon_mod._Run.step
 
     def flaky(self):
@@ -57,7 +57,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
 
 
 def test_env_light_renders_and_gets_gradients():
-    from taichi_dr.recon_model import LearnedEnvLight
+    from taichi_dr.recon.model import LearnedEnvLight
     from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
     from taichi_dr.camera import perspective, look_at
     v = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]])
@@ -76,7 +76,7 @@ def test_env_light_renders_and_gets_gradients():
 
 @pytest.mark.slow
 def test_demo_reduced_settings_meets_quality(tmp_path):
-    from taichi_dr.demo import run_demo
+    from taichi_dr.recon.demo import run_demo
     cfg = ReconConfig(iters=150, refine_iters=80, grid_res=32, turntable_frames=12, turntable_res=96,
                       chamfer_samples=50_000)
     m = run_demo(str(tmp_path / "demo"), res=96, config=cfg)

@@ -190,7 +190,7 @@ def fig_tonemap(out):
 def fig_reconstruction(out, quick):
     import tempfile
 
-    from taichi_dr.demo import make_demo_dataset
+    from taichi_dr.recon.demo import make_demo_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         res = 48 if quick else 128

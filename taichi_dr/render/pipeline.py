@@ -57,7 +57,7 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors: torch.Te
         campos: ``[N, 3]`` camera centres in world space (for two-sided shading).
         resolution: (H, W).
         light: :class:`SimpleLight`, or any object with ``shade(pos, normal, kd, campos) -> [N, H, W, 3]``
-            (e.g. :class:`~taichi_dr.recon_model.LearnedEnvLight`).
+            (e.g. :class:`~taichi_dr.recon.model.LearnedEnvLight`).
         background: ``[N, H, W, 3]`` linear background colours (default black).
         normals: ``[V, 3]`` shading normals (default: area-weighted vertex normals).
 

@@ -37,37 +37,14 @@ from taichi_dr.geometry.dmtet import sdf_reg_weight
 from taichi_dr.losses import image_loss, laplacian_loss, linear_to_srgb, mask_loss, sdf_reg_loss
 from taichi_dr.mesh import Mesh, load_obj, save_obj
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr
-from taichi_dr.recon_model import ReconModel, hull_bounds
-from taichi_dr.recon_outputs import (load_checkpoint, save_checkpoint, save_json, save_loss_plot,
+from taichi_dr.recon.config import ReconConfig
+from taichi_dr.recon.model import ReconModel, hull_bounds
+from taichi_dr.recon.outputs import (load_checkpoint, save_checkpoint, save_json, save_loss_plot,
                                      save_side_by_side, save_turntable)
 from taichi_dr.render.antialias import antialias_construct_topology_hash
 from taichi_dr.render.pipeline import render_mesh_views
 
-__all__ = ["ReconConfig", "reconstruct"]
-
-
-@dataclasses.dataclass
-class ReconConfig:
-    """Settings of :func:`reconstruct` (defaults: the demo on a 2-core CPU in a few minutes)."""
-
-    iters: int = 200               # DMTet pass iterations
-    refine_iters: int = 100        # mesh refinement iterations (0 = off)
-    grid_res: int = 40             # tet grid cells per axis
-    train_res: Optional[int] = None  # resample images to this size (None = as stored)
-    batch: int = 4                 # views per iteration
-    seed: int = 0
-    lr_geometry: float = 0.03      # DMTet SDF / offsets
-    lr_color: float = 0.01         # colour MLP and light
-    lr_refine: float = 2e-3        # vertex positions in the refinement pass
-    sdf_mode: str = "direct"       # "direct" (free per-vertex values, nvdiffrec) or "mlp"
-    light: str = "simple"          # "simple" (ambient + directional, Lambert) or "env" (split-sum IBL)
-    laplacian_weight: float = 50.0
-    loss: str = "logl1"
-    checkpoint_every: int = 100
-    eval_res: Optional[int] = None  # test render size (None = dataset size)
-    turntable_frames: int = 36
-    turntable_res: int = 192
-    chamfer_samples: int = 200_000
+__all__ = ["reconstruct"]
 
 
 def _raise_interrupt(signum, frame):
