@@ -66,4 +66,4 @@ def main(iters=400, res=64, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    main(**({"iters": 3, "res": 16} if os.environ.get("TAICHI_DR_EXAMPLE_TINY") else {}))

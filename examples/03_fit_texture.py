@@ -59,11 +59,11 @@ def fit(mip, iters=150, res=64, seed=0):
     return tex.detach(), tdr.psnr(tex.detach(), target)
 
 
-def main():
+def main(iters=150, res=64):
     target = target_texture()
     tiles = [target[0]]
     for mip in (False, True):
-        tex, p = fit(mip)
+        tex, p = fit(mip, iters=iters, res=res)
         print(f"mipmaps {'on ' if mip else 'off'}: texture PSNR {p:.2f} dB")
         tiles.append(tex[0])
     os.makedirs("out/examples", exist_ok=True)
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(**({"iters": 3, "res": 16} if os.environ.get("TAICHI_DR_EXAMPLE_TINY") else {}))

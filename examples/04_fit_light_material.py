@@ -6,6 +6,14 @@ term is linear in the cube map, so its gradient reaches every texel the sphere "
 cube map, the base colour and the roughness together from renders at a few orbiting views and
 print their errors; out/examples/04_fit_light_material.png shows target | fit renders and the
 target | fitted environment (lat-long).
+
+Expect kd and the sky to come out *different* from the truth while the renders match: that is
+the colour–light ambiguity, not a bug. The diffuse term is irradiance(n)·kd, so kd·s with the
+environment divided by s (per colour channel, any s > 0) renders the same diffuse image; only the
+weak dielectric specular lobe (F0 = 0.04) depends on the environment alone, and barely pins its
+scale. What the images determine is the product, so the example prints kd × mean sky radiance
+for the truth and the fit: those agree where kd alone does not. (Fixing one of the two, e.g. a
+known light or a grey-world prior on kd, removes the ambiguity.)
 """
 import math
 import os
@@ -53,7 +61,9 @@ def render(env, kd, rough, verts, tri, mvp, campos, res=64):
     nrm = torch.nn.functional.normalize(pos, dim=-1)  # unit sphere: normal = position
     mask = rast[..., 3:] > 0
     shape = pos.shape[:3] + (1,)
-    col = env.shade(pos, nrm, kd.expand(pos.shape), rough.expand(shape), torch.zeros(shape), campos)
+    zero = torch.zeros(shape)
+    ks = torch.cat([zero, rough.expand(shape), zero], -1)  # (occlusion, roughness, metallic)
+    col = env.shade(pos, nrm, kd.expand(pos.shape), ks, campos)
     return col * mask
 
 
@@ -86,6 +96,11 @@ def main(iters=120, seed=0):
         fit = render(env, kd_logit.sigmoid(), r_logit.sigmoid(), verts, tri, mvp[:4], campos[:4])
         print(f"true roughness {true_r.item():.2f}, kd {true_kd.tolist()}; render PSNR "
               f"{tdr.psnr(tdr.tonemap_srgb(fit), tdr.tonemap_srgb(targets[:4])):.2f} dB")
+        # the colour–light ambiguity (module docstring): only kd × light is determined by the images
+        prod_true = true_kd * true_env.to_latlong(32).mean((0, 1))
+        prod_fit = kd_logit.sigmoid() * env.to_latlong(32).mean((0, 1))
+        print(f"kd × mean sky radiance, per channel: true {[round(x, 3) for x in prod_true.tolist()]}, "
+              f"fit {[round(x, 3) for x in prod_fit.tolist()]} (kd alone is ambiguous: see the docstring)")
         row = lambda imgs: torch.cat([im.flip(0) for im in imgs], 1)  # bottom-up images -> top-down
         top = torch.cat([row(targets[:4]), row(fit)], 0)
         envs = row([true_env.to_latlong(32), env.to_latlong(32)])
@@ -97,4 +112,4 @@ def main(iters=120, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    main(**({"iters": 3} if os.environ.get("TAICHI_DR_EXAMPLE_TINY") else {}))

@@ -38,4 +38,4 @@ def main(resolutions=(8, 16, 48), res=192):
 
 
 if __name__ == "__main__":
-    main()
+    main(**({"resolutions": (4, 8), "res": 32} if os.environ.get("TAICHI_DR_EXAMPLE_TINY") else {}))

@@ -60,4 +60,4 @@ def main(iters=200, res=64, grid=24, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    main(**({"iters": 3, "res": 16, "grid": 8} if os.environ.get("TAICHI_DR_EXAMPLE_TINY") else {}))

@@ -18,7 +18,7 @@ for _mod, _names in [
     ("render.interpolate", "interpolate"),
     ("render.texture", "texture texture_construct_mip"),
     ("render.antialias", "antialias antialias_construct_topology_hash"),
-    ("render.shading", "vertex_normals face_normals lambert ggx_specular ggx_bsdf shade_directional_light shade_point_light"),
+    ("render.shading", "vertex_normals face_normals lambert ggx_specular ggx_bsdf perturb_normal"),
     ("render.light", "EnvironmentLight DirectionalLight PointLight"),
     ("geometry.tetgrid", "TetGrid"),
     ("geometry.marching_tets", "marching_tets"),

@@ -17,7 +17,9 @@ __all__ = [
     "check_finite",
     "raise_bad_rast",
     "check_resolution",
-    "check_same_device",
+    "check_device",
+    "deferred_checks",
+    "verify_deferred",
     "check_choice",
     "as_index32",
     "shape_str",
@@ -107,6 +109,40 @@ def raise_bad_rast(name: str, rast: torch.Tensor, n_tri: int) -> None:
     raise ValueError(f"{name}: invalid values")  # not reached: the kernels test exactly the above
 
 
+def deferred_checks(finite: Sequence[torch.Tensor] = (), index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The verdicts of :func:`check_finite` on each of ``finite`` and the (min, max) of ``index``,
+    computed on the tensors' device without a host synchronisation: an op reads them together with
+    its kernels' own flags in one ``.tolist()`` (on a GPU every read of a device value stalls the
+    host until the queue drains, so an op does it once). :func:`verify_deferred` raises from them.
+
+    Returns:
+        ``[len(finite) + 2]`` (``+ 0`` without ``index``) int64: 1 per all-finite tensor (0 when its
+        sum is not finite), then min and max of ``index`` (0, 0 when empty).
+    """
+    parts = [torch.isfinite(t.detach().sum()).reshape(1).to(torch.int64) for t in finite]
+    if index is not None:
+        if index.numel():
+            lo, hi = torch.aminmax(index.detach())
+            parts += [lo.reshape(1).to(torch.int64), hi.reshape(1).to(torch.int64)]
+        else:
+            parts.append(torch.zeros(2, dtype=torch.int64, device=index.device))
+    return torch.cat(parts)
+
+
+def verify_deferred(values: Sequence[int], finite: Sequence[Tuple[str, torch.Tensor]] = (),
+                    index: Optional[Tuple[str, torch.Tensor, int]] = None) -> None:
+    """Raise what :func:`check_finite` / :func:`check_index` would have raised, given the host copy of
+    :func:`deferred_checks` (same tensors, same order; ``index`` as (name, tensor, count))."""
+    for (name, t), ok in zip(finite, values):
+        if not ok:
+            check_finite(name, t)  # the exact count (or nothing: a finite tensor whose sum overflowed)
+    if index is not None:
+        name, t, count = index
+        lo, hi = values[len(finite)], values[len(finite) + 1]
+        if t.numel() and (lo < 0 or hi >= count):
+            raise ValueError(f"{name}: expected indices in [0, {count}), got values in [{lo}, {hi}]")
+
+
 def check_index(name: str, t, count: int, ndim=2, last: Optional[int] = 3, expected=None) -> torch.Tensor:
     """Check an integer index tensor whose entries must lie in ``[0, count)``."""
     check_tensor(name, t, ndim, last, INTS, expected)
@@ -136,14 +172,31 @@ def check_resolution(name: str, resolution) -> Tuple[int, int]:
     return h, w
 
 
-def check_same_device(**tensors: torch.Tensor) -> torch.device:
-    """All given tensors must sit on one device; return it."""
-    devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    uniq = set(devs.values())
-    if len(uniq) > 1:
-        desc = ", ".join(f"{k} on {d}" for k, d in devs.items())
-        raise ValueError(f"expected all tensors on one device, got {desc}")
-    return next(iter(uniq)) if uniq else torch.device("cpu")
+def check_device(**tensors: Optional[torch.Tensor]) -> torch.device:
+    """The device contract of every op: each given tensor (``None`` entries are skipped) must live
+    where the Taichi arch reads it without a copy — CPU memory for the ``cpu`` and ``vulkan`` archs,
+    ``cuda:0`` for ``cuda`` (Taichi's CUDA context opens the first visible device). A tensor
+    elsewhere would be copied to and from the device on every launch (or, for a ``.grad`` buffer,
+    handed over as a pointer into the wrong memory), so it is refused.
+
+    Args:
+        **tensors: argument name -> tensor.
+
+    Returns:
+        The expected device.
+
+    Raises:
+        ValueError: naming the first argument on another device, its device and the expected one.
+    """
+    from taichi_dr.runtime import ensure_init, torch_device_for_arch
+
+    arch = ensure_init()
+    want = torch.device(torch_device_for_arch())
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device != want:
+            raise ValueError(f"{name}: expected a tensor on {want} (the memory Taichi's {arch} backend reads "
+                             f"without copies), got one on {t.device}; move it with .to({str(want)!r})")
+    return want
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

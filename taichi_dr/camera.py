@@ -14,8 +14,8 @@ import torch
 
 from taichi_dr._checks import check_tensor, FLOATS, shape_str
 
-__all__ = ["perspective", "look_at", "orbit_views", "nerf_c2w_to_mv", "fovy_from_fovx", "transform_pos",
-           "camera_position"]
+__all__ = ["perspective", "look_at", "orbit_views", "frame_sphere", "bounding_sphere", "nerf_c2w_to_mv",
+           "fovy_from_fovx", "transform_pos", "camera_position"]
 
 Number = Union[float, int]
 
@@ -64,6 +64,66 @@ def camera_position(mv: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(mv.double())[..., :3, 3].to(mv.dtype)
 
 
+def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: str = "y"):
+    """Unit vector from the orbit centre to the eye, and the up vector (the one orbit convention).
+
+    Azimuth 0 puts the eye on +Z (looking down −Z), azimuth 90 on +X; elevation > 0 is above.
+    Straight above / below, "up" turns to −Z / +Z (Y up) so that it never parallels the view.
+    """
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    d = (math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az))
+    if up_axis == "y":
+        up = (0.0, 1.0, 0.0) if abs(math.sin(el)) < 0.999 else (0.0, 0.0, -math.copysign(1.0, el))
+        return d, up
+    if up_axis == "z":
+        up = (0.0, 0.0, 1.0) if abs(math.sin(el)) < 0.999 else (0.0, math.copysign(1.0, el), 0.0)
+        return (d[0], -d[2], d[1]), up
+    raise ValueError(f"up_axis: expected 'y' or 'z', got {up_axis!r}")
+
+
+def bounding_sphere(points: torch.Tensor):
+    """``(center [3] list, radius)`` of the sphere around the bounding box of ``points [P, 3]``
+    (what :func:`frame_sphere` frames to show a mesh whole)."""
+    check_tensor("points", points, ndim=2, last=3, dtypes=FLOATS, expected="[P, 3]")
+    if points.shape[0] == 0:
+        raise ValueError("points: expected at least one point, got none")
+    p = points.detach().double()
+    lo, hi = p.min(0)[0], p.max(0)[0]
+    return ((lo + hi) / 2).tolist(), max(float((hi - lo).norm()) / 2, 1e-6)
+
+
+def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 30.0, elevation_deg: float = 20.0,
+                 fovy: float = math.radians(35.0), margin: float = 1.05, aspect: float = 1.0,
+                 dtype: torch.dtype = torch.float32):
+    """An orbit camera that shows the whole sphere (``center``, ``radius``) in a square image.
+
+    The eye sits on the orbit direction at distance ``margin · radius / sin(fovy / 2)``, where the
+    sphere's silhouette cone just fits the field of view, with near/far planes around the sphere.
+    Frame an object by its bounding sphere (``center = (lo + hi) / 2``, ``radius = |hi − lo| / 2``)
+    and it is never clipped, from any direction.
+
+    Args:
+        center: ``[3]`` sphere centre; radius: > 0.
+        azimuth_deg, elevation_deg: orbit angles in degrees (see :func:`orbit_views`).
+        fovy: vertical field of view in radians; margin: ≥ 1, extra room around the sphere.
+
+    Returns:
+        ``(mv [4, 4], proj [4, 4], eye [3])``: model-view, projection, eye position.
+    """
+    if not radius > 0 or not math.isfinite(radius):
+        raise ValueError(f"radius: expected a finite number > 0, got {radius}")
+    if not margin >= 1:
+        raise ValueError(f"margin: expected >= 1, got {margin}")
+    fov_min = min(fovy, 2 * math.atan(math.tan(fovy / 2) * aspect))  # the narrower of the two fields
+    d, up = _orbit_direction(azimuth_deg, elevation_deg)
+    c = torch.as_tensor(center, dtype=torch.float64).reshape(3)
+    dist = margin * radius / math.sin(fov_min / 2)
+    eye = c + dist * torch.tensor(d, dtype=torch.float64)
+    mv = look_at(eye.tolist(), c.tolist(), up, dtype=dtype)
+    proj = perspective(fovy, aspect, max(dist - radius, dist * 1e-3) * 0.5, (dist + radius) * 1.5, dtype=dtype)
+    return mv, proj, eye.to(dtype)
+
+
 def orbit_views(n: int, radius: float, elevation_deg: Union[float, Sequence[float]] = 20.0,
                 azimuth_offset_deg: float = 0.0, center: Sequence[Number] = (0, 0, 0),
                 up_axis: str = "y", dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,15 +139,7 @@ def orbit_views(n: int, radius: float, elevation_deg: Union[float, Sequence[floa
     mats: List[torch.Tensor] = []
     c = torch.as_tensor(center, dtype=torch.float64)
     for i in range(n):
-        az = math.radians(azimuth_offset_deg + 360.0 * i / n)
-        el = math.radians(elev[i % len(elev)])
-        d = (math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az))
-        if up_axis == "z":
-            d, up = (d[0], -d[2], d[1]), (0, 0, 1)
-        elif up_axis == "y":
-            up = (0, 1, 0)
-        else:
-            raise ValueError(f"up_axis: expected 'y' or 'z', got {up_axis!r}")
+        d, up = _orbit_direction(azimuth_offset_deg + 360.0 * i / n, elev[i % len(elev)], up_axis)
         eye = c + radius * torch.tensor(d, dtype=torch.float64)
         mats.append(torch.linalg.inv(look_at(eye.tolist(), c.tolist(), up, dtype=torch.float64)))
     return torch.stack(mats).to(dtype)

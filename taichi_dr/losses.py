@@ -11,6 +11,9 @@
   end's σ(s) towards the *other* end's sign. It makes the SDF a clean step across the surface and
   removes the floaters and internal sheets that image losses cannot see.
 * ``laplacian_loss``: uniform umbrella smoothing for the fixed-topology mesh refinement.
+* ``normal_consistency_loss``: 1 − cos between the normals of the two faces of every interior
+  edge. Unlike the Laplacian it does not shrink the mesh or pull vertices along the surface; it
+  only penalises creases, i.e. the one-pixel bumps that shading noise carves into the surface.
 """
 from typing import Optional
 
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from taichi_dr._checks import check_index, check_tensor, FLOATS, INTS, shape_str
 
 __all__ = ["srgb_transfer", "linear_to_srgb", "srgb_to_linear", "tonemap_srgb", "image_loss", "mask_loss",
-           "sdf_reg_loss", "laplacian_loss"]
+           "sdf_reg_loss", "laplacian_loss", "face_pairs", "normal_consistency_loss"]
 
 
 def srgb_transfer(x: torch.Tensor) -> torch.Tensor:
@@ -124,3 +127,40 @@ def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, ref: Optional[torch
     deg = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, src, torch.ones_like(src, dtype=x.dtype))
     lap = acc / deg.clamp(min=1).unsqueeze(1) - x
     return torch.mean(lap ** 2)
+
+
+def face_pairs(faces: torch.Tensor) -> torch.Tensor:
+    """``[P, 2]`` int64: the two faces of every edge shared by exactly two faces of ``faces [F, 3]``."""
+    check_index("faces", faces, int(faces.max()) + 1 if faces.numel() else 1, expected="[F, 3]")
+    f = faces.long()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
+    owner = torch.arange(f.shape[0], device=f.device).repeat(3)
+    _, inv, counts = torch.unique(e, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    inv_sorted, own_sorted = inv[order], owner[order]
+    # consecutive entries with the same edge id, on edges used exactly twice
+    same = (inv_sorted[1:] == inv_sorted[:-1]) & (counts[inv_sorted[1:]] == 2)
+    return torch.stack([own_sorted[:-1][same], own_sorted[1:][same]], 1)
+
+
+def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor, pairs: Optional[torch.Tensor] = None
+                            ) -> torch.Tensor:
+    """Mean over interior edges of ``1 − cos(n_a, n_b)`` for the unit normals of its two faces.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int.
+        pairs: optional ``[P, 2]`` from :func:`face_pairs` (pass it when the topology is fixed).
+
+    Returns:
+        Scalar in [0, 2]; 0 for a flat mesh (and for a mesh without interior edges).
+    """
+    check_tensor("verts", verts, ndim=2, last=3, dtypes=FLOATS, expected="[V, 3]")
+    check_index("faces", faces, verts.shape[0], expected="[F, 3]")
+    if pairs is None:
+        pairs = face_pairs(faces)
+    if pairs.shape[0] == 0:
+        return verts.sum() * 0.0
+    f = faces.long()
+    v0, v1, v2 = verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]]
+    n = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=1), dim=1, eps=1e-12)
+    return torch.mean(1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(1))

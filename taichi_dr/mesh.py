@@ -6,6 +6,7 @@ as fans, ``mtllib`` + ``usemtl`` with a ``map_Kd`` texture. Files are written at
 then rename) so an interrupted save never leaves half a mesh.
 """
 import dataclasses
+import math
 import os
 from typing import Optional, Tuple, Union
 
@@ -81,11 +82,14 @@ def load_obj(path: PathLike) -> Mesh:
     """Load a Wavefront OBJ as a :class:`Mesh` (see the module docstring for what is supported).
 
     Raises:
-        ValueError: missing file, unparsable line, index out of range, or no faces.
+        ValueError: missing file, unparsable line, NaN/Inf coordinate, index out of range, or no
+            faces (naming the file and line).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory (expected a Wavefront OBJ file)")
     if not os.path.isfile(path):
-        raise ValueError(f"path: no such file {path!r}")
+        raise ValueError(f"{path}: no such file (expected a Wavefront OBJ file)")
     v, vc, vt, vn, fv, ft, fn = [], [], [], [], [], [], []
     mtllib = None
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
@@ -95,6 +99,8 @@ def load_obj(path: PathLike) -> Mesh:
                 continue
             try:
                 tag = parts[0]
+                if tag in ("v", "vt", "vn") and not all(math.isfinite(float(x)) for x in parts[1:]):
+                    raise ValueError("expected finite numbers, got NaN/Inf")
                 if tag == "v":
                     v.append([float(x) for x in parts[1:4]])
                     if len(v[-1]) != 3:

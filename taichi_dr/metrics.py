@@ -1,11 +1,11 @@
-"""Quality metrics: PSNR, mask IoU, Chamfer distance, normal consistency."""
+"""Quality metrics: PSNR, SSIM, mask IoU, Chamfer distance, normal consistency."""
 from typing import Optional, Tuple
 
 import torch
 
 from taichi_dr._checks import check_index, check_tensor, FLOATS, shape_str
 
-__all__ = ["psnr", "mask_iou", "sample_surface", "chamfer_distance", "normal_consistency"]
+__all__ = ["psnr", "ssim", "mask_iou", "sample_surface", "chamfer_distance", "normal_consistency"]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0) -> float:
@@ -14,6 +14,35 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0) -> floa
         raise ValueError(f"target: expected shape {shape_str(pred.shape)} (same as pred), got {shape_str(target.shape)}")
     mse = float(torch.mean((pred.double() - target.double()) ** 2))
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(max_val ** 2 / mse)).item()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0, window: int = 11,
+         sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) of ``[H, W, C]`` images in [0, max_val].
+
+    The standard form: per channel, local means, variances and covariance under an 11×11 Gaussian
+    window (σ = 1.5, "valid" positions only), ``((2μxμy + C1)(2σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2))``
+    with C1 = (0.01·max)², C2 = (0.03·max)², averaged over positions and channels (1 = identical).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"target: expected shape {shape_str(pred.shape)} (same as pred), got {shape_str(target.shape)}")
+    if pred.dim() != 3 or min(pred.shape[0], pred.shape[1]) < window:
+        raise ValueError(f"pred: expected [H, W, C] with H, W >= {window}, got {shape_str(pred.shape)}")
+    import torch.nn.functional as F
+
+    x = pred.detach().double().permute(2, 0, 1).unsqueeze(1)  # [C, 1, H, W]
+    y = target.detach().double().permute(2, 0, 1).unsqueeze(1)
+    k = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x.device)
+
+    def blur(z):  # separable Gaussian, valid positions only
+        return F.conv2d(F.conv2d(z, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> float:

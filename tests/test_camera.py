@@ -1,6 +1,7 @@
 """Cameras: look_at / perspective conventions and the NeRF (OpenGL c2w) conversion."""
 import math
 
+import pytest
 import torch
 
 from taichi_dr import look_at, perspective
@@ -20,3 +21,21 @@ def test_look_at_perspective_and_nerf_conventions():
     # +Y up in the image: a point above the target projects to the upper half (bottom-up rows)
     c = P @ look_at((0, 0, 3)) @ torch.tensor([0, 1.0, 0, 1])
     assert float(c[1] / c[3]) > 0
+
+
+@pytest.mark.parametrize("view", [(0, 0), (30, 20), (-30, -20), (135, 60), (250, -75), (0, 90), (10, -90)])
+def test_frame_sphere_keeps_the_whole_sphere_in_view(view):
+    from taichi_dr.camera import frame_sphere
+
+    center, radius = (0.3, -1.2, 2.0), 0.7
+    mv, proj, eye = frame_sphere(center, radius, *view, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g, dtype=torch.float64), dim=1)
+    p = torch.tensor(center, dtype=torch.float64) + radius * d  # points on the sphere
+    clip = torch.cat([p, torch.ones(4000, 1, dtype=torch.float64)], 1) @ (proj @ mv).T
+    ndc = clip[:, :3] / clip[:, 3:]
+    assert bool((clip[:, 3] > 0).all())
+    assert float(ndc[:, :2].abs().max()) < 1.0  # never clipped at the image border ...
+    assert float(ndc[:, :2].abs().max()) > 0.8  # ... and not lost in the middle either
+    assert bool((ndc[:, 2].abs() < 1).all())  # between the near and far planes
+    torch.testing.assert_close(camera_position(mv[None])[0], eye)

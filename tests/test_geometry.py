@@ -113,19 +113,6 @@ def test_torus_euler_characteristic_zero_and_empty_result():
     assert v.shape == (0, 3) and f.shape == (0, 3)
 
 
-@pytest.mark.parametrize("lattice", [False, True])
-def test_gradcheck_marching_tets_volume_and_positions(lattice):
-    g = TetGrid.create(3, 2.0)
-    gen = torch.Generator().manual_seed(0)
-    sdf = g.verts.double().norm(dim=1) - 0.6 + 0.02 * torch.randn(g.verts.shape[0], dtype=torch.float64, generator=gen)
-
-    def f(verts, s):
-        mv, faces = marching_tets(verts, s, g) if lattice else marching_tets(verts, s, g.tets, g.edges, g.tet_edges)
-        tv = mv[faces.long()]
-        return (tv[:, 0] * torch.linalg.cross(tv[:, 1], tv[:, 2])).sum() / 6, mv.sum(0), mv
-    assert torch.autograd.gradcheck(f, (g.verts.double().requires_grad_(), sdf.requires_grad_()))
-
-
 @pytest.mark.parametrize("res", [1, 2, 5, 12, 33])
 def test_lattice_path_identical_to_general_path(res):
     """A grid from TetGrid.create passed whole takes the lattice path (indices from arithmetic, rows

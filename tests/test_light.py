@@ -1,11 +1,16 @@
-"""EnvironmentLight (split-sum): BRDF table, filters, gradients w.r.t. the cube map, lat-long I/O."""
+"""EnvironmentLight (split-sum): BRDF table, filters, the fused kernel against the slow torch reference
+(tests/shading_reference.py; values and gradients, float32 and float64), lat-long I/O, bad input.
+(Finite-difference checks of every gradient are the cases of taichi_dr/gradcheck/light.py.)"""
 import math
+import warnings
 
 import pytest
 import torch
 
 from taichi_dr import EnvironmentLight
+import shading_reference as ref
 from taichi_dr.render.light import brdf_lut, cube_directions
+from test_shading import compare, pixels
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -29,30 +34,41 @@ def test_constant_environment_gives_furnace_shading():
     pos = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
     cam = torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64)
     kd = torch.full((1, 2, 2, 3), 0.5, dtype=torch.float64)
-    zero = torch.zeros(1, 2, 2, 1, dtype=torch.float64)
+    ks = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64).expand(1, 2, 2, 3)
     # constant radiance 1: irradiance/π = 1 for the diffuse term; prefiltered maps are 1 too
     assert torch.allclose(env.irradiance(), torch.ones(6, 8, 8, 3, dtype=torch.float64), atol=1e-6)
-    out = env.shade(pos, n, kd, zero + 0.5, zero, cam)
+    out = env.shade(pos, n, kd, ks, cam)
     lut = brdf_lut()
     assert float(out.min()) > 0.5 and float(out.max()) < 0.5 + float(lut.sum(-1).max()) + 1e-3
 
 
-def test_gradcheck_env_light_wrt_cube_map():
-    pos = torch.randn(1, 2, 3, 3, dtype=torch.float64, generator=GEN) * 0.1
-    n = torch.nn.functional.normalize(torch.randn(1, 2, 3, 3, dtype=torch.float64, generator=GEN)
-                                      + torch.tensor([0, 0, 2.0], dtype=torch.float64), dim=-1)
-    cam = torch.tensor([[0.0, 0.3, 3.0]], dtype=torch.float64)
-    kd = torch.rand(1, 2, 3, 3, dtype=torch.float64, generator=GEN)
-    r = torch.rand(1, 2, 3, 1, dtype=torch.float64, generator=GEN) * 0.7 + 0.15
-    m = torch.rand(1, 2, 3, 1, dtype=torch.float64, generator=GEN)
-    env = EnvironmentLight(8).double()
+@pytest.mark.slow  # compiles the texture kernels of the reference in both precisions (~10 s on a busy 2-core CPU)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("with_ks", [True, False])
+def test_env_kernel_matches_torch_reference(dtype, tol, with_ks):
+    pos, n, kd, ks, cam = pixels(dtype)
+    env = EnvironmentLight(8)
+    base = torch.rand(6, 8, 8, 3, dtype=dtype, generator=torch.Generator().manual_seed(3)) * 2
 
-    def shade(base):
+    def fast(b, *x):
         del env.base
-        env.base = base
-        return env.shade(pos, n, kd, r, m, cam)
-    base = torch.rand(6, 8, 8, 3, dtype=torch.float64, generator=GEN)
-    assert torch.autograd.gradcheck(shade, (base.requires_grad_(),), eps=1e-6, atol=1e-6, fast_mode=True)
+        env.base = b
+        return env.shade(*x[:3], x[3] if with_ks else None, cam)
+    compare(fast, lambda b, *x: ref.shade_env(b, env.roughness_levels, *x[:3], x[3] if with_ks else None, cam),
+            [base, pos, n, kd] + ([ks] if with_ks else []), tol, f"EnvironmentLight with_ks={with_ks}")
+
+
+def test_prefiltered_maps_match_dense_filters_without_warnings():
+    env = EnvironmentLight(16).double()
+    with torch.no_grad():
+        env.base.copy_(torch.rand(6, 16, 16, 3, dtype=torch.float64, generator=GEN))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "Sparse invariant checks are implicitly disabled"
+        spec, irr = env.specular_maps(), env.irradiance()
+    want_spec, want_irr = ref.prefiltered(env.base.detach(), env.roughness_levels)
+    assert [m.shape[1] for m in spec] == [16, 8, 4, 4, 4]
+    for got, want in zip(spec + [irr], want_spec + [want_irr]):
+        assert torch.allclose(got, want, atol=1e-12)
 
 
 def test_latlong_roundtrip_and_files(tmp_path):
@@ -75,7 +91,11 @@ def test_latlong_roundtrip_and_files(tmp_path):
 def test_light_bad_input():
     with pytest.raises(ValueError, match="resolution"):
         EnvironmentLight(12)
+    with pytest.raises(ValueError, match="roughness_levels"):
+        EnvironmentLight(8, roughness_levels=(0.5,))
     env = EnvironmentLight(8)
     x = torch.zeros(1, 1, 1, 3)
     with pytest.raises(ValueError, match="roughness"):
-        env.shade(x, x + torch.tensor([0, 0, 1.0]), x, -torch.ones(1, 1, 1, 1), x[..., :1], torch.ones(1, 3))
+        env.shade(x, x + torch.tensor([0, 0, 1.0]), x, x - 1, torch.ones(1, 3))
+    with pytest.raises(ValueError, match=r"ks: expected shape \[N, H, W, 3\]"):
+        env.shade(x, x + torch.tensor([0, 0, 1.0]), x, x[..., :1], torch.ones(1, 3))

@@ -62,3 +62,18 @@ def test_obj_polygons_relative_indices_and_errors(tmp_path):
     (tmp_path / "empty.obj").write_text("v 0 0 0\n")
     with pytest.raises(ValueError, match="no faces"):
         load_obj(tmp_path / "empty.obj")
+
+
+@pytest.mark.parametrize("line", ["v 1 nan 0", "v inf 0 0", "vt 0.5 -inf", "vn 0 NaN 1"])
+def test_load_obj_rejects_non_finite_numbers_naming_file_and_line(tmp_path, line):
+    p = tmp_path / "bad.obj"
+    p.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n" + line + "\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=r"bad\.obj:4: .*NaN/Inf"):
+        load_obj(p)
+
+
+def test_load_obj_missing_file_or_folder_names_the_path(tmp_path):
+    with pytest.raises(ValueError, match=r"missing\.obj: no such file"):
+        load_obj(tmp_path / "missing.obj")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_obj(tmp_path)

@@ -1,4 +1,8 @@
-"""rasterize -> interpolate -> antialias: forward references, float64 gradients, bad input."""
+"""rasterize -> interpolate -> antialias together: forward references, adjoints on meshes, bad input.
+
+rasterize() alone is tested in test_rasterize.py; the float64 finite-difference checks of every op
+live once, in taichi_dr/gradcheck/, and run from test_gradcheck.py.
+"""
 import math
 
 import pytest
@@ -26,47 +30,13 @@ def perspective(fovy=1.0, aspect=1.0, n=0.1, f=100.0):
 
 # ---------------------------------------------------------------- forward references
 
-def test_classic_triangle_matches_analytic_barycentrics_and_nvdiffrast():
+def test_classic_triangle_interpolated_colours_match_nvdiffrast():
+    # coverage and barycentrics of this triangle: test_rasterize.py; here the interpolated image
     rast, _ = rasterize(classic(), TRI, (256, 256))
-    cov = rast[0, ..., 3] > 0
-    # nvdiffrast's docs/img/tri.png: 20706 covered pixels (centres on the hypotenuse excluded)
-    assert int(cov.sum()) == 20706
-    X, Y = pixel_centres(256, 256)
-    v = (X + 0.8) / 1.6  # weight of vertex 1 at (0.8, -0.8)
-    u = (0.8 - Y) / 1.6 - v
-    assert torch.allclose(rast[0, ..., 0][cov].double(), u[cov], atol=1e-6)
-    assert torch.allclose(rast[0, ..., 1][cov].double(), v[cov], atol=1e-6)
     img, _ = interpolate(torch.eye(3), rast, TRI)
     sums = torch.round(img[0] * 255).sum((0, 1))
     assert sums.tolist() == [1761561.0, 1759209.0, 1759209.0]  # channel sums of tri.png
     assert torch.round(img[0, 26, 26] * 255).tolist() == [253.0, 1.0, 1.0]
-
-
-@pytest.mark.parametrize("H,W", [(8, 8), (13, 7), (64, 33)])
-def test_quad_split_in_two_is_covered_exactly_once(H, W):
-    # the diagonal passes exactly through pixel centres when H == W
-    pos = torch.tensor([[[-1, -1, 0, 1], [1, -1, 0, 1], [1, 1, 0, 1], [-1, 1, 0, 1]]], dtype=torch.float32)
-    for tri in (torch.tensor([[0, 1, 2], [0, 2, 3]]), torch.tensor([[0, 1, 3], [1, 2, 3]]),
-                torch.tensor([[0, 2, 1], [0, 3, 2]])):  # both diagonals, and clockwise winding
-        count = torch.zeros(H, W)
-        for t in range(2):
-            r, _ = rasterize(pos, tri[t:t + 1].int(), (H, W))
-            count += (r[0, ..., 3] > 0).float()
-        assert torch.equal(count, torch.ones(H, W))
-        r, _ = rasterize(pos, tri.int(), (H, W))
-        assert bool((r[0, ..., 3] > 0).all())
-
-
-def test_depth_order_both_ways():
-    near = [[-1, -1, -0.5, 1], [1, -1, -0.5, 1], [0, 1, -0.5, 1]]
-    far = [[-1, -1, 0.5, 1], [1, -1, 0.5, 1], [0, 1, 0.5, 1]]
-    for first, second, winner in ((near, far, 1), (far, near, 2)):
-        pos = torch.tensor([first + second], dtype=torch.float32)
-        tri = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
-        r, _ = rasterize(pos, tri, (16, 16))
-        ids = r[0, ..., 3][r[0, ..., 3] > 0]
-        assert bool((ids == winner).all())
-        assert torch.allclose(r[0, ..., 2][r[0, ..., 3] > 0], torch.tensor(-0.5))
 
 
 def test_ground_plane_behind_camera_is_clipped_not_dropped():
@@ -87,14 +57,6 @@ def test_ground_plane_behind_camera_is_clipped_not_dropped():
     t = math.tan(0.5)
     z = 1 / (Y * t)  # y = Y·t·s = -1 along the ray s·(X t, Y t, -1)
     assert torch.allclose(wpos[0, ..., 2][cov], z[cov], rtol=1e-6)
-
-
-def test_range_mode_matches_instanced_and_float64():
-    pos = classic(torch.float64)[0]
-    r_inst, _ = rasterize(pos[None], TRI, (17, 23))
-    r_rng, _ = rasterize(pos, TRI, (17, 23), ranges=torch.tensor([[0, 1], [0, 0]], dtype=torch.int32))
-    assert r_rng.dtype == torch.float64
-    assert torch.equal(r_rng[0], r_inst[0]) and not bool(r_rng[1].any())
 
 
 def test_interpolate_derivatives_match_finite_differences_in_screen_space():
@@ -146,37 +108,9 @@ def test_antialias_gives_the_silhouette_gradient():
     assert not (r[..., 3:] > 0).double().requires_grad
 
 
-# ---------------------------------------------------------------- float64 gradients
+# ---------------------------------------------------------------- topology
 
-POS64 = torch.tensor([[[-0.7, -0.6, 0.1, 1.2], [0.8, -0.7, 0.3, 0.9], [-0.6, 0.75, -0.2, 1.1],
-                       [0.7, 0.8, 0.0, 1.0]]], dtype=torch.float64)
 QUAD = torch.tensor([[0, 1, 2], [1, 3, 2]], dtype=torch.int32)
-
-
-def test_gradcheck_rasterize_uv_and_db_wrt_pos():
-    def f(p):
-        r, db = rasterize(p, QUAD, (5, 6))
-        return r[..., :2], db
-    assert torch.autograd.gradcheck(f, (POS64.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
-
-
-def test_gradcheck_interpolate_wrt_attr_rast_and_db():
-    r, db = rasterize(POS64, QUAD, (5, 6))
-    attr = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-
-    def f(a, uv, d):
-        return interpolate(a, torch.cat([uv, r[..., 2:]], -1), QUAD, d, diff_attrs="all")
-    inputs = (attr.requires_grad_(), r[..., :2].clone().requires_grad_(), db.clone().requires_grad_())
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
-
-
-def test_gradcheck_antialias_wrt_color_and_pos():
-    pos = torch.tensor([[[-0.63, -0.58, 0.1, 1.2], [0.71, -0.67, 0.3, 0.9], [-0.52, 0.66, -0.2, 1.1]]], dtype=torch.float64)
-    r, _ = rasterize(pos, TRI, (9, 11))
-    col = torch.rand(1, 9, 11, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert torch.autograd.gradcheck(lambda c: antialias(c, r, pos, TRI), (col.clone().requires_grad_(),))
-    assert torch.autograd.gradcheck(lambda p: antialias(col, r, p, TRI), (pos.clone().requires_grad_(),),
-                                    eps=1e-6, atol=1e-6)
 
 
 def test_topology_hash_wings():
@@ -186,23 +120,35 @@ def test_topology_hash_wings():
     assert th.wing.tolist() == [[3, -1, -1], [-1, 0, -1]]
 
 
+def test_topology_hash_is_cached_per_tri_and_checked_when_passed(monkeypatch):
+    from taichi_dr.bench.raster import uv_sphere
+    from taichi_dr.render import antialias as aa_mod
+
+    v, f = uv_sphere(300)
+    pos = torch.cat([v * 0.8, torch.ones(v.shape[0], 1)], 1)[None].contiguous()
+    rast, _ = rasterize(pos, f, (24, 24), grad_db=False)
+    col, _ = interpolate((v * 0.5 + 0.5).contiguous(), rast, f)
+    builds = []
+    real_build = aa_mod.antialias_construct_topology_hash
+    monkeypatch.setattr(aa_mod, "antialias_construct_topology_hash", lambda t: builds.append(1) or real_build(t))
+    ref = antialias(col, rast, pos, f, topology_hash=real_build(f))
+    for _ in range(3):  # same tensor: built once
+        torch.testing.assert_close(antialias(col, rast, pos, f), ref, rtol=0, atol=0)
+    assert len(builds) == 1
+    antialias(col, rast, pos, f.clone())  # equal content in another tensor: the cached table, after a compare
+    assert len(builds) == 1
+    f2 = f.clone()
+    f2[0] = f2[0].flip(0)  # other triangles of the same shape
+    antialias(col, rast, pos, f2)
+    assert len(builds) == 2
+    f2.copy_(f)  # modified in place (version counter): checked again, the content is f's again
+    antialias(col, rast, pos, f2)
+    assert len(builds) == 2
+    with pytest.raises(ValueError, match="topology_hash: expected a TopologyHash built for this tri"):
+        antialias(col, rast, pos, f, topology_hash=real_build(f2.flip(1)))
+
+
 # ---------------------------------------------------------------- bad input
-
-@pytest.mark.parametrize("pos,tri,res,err,match", [
-    (torch.zeros(1, 3, 3), TRI, (8, 8), ValueError, r"pos: expected shape \[N, V, 4\]"),
-    (torch.zeros(1, 3, 4, dtype=torch.int32), TRI, (8, 8), TypeError, "pos: expected dtype"),
-    (classic(), torch.tensor([[0, 1, 3]], dtype=torch.int32), (8, 8), ValueError, r"tri: expected indices in \[0, 3\)"),
-    (classic(), torch.tensor([[0, -1, 2]], dtype=torch.int32), (8, 8), ValueError, "tri: expected indices"),
-    (classic(), torch.tensor([[0.0, 1, 2]]), (8, 8), TypeError, "tri: expected dtype"),
-    (classic(), torch.tensor([0, 1, 2], dtype=torch.int32), (8, 8), ValueError, r"tri: expected shape \[T, 3\]"),
-    (classic(), TRI, (0, 8), ValueError, "resolution"),
-    (classic(), TRI, 8, TypeError, "resolution"),
-    (classic().index_fill(2, torch.tensor([0]), float("nan")), TRI, (8, 8), ValueError, "pos: expected finite"),
-])
-def test_rasterize_bad_input(pos, tri, res, err, match):
-    with pytest.raises(err, match=match):
-        rasterize(pos, tri, res)
-
 
 def test_interpolate_and_antialias_bad_input():
     r, db = rasterize(classic(), TRI, (8, 8))
@@ -329,10 +275,9 @@ def _compiled_kernel_count():
     (introspects Taichi's per-kernel cache, ``kernel._primal.compiled_kernels``)."""
     import taichi as ti
 
-    from taichi_dr.render import _raster_kernels, antialias as aa_mod, interpolate as interp_mod
+    from taichi_dr.render import antialias as aa_mod, interpolate as interp_mod, rasterize as rast_mod
 
-    kernels = list(vars(_raster_kernels.kernels(ti.f32)).values())
-    kernels += list(interp_mod._kernels(ti.f32)) + list(aa_mod._kernels(ti.f32))
+    kernels = [k for mod in (rast_mod, interp_mod, aa_mod) for k in vars(mod._kernels(ti.f32)).values()]
     return sum(len(k._primal.compiled_kernels) for k in kernels)
 
 

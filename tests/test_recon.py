@@ -83,3 +83,46 @@ def test_demo_reduced_settings_meets_quality(tmp_path):
     assert m["test_mask_iou"] > 0.95
     assert m["test_psnr"] > 26.0
     assert m["chamfer_l2"] < 4e-4
+
+
+def test_mlp_sdf_mode_starts_at_the_hull_and_stays_watertight(dataset, tmp_path):
+    """The MLP SDF is fitted to the visual hull's signed distance (same signs as the direct mode's
+    copy), keeps both signs while training, and extracts a non-empty closed mesh."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.metrics import chamfer_distance
+    from taichi_dr.recon.loop import _Run
+    from taichi_dr.recon.model import hull_sdf, visual_hull
+
+    root, gt = dataset
+    train = load_nerf(root, "train")
+    cfg = ReconConfig(sdf_mode="mlp", iters=20, refine_iters=0, grid_res=14, batch=3, material="vertex")
+    mlp = _Run(cfg, train, str(tmp_path))
+    dm = mlp.model.dmtet
+    hull = hull_sdf(visual_hull(dm.verts, train.proj.unsqueeze(0) @ train.mv, train.images[..., 3]), dm.resolution)
+    assert float(((dm()[0].detach() > 0) == (hull > 0)).float().mean()) > 0.97  # what direct mode copies
+    start = chamfer_distance(*mlp.model.dmtet.mesh(), gt.verts, gt.faces, num_samples=4000)
+    for _ in range(20):
+        mlp.step()
+    sdf = mlp.model.dmtet()[0].detach()
+    assert bool((sdf > 0).any()) and bool((sdf < 0).any())  # no collapse to one sign
+    v, f = mlp.model.dmtet.mesh()
+    assert f.shape[0] > 200
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long().sort(1)[0]
+    _, counts = torch.unique(e, dim=0, return_counts=True)
+    assert bool((counts == 2).all())  # watertight
+    end = chamfer_distance(v.detach(), f, gt.verts, gt.faces, num_samples=4000)
+    assert end < 2.0 * start and end < 5e-3  # it did not drift away from the hull start
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
+    import runpy
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_recon_quality.py")
+    out = str(tmp_path / "rows.json")
+    assert runpy.run_path(bench)["main"](["--tiny", "--json", out, "--out", str(tmp_path / "runs")]) == 0
+    row = json.load(open(out))["rows"][0]
+    assert row["faces"] > 0 and np.isfinite(row["chamfer_l2"]) and 0 < row["test_iou"] <= 1
+    assert row["components"] >= 1 and row["invisible_faces"] >= 0
+    metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
+    assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported

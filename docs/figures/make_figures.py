@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import taichi_dr as tdr  # noqa: E402
 
 FIGURES = ["rasterize.png", "interpolate.png", "antialias.png", "texture.png", "shading.png", "marching_tets.png",
-           "dmtet.png", "tonemap.png", "reconstruction.png", "gradcheck.png"]
+           "dmtet.png", "tonemap.png", "reconstruction.png", "gradcheck.png", "materials.png"]
 
 
 def _img(ax, img, title):
@@ -128,7 +128,7 @@ def fig_shading(out, res):
     with torch.no_grad():
         for i, r in enumerate((0.15, 0.45, 0.9)):
             col = env.shade(attr[..., :3], nn_, torch.tensor([0.8, 0.25, 0.2]).expand(*shape[:3], 3),
-                            torch.full(shape, r), torch.zeros(shape), torch.tensor([[0, 0, 4.0]]))
+                            torch.tensor([0.0, r, 0.0]).expand(*shape[:3], 3), torch.tensor([[0, 0, 4.0]]))
             _img(ax[i], tdr.linear_to_srgb(col[0] * (rast[0, ..., 3:] > 0) + (rast[0, ..., 3:] == 0)),
                  f"GGX split-sum, roughness {r}")
     _save(fig, out, "shading.png")
@@ -211,6 +211,41 @@ def fig_reconstruction(out, quick):
     _save(fig, out, "reconstruction.png")
 
 
+def fig_materials(out, res):
+    """Material field -> xatlas UV atlas -> baked, padded texture -> the same render from the texture."""
+    import trimesh
+
+    from taichi_dr.camera import camera_position
+    from taichi_dr.recon.texture_pass import TexturedMaterial, bake, dilate, unwrap
+    from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
+
+    s = trimesh.creation.icosphere(subdivisions=3, radius=0.9)
+    v, f = torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.int32)
+
+    def field(p):  # spots: a procedural kd (and a constant ks) of the world position
+        spot = (torch.sin(7 * p[:, 0]) * torch.sin(7 * p[:, 1] + 1) * torch.sin(7 * p[:, 2] + 2) > 0.15).float()[:, None]
+        kd = spot * torch.tensor([0.1, 0.1, 0.12]) + (1 - spot) * torch.tensor([0.9, 0.85, 0.8])
+        return torch.cat([kd, torch.tensor([0.0, 0.8, 0.0]).expand(p.shape[0], 3)], 1)
+
+    T = 2 * res
+    faces2, uvs, uvf = unwrap(v, f, T)
+    tex, mask = bake(v, faces2, uvs, uvf, field, T)
+    padded = dilate(tex, mask)
+    mat = TexturedMaterial(padded[None], uvs, uvf, mask)
+    proj = tdr.perspective(math.radians(40), 1.0, 0.1, 10.0)
+    mv = tdr.look_at((1.6, 1.2, 2.2), (0, 0, 0))
+    args = ((proj @ mv)[None], camera_position(mv[None]), (res, res), SimpleLight.default(), torch.ones((1, res, res, 3)))
+    with torch.no_grad():
+        a = render_mesh_views(v, faces2, field, *args)[0, ..., :3]
+        b = render_mesh_views(v, faces2, mat, *args)[0, ..., :3]
+    fig, ax = plt.subplots(1, 4, figsize=(11, 3.0))
+    _img(ax[0], tdr.linear_to_srgb(a), "pass 1: field, per pixel")
+    _img(ax[1], tdr.linear_to_srgb(tex[..., :3].clamp(0, 1)), "baked into the xatlas atlas")
+    _img(ax[2], tdr.linear_to_srgb(padded[..., :3].clamp(0, 1)), "islands padded (dilated)")
+    _img(ax[3], tdr.linear_to_srgb(b), "pass 2: texture() lookups")
+    _save(fig, out, "materials.png")
+
+
 def fig_gradcheck(out, quick):
     from taichi_dr.gradcheck import all_cases, check_case
 
@@ -246,6 +281,7 @@ def main(argv=None):
     fig_tonemap(a.out)
     fig_reconstruction(a.out, a.quick)
     fig_gradcheck(a.out, a.quick)
+    fig_materials(a.out, res)
     print("wrote", ", ".join(FIGURES), "to", a.out)
 
 

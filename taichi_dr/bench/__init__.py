@@ -10,15 +10,27 @@ from typing import Callable, Tuple
 __all__ = ["timed", "timed_stats", "table"]
 
 
+def _sync() -> None:
+    """Wait for queued GPU work (CUDA launches return before the kernel ends); no-op on the CPU."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed_stats(fn: Callable[[], object], repeats: int = 5) -> Tuple[float, float, float]:
     """Returns (first-call seconds minus median, min seconds, median seconds) of ``fn()``."""
+    _sync()
     t = time.perf_counter()
     fn()
+    _sync()
     first = time.perf_counter() - t
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        _sync()
         runs.append(time.perf_counter() - t)
     med = statistics.median(runs)
     return max(first - med, 0.0), min(runs), med

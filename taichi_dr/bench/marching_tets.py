@@ -36,7 +36,7 @@ def main(quick: bool = False) -> None:
         def bwd():
             loss.backward(retain_graph=True)
         _, t_b = timed(bwd, reps)
-        mc = "-"
+        mc = "not installed"  # scikit-image is optional: pip install scikit-image to compare
         try:
             from skimage.measure import marching_cubes
 

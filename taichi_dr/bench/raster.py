@@ -22,13 +22,20 @@ def uv_sphere(n_tris: int):
     return v, f.int()
 
 
+def _device() -> str:
+    from taichi_dr.runtime import torch_device_for_arch
+
+    return torch_device_for_arch()
+
+
 def _pipeline(n_tris: int, res: int):
     from taichi_dr import antialias, antialias_construct_topology_hash, interpolate, rasterize
 
     v, f = uv_sphere(n_tris)
     pos = torch.cat([v * 0.9, torch.ones(v.shape[0], 1) * 1.0], 1)
     pos[:, 2] *= 0.5
-    pos = pos[None].contiguous()
+    dev = _device()
+    pos, v, f = pos[None].contiguous().to(dev), v.to(dev), f.to(dev)
     col = (v * 0.5 + 0.5).contiguous()
     topo = antialias_construct_topology_hash(f)
 
@@ -50,7 +57,7 @@ def _raster_only(n_tris: int, res: int):
     v, f = uv_sphere(n_tris)
     pos = torch.cat([v * 0.9, torch.ones(v.shape[0], 1)], 1)
     pos[:, 2] *= 0.5
-    pos = pos[None].contiguous()
+    pos, f = pos[None].contiguous().to(_device()), f.to(_device())
 
     def fwd():
         return rasterize(pos, f, (res, res), grad_db=False)
@@ -79,7 +86,10 @@ def main(quick: bool = False) -> None:
     reps = 3 if quick else 5
     print(f"CPU load average before start: {os.getloadavg()[0]:.1f} (2 cores; timings scale with it)")
     print(f"host speed yardstick: 512² torch matmul {_host_speed():.2f} ms (3.0 ms when this project's VM was quiet)")
-    print("80k-triangle sphere at 512x512 (CPU), median / min of 21 calls after one warm-up call")
+    from taichi_dr.runtime import ensure_init
+
+    arch = ensure_init()
+    print(f"80k-triangle sphere at 512x512 ({arch}), median / min of 21 calls after one warm-up call")
     rows = []
     for build, name in ((_raster_only, "rasterize"), (_pipeline, "rast+interp+AA")):
         n, fwd, fb = build(80_000, 512)

@@ -173,15 +173,13 @@ def write_nerf_dataset(root: PathLike, split: str, images: torch.Tensor, c2w: to
     """
     import imageio.v3 as iio
 
-    from taichi_dr.losses import linear_to_srgb
+    from taichi_dr.image import to_srgb_u8
 
     root = os.fspath(root)
     os.makedirs(os.path.join(root, split), exist_ok=True)
     frames = []
     for i in range(images.shape[0]):
-        rgb = linear_to_srgb(images[i, ..., :3].detach().cpu().float())
-        a = images[i, ..., 3:].detach().cpu().float().clamp(0, 1)
-        px = (torch.cat([rgb, a], -1).numpy()[::-1] * 255 + 0.5).astype(np.uint8)
+        px = to_srgb_u8(images[i])  # sRGB colour, linear alpha, top row first
         rel = f"./{split}/r_{i}"
         atomic_write(os.path.join(root, split, f"r_{i}.png"), lambda tmp, px=px: iio.imwrite(tmp, px, extension=".png"))
         frames.append({"file_path": rel, "transform_matrix": c2w[i].double().tolist()})

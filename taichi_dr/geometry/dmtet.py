@@ -112,9 +112,16 @@ class DMTet(nn.Module):
             sdf, offsets = self.forward()
         return marching_tets(self.verts + offsets, sdf, self.grid())
 
-    def fit_sdf_values(self, target: torch.Tensor, steps: int = 300, lr: float = 3e-3) -> float:
+    def fit_sdf_values(self, target: torch.Tensor, steps: int = 300, lr: float = 1e-2, band: float = 1.5,
+                       others: int = 16384, seed: int = 0) -> float:
         """Make the SDF equal ``target [V]`` at the grid vertices (direct mode: copy; MLP: fit).
-        Returns the final mean squared error."""
+
+        The MLP fit is what makes the MLP mode start where the direct mode starts: every step uses
+        all vertices within ``band`` of the zero level (weighted 10×: their signs *are* the mesh)
+        plus ``others`` random ones, with Adam and a cosine-decaying learning rate; the offsets are
+        fitted to zero (no initial deformation, as in direct mode).
+        Returns the final weighted mean squared error over all vertices.
+        """
         if target.shape != (self.verts.shape[0],):
             raise ValueError(f"target: expected shape [{self.verts.shape[0]}], got {list(target.shape)}")
         if self.mode == "direct":
@@ -122,14 +129,25 @@ class DMTet(nn.Module):
                 self.sdf_param.copy_(target)
                 self.deform_param.zero_()
             return 0.0
+        target = target.to(self.verts.device).float()
+        near = torch.nonzero(target.abs() < band)[:, 0]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        enc = positional_encoding(self.verts / (self.scale / 2), self.multires)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-        loss = torch.zeros(())
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.01)
         for _ in range(steps):
-            loss = torch.mean((self.forward()[0] - target) ** 2)
+            rnd = torch.randint(0, target.shape[0], (min(others, target.shape[0]),), generator=gen).to(near.device)
+            idx = torch.cat([near, rnd])
+            w = torch.cat([torch.full((near.numel(),), 10.0), torch.ones(rnd.numel())]).to(target.device)
+            out = self.net(enc[idx])
+            # the offsets are fitted to 0 too, so the grid starts undeformed
+            loss = torch.sum(w * ((out[:, 0] - target[idx]) ** 2 + (out[:, 1:] ** 2).sum(-1))) / w.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return float(loss.detach())
+            sched.step()
+        with torch.no_grad():
+            return float(torch.mean((self.forward()[0] - target) ** 2))
 
     def init_from_sdf(self, fn: Callable[[torch.Tensor], torch.Tensor], steps: int = 300, lr: float = 3e-3,
                       batch: int = 32768, seed: int = 0) -> float:

@@ -41,7 +41,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from taichi_dr._checks import (FLOATS, INTS, as_index32, check_finite, check_index, check_same_device, check_tensor,
+from taichi_dr._checks import (FLOATS, INTS, as_index32, check_finite, check_index, check_device, check_tensor,
                                shape_str)
 from taichi_dr.geometry._marching_kernels import BLOCK, DIRS, NUM_TRIANGLES, TRIANGLE_TABLE
 from taichi_dr.geometry._marching_kernels import kernels as _kernels
@@ -144,6 +144,7 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: Union[torch.Tens
     Differentiable w.r.t. ``verts`` and ``sdf``.
     """
     ensure_init()
+    check_device(verts=verts, sdf=sdf, tets=tets, edges=edges, tet_edges=tet_edges)
     check_tensor("verts", verts, ndim=2, last=3, dtypes=FLOATS, expected="[V, 3]")
     V = verts.shape[0]
     check_tensor("sdf", sdf, dtypes=FLOATS)
@@ -151,7 +152,6 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: Union[torch.Tens
         raise ValueError(f"sdf: expected shape [{V}] (one value per vertex), got {shape_str(sdf.shape)}")
     check_finite("sdf", sdf)
     check_finite("verts", verts)
-    check_same_device(verts=verts, sdf=sdf)
     lattice = 0
     if isinstance(tets, TetGrid):
         grid = tets
@@ -164,7 +164,7 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: Union[torch.Tens
     check_tensor("tets", tets, ndim=2, last=4, dtypes=INTS, expected="[T, 4]")
     if not lattice:
         check_index("tets", tets, V, ndim=2, last=4, expected="[T, 4]")
-        check_same_device(verts=verts, tets=tets)
+        check_device(verts=verts, tets=tets)
     dev = verts.device
     dtype = torch.promote_types(verts.dtype, sdf.dtype)
     verts, sdf = verts.to(dtype), sdf.to(dtype)
@@ -185,7 +185,7 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: Union[torch.Tens
             if tet_edges.shape[0] != tets.shape[0]:
                 raise ValueError(f"tet_edges: expected shape [{tets.shape[0]}, 6] (one row per tet), "
                                  f"got {shape_str(tet_edges.shape)}")
-            check_same_device(verts=verts, tets=tets, edges=edges, tet_edges=tet_edges)
+            check_device(verts=verts, tets=tets, edges=edges, tet_edges=tet_edges)
         topo = _topology(sdf_c, as_index32(tets), as_index32(edges), as_index32(tet_edges))
     if topo is None:
         return empty()

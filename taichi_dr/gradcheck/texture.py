@@ -34,9 +34,11 @@ def _build_cube(fm, index):
         cube = torch.rand(1, 6, 4, 4, 3, dtype=torch.float64, generator=g)
         dirs = torch.nn.functional.normalize(torch.randn(1, 3, 4, 3, dtype=torch.float64, generator=g), dim=-1)
         dda = torch.rand(1, 3, 4, 6, dtype=torch.float64, generator=g) * 0.3
+        bias = torch.rand(1, 3, 4, dtype=torch.float64, generator=g) * 0.4 - 0.2
         if fm == "linear":
             return (lambda t, u: texture(t, u, filter_mode=fm, boundary_mode="cube")), (cube, dirs), index
-        return (lambda t, u, d: texture(t, u, d, filter_mode=fm, boundary_mode="cube")), (cube, dirs, dda), index
+        return ((lambda t, u, d, b: texture(t, u, d, b, filter_mode=fm, boundary_mode="cube")),
+                (cube, dirs, dda, bias), index)
     return build
 
 
@@ -52,5 +54,6 @@ def cases():
             Case("texture cube linear", "uv (direction)", _build_cube("linear", 1)),
             Case("texture cube trilinear", "tex", _build_cube("linear-mipmap-linear", 0)),
             Case("texture cube trilinear", "uv (direction)", _build_cube("linear-mipmap-linear", 1)),
-            Case("texture cube trilinear", "uv_da", _build_cube("linear-mipmap-linear", 2))]
+            Case("texture cube trilinear", "uv_da", _build_cube("linear-mipmap-linear", 2)),
+            Case("texture cube trilinear", "mip_level_bias", _build_cube("linear-mipmap-linear", 3))]
     return out

@@ -49,7 +49,9 @@ def trefoil_albedo(p: torch.Tensor) -> torch.Tensor:
 
 def make_demo_mesh(resolution: int = 96) -> Mesh:
     """Ground-truth trefoil mesh with vertex colours (marching tets of :func:`trefoil_sdf`)."""
-    grid = TetGrid.create(resolution, 2.2)
+    from taichi_dr.runtime import torch_device_for_arch
+
+    grid = TetGrid.create(resolution, 2.2).to(torch_device_for_arch())  # where the kernels read it
     verts, faces = marching_tets(grid.verts, trefoil_sdf(grid.verts), grid)
     return Mesh(verts.detach(), faces, colors=trefoil_albedo(verts.detach()))
 
@@ -64,7 +66,8 @@ def make_demo_dataset(root: str, res: int = 128, n_train: int = 24, n_test: int 
     from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
 
     mesh = make_demo_mesh(gt_res)
-    light = SimpleLight.default()
+    dev = mesh.verts.device
+    light = SimpleLight.default(device=dev)
     fovy = fovy_from_fovx(DEMO_FOVX, res, res)
     proj = perspective(fovy, 1.0, 0.1, 100.0)
     for split, n, elev, off in (("train", n_train, [-25.0, 5.0, 30.0, 60.0], 0.0),
@@ -73,8 +76,8 @@ def make_demo_dataset(root: str, res: int = 128, n_train: int = 24, n_test: int 
         mv = torch.linalg.inv(c2w)
         imgs = []
         for i in range(n):  # one view at a time keeps memory flat
-            imgs.append(render_mesh_views(mesh.verts, mesh.faces, mesh.colors, (proj @ mv[i])[None],
-                                          camera_position(mv[i:i + 1]), (res, res), light)[0])
+            imgs.append(render_mesh_views(mesh.verts, mesh.faces, mesh.colors, (proj @ mv[i])[None].to(dev),
+                                          camera_position(mv[i:i + 1]).to(dev), (res, res), light)[0])
         write_nerf_dataset(root, split, torch.stack(imgs), c2w, DEMO_FOVX)
     save_obj(os.path.join(root, "gt_mesh.obj"), mesh)
     return mesh

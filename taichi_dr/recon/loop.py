@@ -14,7 +14,9 @@ uncovered: the mask is learned, never taken for granted.
 
 Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions and colours are
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
-which recovers detail finer than the tet grid.
+which recovers detail finer than the tet grid. Before it and at the end, slivers are collapsed and
+faces no training view sees, and components the images do not support, are removed
+(recon/cleanup.py; docs/08 says why DMTet leaves them).
 
 Both passes use Adam with an exponentially decaying learning rate (×0.1 over a pass). A
 checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``resume=True``
@@ -26,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -34,15 +36,22 @@ from tqdm import tqdm
 from taichi_dr.camera import camera_position
 from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
-from taichi_dr.losses import image_loss, laplacian_loss, linear_to_srgb, mask_loss, sdf_reg_loss
-from taichi_dr.mesh import Mesh, load_obj, save_obj
-from taichi_dr.metrics import chamfer_distance, mask_iou, psnr
+from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
+                               normal_consistency_loss, sdf_reg_loss)
+from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
+from taichi_dr.recon.checks import check_finite, check_inputs
+from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
 from taichi_dr.recon.config import ReconConfig
+from taichi_dr.recon.distributed import (DistContext, GradSync, batch_layout, finish, init_distributed, local_batch,
+                                         share_state)
 from taichi_dr.recon.model import ReconModel, hull_bounds
-from taichi_dr.recon.outputs import (load_checkpoint, save_checkpoint, save_json, save_loss_plot,
+from taichi_dr.recon.export import export_mesh
+from taichi_dr.recon.texture_pass import start_material_pass
+from taichi_dr.recon.outputs import (save_checkpoint, save_json, save_loss_plot,
                                      save_side_by_side, save_turntable)
 from taichi_dr.render.antialias import antialias_construct_topology_hash
 from taichi_dr.render.pipeline import render_mesh_views
+from taichi_dr.runtime import torch_device_for_arch
 
 __all__ = ["reconstruct"]
 
@@ -51,29 +60,61 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+AUTO_TRAIN_RES = 256  # default training size cap in pixels (measured cost table: docs/08)
+SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
+MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
+
+
 def _lr_lambda(total: int):
     return lambda it: 10.0 ** (-it / max(total, 1))  # x0.1 over the pass
 
 
-def _batch(ds, idx: torch.Tensor, gen: torch.Generator):
+def _to_device(ds, device):
+    """The dataset with its tensors on ``device`` (the Taichi arch's: ops refuse other devices)."""
+    return dataclasses.replace(ds, images=ds.images.to(device), c2w=ds.c2w.to(device), mv=ds.mv.to(device),
+                               proj=ds.proj.to(device))
+
+
+def _batch(ds, idx: torch.Tensor, bg: torch.Tensor):
     imgs = ds.images[idx]
-    H, W = imgs.shape[1:3]
-    bg = torch.rand((idx.numel(), H, W, 3), generator=gen)
+    bg = bg.to(imgs.device)
     a = imgs[..., 3:]
     target = imgs[..., :3] * a + bg * (1 - a)
     mv = ds.mv[idx]
     return target, a, bg, ds.proj.unsqueeze(0) @ mv, camera_position(mv)
 
 
+def _auto_train_res(data_dir: str) -> Optional[Tuple[int, int]]:
+    """``train_res`` when the user left it unset: the stored size, or ``AUTO_TRAIN_RES`` when the
+    longer side of the first training image is larger (the cost of an iteration grows with the
+    pixel count, the geometry a 2-core CPU can resolve in minutes does not; see docs/08)."""
+    import json
+
+    import imageio.v3 as iio
+
+    from taichi_dr.data.nerf import _resolve
+
+    with open(os.path.join(data_dir, "transforms_train.json"), encoding="utf-8") as fh:
+        first = json.load(fh)["frames"][0]["file_path"]
+    h, w = iio.improps(_resolve(data_dir, first)).shape[:2]
+    if max(h, w) <= AUTO_TRAIN_RES:
+        return None
+    k = AUTO_TRAIN_RES / max(h, w)  # keep the aspect ratio (the field of view follows W / H)
+    return max(1, round(h * k)), max(1, round(w * k))
+
+
 class _Run:
     """State of one reconstruction; a class only so that checkpointing sees everything in one place."""
 
-    def __init__(self, cfg: ReconConfig, train, out_dir: str):
+    def __init__(self, cfg: ReconConfig, train, out_dir: str, dist: Optional[DistContext] = None):
         self.cfg, self.train, self.out_dir = cfg, train, out_dir
+        self.dist = dist or DistContext()  # this process's rank; one process by default
+        self.sync = GradSync(self.dist)
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
-        self.model = ReconModel(cfg.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light)
+        self.model = ReconModel(cfg.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material)
+        self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.model.init_from_hull(mvp_all, train.images[..., 3])
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
@@ -81,62 +122,117 @@ class _Run:
         self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian")}
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mesh_verts = self.mesh_faces = self.mesh_colors = self.verts0 = None
+        self.cleanup: Dict[str, Dict[str, int]] = {}  # phase -> clean_faces report
 
     def _dmtet_optimizer(self):
-        m = self.model
-        return torch.optim.Adam([{"params": m.dmtet.parameters(), "lr": self.cfg.lr_geometry},
-                                 {"params": list(m.color.parameters()) + list(m.light.parameters()),
-                                  "lr": self.cfg.lr_color}])
+        m, cfg = self.model, self.cfg
+        # the SDF is in grid cells (model.hull_sdf) and the offsets in fractions of a cell, so a step
+        # moves the surface a fixed fraction of a cell: the world-space step (and the noise that
+        # Adam's normalised steps put on every vertex) shrinks with the cell size, so a finer grid
+        # is at least as precise. The MLP's weights take a smaller rate (each moves every vertex).
+        if m.dmtet.mode == "direct":
+            geo = [{"params": m.dmtet.parameters(), "lr": cfg.lr_geometry}]
+        else:
+            geo = [{"params": m.dmtet.parameters(), "lr": cfg.lr_geometry * MLP_LR_FACTOR}]
+        return torch.optim.Adam(geo + [{"params": list(m.color.parameters()) + list(m.light.parameters()),
+                                        "lr": cfg.lr_color}])
+
+    def _clean(self, verts, faces):
+        """Faces to keep (:func:`~taichi_dr.recon.cleanup.clean_faces` against all training views at
+        twice the training resolution) and the report, also stored in ``self.cleanup``."""
+        H, W = self.train.images.shape[1:3]
+        keep, rep = clean_faces(verts.detach(), faces, self.train.proj.unsqueeze(0) @ self.train.mv,
+                                (2 * H, 2 * W), self.train.images[..., 3])
+        self.cleanup[self.phase] = rep.as_dict()
+        return keep, rep
 
     # ------------------------------------------------------------------ passes
     def start_refine(self):
         with torch.no_grad():
             v, f = self.model.dmtet.mesh()
-            colors = self.model.color(v)
+            # slivers (vertices a fraction of a cell apart) first, then hidden surfaces and floaters:
+            # the refinement should not spend its time on geometry no image constrains
+            v, f = collapse_short_edges(v, f, SLIVER_FRACTION * self.model.dmtet.cell)
+            v, f = compact(v, f, self._clean(v, f)[0])
+        # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
+        f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.train.images.shape[1:3])
+        self.mesh_colors.to(v.device)  # its buffers (bounds, uv atlas) next to the parameters
         self.mesh_faces = f
         self.mesh_verts = torch.nn.Parameter(v.detach().clone())
         self.verts0 = v.detach().clone()
-        # colours as logits so they stay in (0, 1)
-        self.mesh_colors = torch.nn.Parameter(torch.logit(colors.clamp(1e-4, 1 - 1e-4)))
         self.opt = torch.optim.Adam([{"params": [self.mesh_verts], "lr": self.cfg.lr_refine},
-                                     {"params": [self.mesh_colors], "lr": self.cfg.lr_color * 3},
+                                     {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
                                      {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.phase = "refine"
         self.history.setdefault("refine_start", []).append(self.it)
 
+    @torch.no_grad()
+    def finish_cleanup(self):
+        """The final cleanup: the refined mesh against the training views (a DMTet-only run is turned
+        into a mesh first, which is cleaned on the way)."""
+        if self.phase == "dmtet":
+            self.start_refine()
+            return
+        keep, _ = self._clean(self.mesh_verts, self.mesh_faces)
+        if bool(keep.all()):
+            return
+        mat = self.mesh_colors
+        if hasattr(mat, "uv_faces"):  # textured material: its row k is the mesh's triangle k
+            mat.uv_faces = mat.uv_faces[keep]
+        per_vertex = [mat.logits.data] if hasattr(mat, "logits") else []  # per-vertex colours
+        out = compact(self.mesh_verts.data, self.mesh_faces, keep, *per_vertex)
+        self.mesh_verts, self.mesh_faces, self._topo, self._pairs = torch.nn.Parameter(out[0]), out[1], None, None
+        if per_vertex:
+            mat.logits = torch.nn.Parameter(out[2])
+
     def current_mesh(self):
         if self.phase == "refine":
-            return self.mesh_verts, self.mesh_faces, torch.sigmoid(self.mesh_colors)
+            return self.mesh_verts, self.mesh_faces, self.mesh_colors.material()
         v, f = self.model.dmtet.mesh()
-        return v, f, self.model.color(v)
+        return v, f, self.model.material_for(v)
 
     def step(self):
         cfg = self.cfg
-        idx = torch.randperm(len(self.train), generator=self.gen)[:cfg.batch]
-        target, alpha, bg, mvp, campos = _batch(self.train, idx, self.gen)
+        # views and backgrounds are a function of (seed, it), split over ranks (recon/distributed.py)
+        part = local_batch(len(self.train), self.train.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
+        target, alpha, bg, mvp, campos = _batch(self.train, part.idx, part.bg)
         light = self.model.light()
         if self.phase == "dmtet":
             sdf, offsets = self.model.dmtet()
             verts, faces = self.model.dmtet.mesh(sdf, offsets)
-            colors = self.model.color(verts)
+            colors = self.model.material_for(verts)
             reg = sdf_reg_loss(sdf, self.model.dmtet.edges) * sdf_reg_weight(self.it, cfg.iters)
+            # the object lies inside its visual hull: vertices a cell or more outside it stay outside
+            # (also what keeps the MLP's SDF from collapsing to "all inside")
+            reg = reg + torch.relu(-sdf[self.model.outside_hull]).mean() if bool(self.model.outside_hull.any()) \
+                else reg
             lap = torch.zeros(())
             topo = None
         else:
-            verts, faces, colors = self.mesh_verts, self.mesh_faces, torch.sigmoid(self.mesh_colors)
+            verts, faces, colors = self.mesh_verts, self.mesh_faces, self.mesh_colors.material()
             t = (self.it - self.history["refine_start"][-1]) / max(cfg.refine_iters, 1)
             lap = laplacian_loss(verts, faces, self.verts0) * cfg.laplacian_weight * (1 - t) * 1e3
+            if cfg.normal_weight > 0:  # creases: the one-pixel bumps shading noise carves (docs/08)
+                if getattr(self, "_pairs", None) is None:
+                    self._pairs = face_pairs(faces)
+                lap = lap + normal_consistency_loss(verts, faces, self._pairs) * cfg.normal_weight
             reg = torch.zeros(())
             topo = getattr(self, "_topo", None) or antialias_construct_topology_hash(faces)
             self._topo = topo
         pred = render_mesh_views(verts, faces, colors, mvp, campos, target.shape[1:3], light, bg, topology_hash=topo)
         l_img = image_loss(pred[..., :3], target, cfg.loss)
         l_mask = mask_loss(pred[..., 3:], alpha)
-        total = l_img + l_mask + reg + lap
+        # this rank's share of the global loss; the sum over ranks of its gradients is the 1-process gradient
+        parts = [l_img * part.view_share, l_mask * part.view_share, reg * part.once_share, lap * part.once_share]
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
+        sum(parts).backward()
+        l_img, l_mask, reg, lap = self.sync.all_reduce(self.opt, parts)  # + grads; identity in one process
+        total = l_img + l_mask + reg + lap
+        check_finite(total, self.opt, self.it, self.phase)  # stop before a NaN/Inf step is applied
         self.opt.step()
+        if self.phase != "dmtet":
+            self.mesh_colors.clamp_()  # textures back into the material bounds
         self.sched.step()
         for k, v in (("iter", self.it), ("total", total), ("image", l_img), ("mask", l_mask), ("sdf_reg", reg),
                      ("laplacian", lap)):
@@ -148,23 +244,26 @@ class _Run:
     def state(self) -> Dict:
         s = {"it": self.it, "phase": self.phase, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
              "sched": self.sched.state_dict(), "history": self.history, "gen": self.gen.get_state(),
-             "config": dataclasses.asdict(self.cfg), "center": self.center, "half": self.half}
+             "config": dataclasses.asdict(self.cfg), "center": self.center, "half": self.half,
+             "cleanup": self.cleanup}
         if self.phase == "refine":
             s.update(mesh_verts=self.mesh_verts.detach(), mesh_faces=self.mesh_faces,
-                     mesh_colors=self.mesh_colors.detach(), verts0=self.verts0)
+                     mesh_colors=self.mesh_colors, verts0=self.verts0)
         return s
 
     def restore(self, s: Dict):
         self.model.load_state_dict(s["model"])
         self.it, self.history = s["it"], s["history"]
+        self.cleanup = s.get("cleanup", {})
         self.gen.set_state(s["gen"])
         if s["phase"] == "refine":
             self.phase = "refine"
-            self.mesh_faces, self.verts0 = s["mesh_faces"], s["verts0"]
-            self.mesh_verts = torch.nn.Parameter(s["mesh_verts"].clone())
-            self.mesh_colors = torch.nn.Parameter(s["mesh_colors"].clone())
+            dev = self.train.images.device  # checkpoints load on the CPU; the run lives on the arch's device
+            self.mesh_faces, self.verts0 = s["mesh_faces"].to(dev), s["verts0"].to(dev)
+            self.mesh_verts = torch.nn.Parameter(s["mesh_verts"].to(dev).clone())
+            self.mesh_colors = s["mesh_colors"].to(dev)  # the pass-2 material module (recon/texture_pass.py)
             self.opt = torch.optim.Adam([{"params": [self.mesh_verts], "lr": self.cfg.lr_refine},
-                                         {"params": [self.mesh_colors], "lr": self.cfg.lr_color * 3},
+                                         {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
                                          {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.opt.load_state_dict(s["opt"])
@@ -177,57 +276,81 @@ def _evaluate(run: _Run, test, out_dir: str) -> Dict[str, float]:
     verts, faces, colors = run.current_mesh()
     light = run.model.light()
     H, W = test.images.shape[1:3]
-    psnrs, ious = [], []
+    psnrs, ssims, ious = [], [], []
     os.makedirs(os.path.join(out_dir, "renders"), exist_ok=True)
     for i in range(len(test)):
         mv = test.mv[i:i + 1]
-        white = torch.ones((1, H, W, 3))
+        white = torch.ones((1, H, W, 3), device=verts.device)
         pred = render_mesh_views(verts, faces, colors, test.proj.unsqueeze(0) @ mv, camera_position(mv), (H, W),
                                  light, white)[0]
         a = test.images[i, ..., 3:]
         target = test.images[i, ..., :3] * a + (1 - a)
         psnrs.append(psnr(linear_to_srgb(pred[..., :3]), linear_to_srgb(target)))
+        ssims.append(ssim(linear_to_srgb(pred[..., :3]), linear_to_srgb(target)))
         ious.append(mask_iou(pred[..., 3], a[..., 0]))
         save_side_by_side(os.path.join(out_dir, "renders", f"test_{i:03d}.png"), target, pred[..., :3])
-    return {"test_psnr": sum(psnrs) / len(psnrs), "test_mask_iou": sum(ious) / len(ious),
-            "test_psnr_per_view": psnrs, "test_mask_iou_per_view": ious}
+    return {"test_psnr": sum(psnrs) / len(psnrs), "test_ssim": sum(ssims) / len(ssims),
+            "test_mask_iou": sum(ious) / len(ious), "test_psnr_per_view": psnrs, "test_ssim_per_view": ssims,
+            "test_mask_iou_per_view": ious}
 
 
 def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = None, resume: bool = False,
-                gt_mesh: Optional[str] = None, progress: bool = True) -> Dict:
+                gt_mesh: Optional[str] = None, progress: bool = True, distributed: Optional[bool] = None) -> Dict:
     """Reconstruct a mesh from a NeRF-synthetic style dataset; write all outputs into ``out_dir``.
 
     Args:
         data_dir: folder with ``transforms_train.json`` (``transforms_test.json`` or ``_val`` for
             evaluation, optional).
-        out_dir: output folder (``mesh.obj``, ``metrics.json``, ``loss.png``, ``renders/``,
-            ``turntable.gif``, ``checkpoint.pt``).
-        config: :class:`ReconConfig`.
+        out_dir: output folder (``mesh.obj``, ``metrics.json``, ``config.json`` (the resolved
+            settings), ``loss.png``, ``renders/``, ``turntable.gif``, ``checkpoint.pt``).
+        config: :class:`ReconConfig` (``None``: defaults, or with ``resume`` the checkpoint's).
         resume: continue from ``out_dir/checkpoint.pt``.
-        gt_mesh: optional ground-truth OBJ for the Chamfer distance.
+        gt_mesh: optional ground-truth OBJ for the Chamfer distance (loaded before training).
+        distributed: ``None``: data-parallel over the ranks when launched by ``torchrun`` (rank 0
+            writes every file; all ranks return its metrics); ``False``: one process regardless.
 
     Returns:
         The metrics dictionary also written to ``metrics.json``.
+
+    Raises:
+        ValueError, TypeError: a bad argument, setting or input file (before any work starts).
+        FloatingPointError: the loss or a gradient became NaN/Inf; the last good state is in
+            ``checkpoint.pt``.
+        KeyboardInterrupt: Ctrl-C or SIGTERM, after writing ``checkpoint.pt``.
     """
-    cfg = config or ReconConfig()
+    # every argument and input file is checked before any work starts (raises ValueError/TypeError)
+    cfg, resume_state, gt = check_inputs(data_dir, out_dir, config, resume, gt_mesh)
+    ctx = init_distributed(enabled=distributed)  # one process unless launched by torchrun
     torch.manual_seed(cfg.seed)
     os.makedirs(out_dir, exist_ok=True)
-    train = load_nerf(data_dir, "train", cfg.train_res)
+    if ctx.is_main:
+        cfg.save(os.path.join(out_dir, "config.json"))  # the resolved settings: a run can be repeated
+    auto_res = _auto_train_res(data_dir) if cfg.train_res is None else None
+    train = load_nerf(data_dir, "train", cfg.train_res or auto_res)
     test = None
     for split in ("test", "val"):
         if os.path.isfile(os.path.join(data_dir, f"transforms_{split}.json")):
-            test = load_nerf(data_dir, split, cfg.eval_res)
+            test = load_nerf(data_dir, split, cfg.eval_res or auto_res)
             break
+    # data, models and optimiser state live where the Taichi arch reads them without copies
+    device = torch_device_for_arch()
+    train = _to_device(train, device)
+    test = None if test is None else _to_device(test, device)
     t0 = time.time()
-    run = _Run(cfg, train, out_dir)
+    run = _Run(cfg, train, out_dir, ctx)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
+
+    def checkpoint():
+        if ctx.is_main:  # every rank holds the same state; one writes it
+            save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
     elapsed_before = 0.0
     if resume:
-        s = load_checkpoint(ckpt)
+        s = resume_state
         run.restore(s)
         elapsed_before = float(s.get("seconds", 0.0))
     total = cfg.iters + cfg.refine_iters
-    bar = tqdm(total=total, initial=run.it, desc="reconstruct", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=run.it, desc="reconstruct", disable=not progress or not ctx.is_main,
+               dynamic_ncols=True)
     # `kill` / a job scheduler's timeout (SIGTERM) is treated like Ctrl-C: checkpoint, then stop
     old_term = None
     if threading.current_thread() is threading.main_thread():
@@ -236,38 +359,53 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         while run.it < total:
             if run.phase == "dmtet" and run.it >= cfg.iters:
                 run.start_refine()
+                share_state(ctx, run)  # every rank continues from rank 0's mesh, atlas and cleanup
             loss = run.step()
             bar.update(1)
             bar.set_postfix(phase=run.phase, loss=f"{loss:.4f}")
             if run.it % cfg.checkpoint_every == 0 or run.it == total:
-                save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
+                checkpoint()
     except KeyboardInterrupt:
-        save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
+        checkpoint()
         bar.close()
-        print(f"\ninterrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)")
-        raise
+        line = f"interrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)"
+        print("\n" + line, flush=True)
+        raise KeyboardInterrupt(line) from None  # the CLI exits 130 without a traceback
+    except FloatingPointError as e:  # NaN/Inf: the parameters still hold the last good step
+        checkpoint()
+        bar.close()
+        raise FloatingPointError(f"{e}; run stopped, last good state saved to {ckpt} (lower the learning "
+                                 "rates, e.g. --lr-geometry, then continue with --resume)") from None
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     bar.close()
     seconds = elapsed_before + time.time() - t0
+    if not ctx.is_main:
+        return finish(ctx)  # wait for rank 0's outputs; return its metrics
 
+    run.finish_cleanup()  # no face that no training view sees, no unsupported floaters (recon/cleanup.py)
     with torch.no_grad():
         verts, faces, colors = run.current_mesh()
-        mesh = Mesh(verts.detach().clone(), faces.clone(), colors=colors.detach().clone())
-    save_obj(os.path.join(out_dir, "mesh.obj"), mesh)
+        verts = verts.detach().clone()
+    # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
+    export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(train.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
                      "vertices": int(verts.shape[0]), "grid_res": cfg.grid_res,
-                     "train_res": list(train.images.shape[1:3]), "train_views": len(train)}
+                     "train_res": list(train.images.shape[1:3]), "train_views": len(train),
+                     **batch_layout(len(train), cfg.batch, ctx),
+                     "cleanup": run.cleanup,
+                     "removed_invisible_faces": sum(r["invisible_faces"] for r in run.cleanup.values()),
+                     "removed_components": sum(r["removed_components"] for r in run.cleanup.values())}
     if test is not None:
         metrics.update(_evaluate(run, test, out_dir))
-    if gt_mesh is not None and faces.shape[0] > 0:
-        gt = load_obj(gt_mesh)
-        metrics["chamfer_l2"] = chamfer_distance(verts.detach(), faces, gt.verts, gt.faces, num_samples=cfg.chamfer_samples)
+    if gt is not None and faces.shape[0] > 0:
+        metrics["chamfer_l2"] = chamfer_distance(verts.detach().cpu(), faces.cpu(), gt.verts, gt.faces,
+                                                 num_samples=cfg.chamfer_samples)
     history = run.history
     save_loss_plot(os.path.join(out_dir, "loss.png"), history)
     if faces.shape[0] > 0:
-        save_turntable(os.path.join(out_dir, "turntable.gif"), mesh.verts, mesh.faces, mesh.colors,
-                       run.model.light(), run.center, run.half, res=cfg.turntable_res, frames=cfg.turntable_frames)
+        save_turntable(os.path.join(out_dir, "turntable.gif"), verts, faces, colors,
+                       run.model.light(), res=cfg.turntable_res, frames=cfg.turntable_frames)
     save_json(os.path.join(out_dir, "metrics.json"), metrics)
-    return metrics
+    return finish(ctx, metrics)

@@ -8,12 +8,13 @@
   object at all.
 * Colour: a small MLP on a positional encoding of world position -> linear albedo (sigmoid),
   evaluated at the mesh vertices.
-* Light: learnable ambient + one directional light (:class:`~taichi_dr.render.pipeline.SimpleLight`,
+* Light: learnable ambient + one directional light (:class:`~taichi_dr.render.light.DirectionalLight`,
   ``light='simple'``, the default: cheapest, and enough for diffuse objects), or a learnable
   environment cube map with split-sum GGX shading and one learnable roughness (``light='env'``,
   :class:`~taichi_dr.render.light.EnvironmentLight`, nvdiffrec's model; slower on CPU).
 """
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,10 @@ from torch import nn
 from taichi_dr.camera import transform_pos
 from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
-from taichi_dr.render.pipeline import SimpleLight
+from taichi_dr.recon.material import MaterialField
+from taichi_dr.render.light import DirectionalLight
 
-__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds"]
+__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds", "hull_sdf"]
 
 
 class ColorField(nn.Module):
@@ -50,15 +52,16 @@ class LearnedLight(nn.Module):
         self.ambient_raw = nn.Parameter(torch.full((3,), -0.5))
         self.diffuse_raw = nn.Parameter(torch.full((3,), 0.0))
 
-    def forward(self) -> SimpleLight:
-        return SimpleLight(self.direction, F.softplus(self.ambient_raw), F.softplus(self.diffuse_raw))
+    def forward(self) -> DirectionalLight:
+        # colour π·diffuse: on a Lambertian kd the key light adds kd·diffuse·max(0, n·l)
+        return DirectionalLight(self.direction, math.pi * F.softplus(self.diffuse_raw), F.softplus(self.ambient_raw))
 
 
 class LearnedEnvLight(nn.Module):
     """Learnable environment light + one global roughness (dielectric, metallic = 0).
 
-    Calling the module returns itself: :func:`~taichi_dr.render.pipeline.render_mesh_views` uses any
-    light with a ``shade(pos, normal, kd, campos)`` method instead of the Lambert model.
+    Calling the module returns itself, a light with the common ``shade(pos, normal, kd, ks, campos)``
+    of :mod:`taichi_dr.render.light`.
     """
 
     def __init__(self, resolution: int = 16, init: float = 0.6):
@@ -71,11 +74,18 @@ class LearnedEnvLight(nn.Module):
     def forward(self) -> "LearnedEnvLight":
         return self
 
-    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, campos: torch.Tensor) -> torch.Tensor:
-        """``[N, H, W, 3]`` linear radiance of surface points (all inputs ``[N, H, W, 3]``, campos ``[N, 3]``)."""
-        shape = pos.shape[:-1] + (1,)
-        rough = torch.sigmoid(self.roughness_raw).to(pos.dtype).expand(shape)
-        return self.env.shade(pos, normal, kd, rough, torch.zeros(shape, dtype=pos.dtype, device=pos.device), campos)
+    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+              campos: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, 3]`` linear radiance of surface points (``[N, H, W, 3]`` inputs, campos ``[N, 3]``).
+
+        ``ks`` ``[N, H, W, 3]`` = (occlusion, roughness, metallic) per pixel, or ``None`` for the
+        light's own global roughness, occlusion and metallic 0; the radiance is scaled by (1 − occlusion)
+        (nvdiffrec's convention, see :mod:`taichi_dr.render.light`).
+        """
+        if ks is None:
+            zero = torch.zeros(pos.shape[:-1] + (1,), dtype=pos.dtype, device=pos.device)
+            ks = torch.cat([zero, torch.sigmoid(self.roughness_raw).to(pos.dtype) + zero, zero], -1)
+        return self.env.shade(pos, normal, kd, ks, campos)
 
 
 @torch.no_grad()
@@ -105,7 +115,7 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
                 ) -> Tuple[torch.Tensor, float]:
     """Centre and half-size of a cube holding the visual hull (searched inside the camera rig)."""
     R = float(campos.norm(dim=1).min()) * 0.9
-    lin = torch.linspace(-R, R, res)
+    lin = torch.linspace(-R, R, res, device=mvp.device)
     pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
     occ = visual_hull(pts, mvp, alpha)
     inside = pts[occ > 0.5]
@@ -123,17 +133,55 @@ class ReconModel(nn.Module):
     """DMTet + colour field + light, with the grid fitted around the visual hull."""
 
     def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct",
-                 light: str = "simple"):
+                 light: str = "simple", material: str = "field"):
         super().__init__()
         grid = TetGrid.create(grid_res, 2.0 * half)
-        grid.verts += center.float()
+        grid.verts += center.float().to(grid.verts.device)  # the grid is built on the CPU; .to() moves the model
         self.dmtet = DMTet(grid=grid, mode=sdf_mode)
-        self.color = ColorField(center, half)
+        if material not in ("field", "vertex"):
+            raise ValueError(f"material: expected 'field' or 'vertex', got {material!r}")
+        # 'field': per-pixel kd/ks from a hash-grid field (recon/material.py); 'vertex': per-vertex albedo
+        self.material_mode = material
+        self.color = MaterialField(center, half) if material == "field" else ColorField(center, half)
         if light not in ("simple", "env"):
             raise ValueError(f"light: expected 'simple' or 'env', got {light!r}")
         self.light = LearnedLight() if light == "simple" else LearnedEnvLight()
 
-    def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 200) -> None:
-        """Set the SDF to the visual hull: (0.5 − occupancy)·2, positive outside, in [−1, 1]."""
+    def material_for(self, verts: torch.Tensor):
+        """What :func:`render_mesh_views` takes as ``colors`` for the mesh ``verts``: the field itself
+        (evaluated per pixel) or per-vertex albedo ``[V, 3]``."""
+        return self.color if self.material_mode == "field" else self.color(verts)
+
+    def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400) -> float:
+        """Set the SDF to the signed distance of the visual hull, in grid cells (clamped to ±4).
+
+        A true distance (rather than a ±1 step) makes the surface move by the same amount for the
+        same change of SDF anywhere, and it is smooth, so the MLP mode can fit it closely. Also
+        stores ``outside_hull [V] bool``: vertices at least one cell outside the hull, where the
+        object cannot be (used by the hull loss of the DMTet pass). Returns the fit's MSE (cells²).
+        """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
-        self.dmtet.fit_sdf_values((0.5 - occ) * 2.0, steps=steps)
+        sdf = hull_sdf(occ, self.dmtet.resolution)
+        self.outside_hull = sdf >= 1.0
+        return self.dmtet.fit_sdf_values(sdf, steps=steps)
+
+
+def hull_sdf(occ: torch.Tensor, resolution: int, clamp: float = 4.0) -> torch.Tensor:
+    """Signed distance ``[V]`` (cells, > 0 outside) of the set ``occ >= 0.5`` on the lattice of a
+    :meth:`TetGrid.create` grid (``V = (resolution + 1)³``, x-major), clamped to ``±clamp``.
+
+    Exact Euclidean distance transforms of inside and outside, shifted by half a cell so that the
+    zero level lies between the last inside and the first outside vertex.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    n = resolution + 1
+    if occ.shape != (n ** 3,):
+        raise ValueError(f"occ: expected shape [{n ** 3}] (the lattice of grid_res {resolution}), "
+                         f"got {list(occ.shape)}")
+    inside = (occ >= 0.5).reshape(n, n, n).cpu().numpy()
+    d_out = distance_transform_edt(~inside)  # outside vertex -> nearest inside vertex
+    d_in = distance_transform_edt(inside)    # inside vertex -> nearest outside vertex
+    sdf = torch.from_numpy(d_out - d_in).float().reshape(-1)
+    sdf = torch.where(sdf > 0, sdf - 0.5, sdf + 0.5)
+    return sdf.clamp(-clamp, clamp).to(occ.device)

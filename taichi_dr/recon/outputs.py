@@ -2,19 +2,18 @@
 checkpoints. Every file is written to a temporary name first and renamed into place, so an
 interrupted run never leaves a half-written output."""
 import json
-import math
 import os
 from typing import Dict, List
 
 import numpy as np
 import torch
 
-from taichi_dr.camera import camera_position, look_at, perspective
-from taichi_dr.losses import linear_to_srgb
+from taichi_dr.camera import bounding_sphere, frame_sphere
+from taichi_dr.image import save_png, to_srgb_u8
 from taichi_dr.mesh import atomic_write
 
-__all__ = ["save_json", "save_png", "save_loss_plot", "save_side_by_side", "save_turntable", "save_checkpoint",
-           "load_checkpoint", "to_srgb_u8"]
+__all__ = ["save_json", "save_loss_plot", "save_side_by_side", "save_turntable", "save_checkpoint",
+           "load_checkpoint", "format_metrics"]
 
 
 def save_json(path: str, data: Dict) -> None:
@@ -26,16 +25,16 @@ def save_json(path: str, data: Dict) -> None:
     atomic_write(path, write)
 
 
-def to_srgb_u8(img_linear: torch.Tensor) -> np.ndarray:
-    """``[H, W, 3]`` linear, bottom-up -> ``[H, W, 3]`` uint8 sRGB, top-down (for image files)."""
-    srgb = linear_to_srgb(img_linear.detach().cpu().float()).numpy()[::-1]
-    return (srgb * 255 + 0.5).astype(np.uint8)
+_SUMMARY = (("test_psnr", "test PSNR (sRGB, dB)", "{:.2f}"), ("test_mask_iou", "test mask IoU", "{:.4f}"),
+            ("chamfer_l2", "Chamfer L2 to ground truth", "{:.3g}"), ("triangles", "triangles", "{:d}"),
+            ("vertices", "vertices", "{:d}"), ("iterations", "iterations", "{:d}"), ("seconds", "seconds", "{:.1f}"))
 
 
-def save_png(path: str, img_u8: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, img_u8, extension=".png"))
+def format_metrics(metrics: Dict) -> str:
+    """The headline numbers of a ``metrics.json`` as a two-column text table (absent ones left out)."""
+    rows = [(label, fmt.format(metrics[key])) for key, label, fmt in _SUMMARY if key in metrics]
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:<{width}}  {value:>10}" for label, value in rows)
 
 
 def save_loss_plot(path: str, history: Dict[str, List[float]]) -> None:
@@ -69,25 +68,27 @@ def save_side_by_side(path: str, target: torch.Tensor, ours: torch.Tensor) -> No
     save_png(path, np.concatenate([to_srgb_u8(target), to_srgb_u8(ours)], 1))
 
 
-def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor, light,
-                   center: torch.Tensor, radius: float, res: int = 192, frames: int = 36, elevation: float = 20.0
-                   ) -> None:
-    """Render the mesh from ``frames`` azimuths on white and write an animated GIF."""
+def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors, light, res: int = 192,
+                   frames: int = 36, elevation: float = 20.0) -> None:
+    """Render the mesh from ``frames`` azimuths on white and write an animated GIF.
+
+    Every frame shows the mesh's bounding sphere (:func:`~taichi_dr.camera.frame_sphere`), so the
+    object is never clipped, whatever its shape. ``colors``: anything
+    :func:`~taichi_dr.render.pipeline.render_mesh_views` takes as a material.
+    """
     import imageio.v2 as iio2
 
     from taichi_dr.render.pipeline import render_mesh_views
 
-    proj = perspective(math.radians(40.0), 1.0, 0.05 * radius, 20.0 * radius)
+    v = verts.detach()
+    center, radius = bounding_sphere(v)
     imgs = []
     with torch.no_grad():
         for k in range(frames):
-            az, el = 2 * math.pi * k / frames, math.radians(elevation)
-            eye = center + 2.6 * radius * torch.tensor([math.cos(el) * math.sin(az), math.sin(el),
-                                                        math.cos(el) * math.cos(az)])
-            mv = look_at(eye.tolist(), center.tolist())
-            bg = torch.ones((1, res, res, 3))
-            img = render_mesh_views(verts, faces, colors, (proj @ mv)[None], camera_position(mv[None]), (res, res),
-                                    light, bg)
+            mv, proj, eye = frame_sphere(center, radius, 360.0 * k / frames, elevation, dtype=v.dtype)
+            bg = torch.ones((1, res, res, 3), dtype=v.dtype, device=v.device)
+            img = render_mesh_views(v, faces, colors, (proj @ mv)[None].to(v.device), eye[None].to(v.device),
+                                    (res, res), light, bg)
             imgs.append(to_srgb_u8(img[0, ..., :3]))
     atomic_write(path, lambda tmp: iio2.mimsave(tmp, imgs, format="GIF", duration=0.08, loop=0))
 

@@ -8,10 +8,9 @@ Performance notes (measured on Taichi 1.7.4's CPU backend, they hold for CUDA to
 * Loops are ``for i in range(n)`` over flat indices. A struct-for over an ndarray (``for n, y, x
   in a``) or an ``ndrange`` decomposes the linear index with signed integer floor divisions in
   every iteration, which made a trivial 512² kernel 6× slower than the same range-for.
-* Per-pixel kernels that need (n, y, x) run one parallel iteration per 64-pixel piece of an image
-  row (``segment``) with an inner loop over x, so divisions happen once per piece, and there are
-  enough pieces for every thread (Taichi's CPU backend splits a range-for into per-thread chunks
-  of at least 512 iterations). Such kernels are not flat, so
+* Per-pixel kernels that need (n, y, x) run one parallel iteration per row piece
+  (:mod:`taichi_dr.render._pixel_loops`: 64 pixels on the CPU, 1 on a GPU) with an inner loop over
+  x. Such kernels are not flat, so
   Taichi's autodiff must not be used on them: the backward of the resolve is written by hand
   (``resolve_bwd``), and a flat twin (``resolve_flat``) exists only so that ``resolve_flat.grad``
   can provide the rarely needed gradient of ``rast_db`` (``grad_db=True`` with a loss on it).
@@ -21,31 +20,18 @@ from types import SimpleNamespace
 
 import taichi as ti
 
-__all__ = ["TILE", "SEG", "EMPTY", "kernels", "segment"]
+from taichi_dr.render._pixel_loops import segment
+
+__all__ = ["TILE", "EMPTY", "kernels"]
 
 TILE = 16  # tile side in pixels for the coverage jobs of large triangles
-SEG = 64  # pixels per parallel iteration of the per-pixel kernels (a piece of one image row)
 EMPTY = (1 << 63) - 1  # z-buffer clear value: larger than any packed fragment key
 
 
-@ti.func
-def segment(it, nseg, H, W):
-    """Parallel iteration ``it`` -> (image n, row y, pixels [xa, xb)) of a SEG-pixel row piece.
-
-    Why not one iteration per pixel or per row: a per-pixel loop needs (n, y, x) from a flat
-    index, i.e. integer divisions per pixel (slow on CPUs), and Taichi's CPU backend gives each
-    thread at least 512 consecutive iterations, so a loop over the 512 rows of a 512² image would
-    run on a single thread. Row pieces cost one division each and keep every core busy.
-    """
-    row = ti.raw_div(it, nseg)
-    n = ti.raw_div(row, H)
-    xa = (it - row * nseg) * SEG
-    return n, row - n * H, xa, ti.min(xa + SEG, W)
-
-
 @functools.lru_cache(maxsize=None)
-def kernels(real):
-    """Namespace of the rasterizer kernels for the Taichi float type ``real``."""
+def kernels(real, seg: int):
+    """Namespace of the rasterizer kernels for the Taichi float type ``real`` and ``seg``-pixel row
+    pieces (``_pixel_loops.row_piece()``) in the per-pixel kernels."""
     nd = ti.types.ndarray
     vec4 = ti.types.vector(4, real)
     vec3i = ti.types.vector(3, ti.i32)
@@ -53,8 +39,13 @@ def kernels(real):
 
     @ti.func
     def load(pos: ti.template(), pn, tri: ti.template(), t):
+        # Clamped addresses (the identity for valid indices): the setup kernel runs before the
+        # wrapper has read its check of tri's range (one host sync per op, after the launch), so a
+        # bad index must not address memory; the wrapper then raises.
         ids = tri[t]
-        return pos[pn, ids[0]], pos[pn, ids[1]], pos[pn, ids[2]], ids[0], ids[1], ids[2]
+        last = pos.shape[1] - 1
+        a, b, c = ti.min(ti.max(ids[0], 0), last), ti.min(ti.max(ids[1], 0), last), ti.min(ti.max(ids[2], 0), last)
+        return pos[pn, a], pos[pn, b], pos[pn, c], ids[0], ids[1], ids[2]
 
     @ti.func
     def work_item(work_n: ti.template(), work_t: ti.template(), n_inst, k):
@@ -358,11 +349,11 @@ def kernels(real):
     @ti.kernel
     def resolve(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
                 per_instance: ti.i32, rast: nd(dtype=vec4, ndim=1), db: nd(dtype=vec4, ndim=1)):
-        # one parallel iteration per SEG-pixel piece of a row (see segment); rast/db: [N·H·W] vec4 views
+        # one parallel iteration per seg-pixel piece of a row (see _pixel_loops); rast/db: [N·H·W] vec4 views
         H, W = zbuf.shape[1], zbuf.shape[2]
-        nseg = (W + SEG - 1) // SEG
+        nseg = (W + seg - 1) // seg
         for it in range(zbuf.shape[0] * H * nseg):
-            n, y, xa, xb = segment(it, nseg, H, W)
+            n, y, xa, xb = segment(it, nseg, H, W, seg)
             for x in range(xa, xb):
                 resolve_px(pos, tri, zbuf, per_instance, rast, db, n, y, x, (n * H + y) * W + x)
 
@@ -387,9 +378,9 @@ def kernels(real):
         # The scatter to the vertices needs atomics; a run of pixels showing the same triangle is
         # summed in registers first and flushed (9 atomic adds) when the triangle changes.
         H, W = zbuf.shape[1], zbuf.shape[2]
-        nseg = (W + SEG - 1) // SEG
+        nseg = (W + seg - 1) // seg
         for it in range(zbuf.shape[0] * H * nseg):
-            n, y, xs, xe = segment(it, nseg, H, W)
+            n, y, xs, xe = segment(it, nseg, H, W, seg)
             pn = n * per_instance
             Y = ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0
             cur = -1

@@ -9,7 +9,7 @@ Jacobian of texel position w.r.t. pixel position) plus the bias; a cube-map tap 
 face is re-projected through its 3-D direction onto the neighbouring face.
 
 Why a hand-written adjoint: texel addresses depend on the data and the lookup loops over levels,
-which Taichi's reverse-mode autodiff does not handle (see ``shared/reference/taichi.md``). ``bwd``
+which Taichi's reverse-mode autodiff does not handle (see docs/09_taichi_autodiff.md). ``bwd``
 recomputes the taps of ``fwd`` and scatters weighted output gradients to them (atomic adds), and
 returns dL/ds, dL/dt, and through the level of detail dL/d(footprint) and dL/dbias.
 """
@@ -222,7 +222,8 @@ def kernels(real, C: int):
         # 2-D textures, footprint, bias) are 1-element dummies never read. Images come as flat
         # [P, ·] views (P = N·H·W pixels, hw = H·W): a plain range-for, no index division.
         # 2-D inputs come straight from the caller and are checked for NaN/Inf here, where they
-        # are read anyway (bad[0..2] flag uv, uv_da, mip_level_bias; the wrapper then raises): a
+        # are read anyway (bad[0..2] flag uv, uv_da, mip_level_bias, bad[3] a sampled non-finite texel;
+        # the wrapper then raises): a
         # torch reduction beforehand costs a pass per input, and its OpenMP workers keep spinning
         # afterwards, slowing this kernel down by a third. Cube-map inputs are checked in torch.
         nlev = meta.shape[0]
@@ -263,6 +264,9 @@ def kernels(real, C: int):
                         w = wl * (fx if q & 1 else 1.0 - fx) * (fy if q >> 1 else 1.0 - fy)
                         if a[q] >= 0:
                             acc += w * tex[nt, a[q]]
+            # the inputs are finite by now, so a non-finite result means a NaN/Inf texel was
+            # sampled: flagged (bad[3]) for the wrapper to reject, at the cost of a bit test
+            bad[3] |= nonfinite(acc)
             out[p] = acc
 
     @ti.kernel

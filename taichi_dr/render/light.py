@@ -1,4 +1,16 @@
-"""Lights: a learnable environment map with split-sum image-based lighting, and analytic lights.
+"""Lights. Every light has one method, ``shade(pos, normal, kd, ks, campos) -> [N, H, W, 3]``:
+the linear radiance that surface points send towards their camera.
+
+* :class:`DirectionalLight` (+ optional ambient term) and :class:`PointLight`: Lambert + GGX,
+  evaluated by one fused Taichi kernel (:func:`~taichi_dr.render.shading.analytic_shade`);
+* :class:`EnvironmentLight`: a learnable HDR cube map with split-sum image-based lighting
+  (:func:`~taichi_dr.render.shading.split_sum_shade`).
+
+Conventions (one set for the package): ``DirectionalLight.direction`` points from the surface
+*towards* the light; ``pos``, ``normal``, ``kd``, ``ks`` are ``[N, H, W, 3]`` per pixel, ``ks`` =
+(occlusion, roughness, metallic) as in nvdiffrec (``ks=None``: a purely Lambertian material, no
+specular lobe), ``campos`` ``[N, 3]`` the camera centres. Occlusion o scales environment / ambient
+light by (1 − o).
 
 Split-sum (Karis 2013, as in nvdiffrec): the specular integral of a GGX lobe against an
 environment L is approximated by the product of two precomputable factors,
@@ -6,42 +18,92 @@ environment L is approximated by the product of two precomputable factors,
     ∫ L(l) f(l, v) cos θ_l dl  ≈  [∫ L(l) D(h) cos θ_l dl / ∫ D cos]  ·  [F0·A(n·v, r) + B(n·v, r)],
 
 the first a *prefiltered* environment looked up in the reflected direction (one map per
-roughness), the second a 2-D table of the BRDF's directional albedo (scale A and bias B of F0),
-which we integrate ourselves with GGX importance sampling. Diffuse light is the cosine-weighted
-irradiance map. Every filter is a fixed linear map of the learnable cube map, stored as a sparse
-matrix, so gradients reach the cube map through plain autograd.
+roughness knot, coarser when rougher), the second a 2-D table of the BRDF's directional albedo
+(scale A and bias B of F0), which we integrate ourselves with GGX importance sampling. Diffuse
+light is the cosine-weighted irradiance map. Every filter is a fixed linear map of the learnable
+cube map; all of them are stacked into one sparse (CSR) matrix, built once per resolution and
+cached, and applied by a Taichi gather kernel whose adjoint is the same kernel with the transposed
+matrix.
 """
 import dataclasses
 import functools
 import math
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taichi_dr.render.shading import safe_normalize
+from taichi_dr.render.shading import analytic_shade, check_shade_inputs, ggx_ndf, split_sum_shade
 from taichi_dr.render.texture import texture
+from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["EnvironmentLight", "DirectionalLight", "PointLight", "brdf_lut", "cube_directions"]
+
+IRRADIANCE_RES = 8  # face size of the irradiance map (a cosine lobe needs no more)
+
+
+def _vec3(name: str, t, dtype, device) -> torch.Tensor:
+    """A light parameter as a ``[3]`` tensor of the shading dtype (differentiable cast)."""
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=dtype, device=device)
+    if t.shape != (3,):
+        raise ValueError(f"{name}: expected shape [3], got {list(t.shape)}")
+    return t.to(device=device, dtype=dtype)
 
 
 @dataclasses.dataclass
 class DirectionalLight:
-    """Light from direction ``direction`` ([3], towards the light) with radiance ``color`` ([3])."""
+    """Light from a distant source: radiance ``color`` arriving from ``direction``, plus ``ambient``.
+
+    Attributes (``[3]`` tensors; they may require grad):
+        direction: direction *towards* the light (normalised when shading).
+        color: radiance of the light (a white Lambertian surface facing it reflects color/π).
+        ambient: uniform ambient radiance reflected as kd·(1 − m)(1 − o)·ambient (None = 0).
+    """
 
     direction: torch.Tensor
     color: torch.Tensor
+    ambient: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def default(device="cpu") -> "DirectionalLight":
+        """The light of the demo dataset: ambient 0.35, a key light of Lambert strength 0.75 from above."""
+        return DirectionalLight(torch.tensor([0.4, 0.8, 0.45], device=device), torch.full((3,), 0.75 * math.pi,
+                                device=device), torch.full((3,), 0.35, device=device))
+
+    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+              campos: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, 3]`` radiance (see the module docstring for the arguments)."""
+        return _shade_analytic(self.direction, self.color, self.ambient, False, pos, normal, kd, ks, campos)
 
 
 @dataclasses.dataclass
 class PointLight:
-    """Point light at ``position`` ([3]) with intensity ``color`` ([3]), falling off as 1/d²."""
+    """Isotropic point light at ``position`` with intensity ``color`` (falls off as 1/d², d ≥ 1e-4),
+    plus an optional ``ambient`` term as for :class:`DirectionalLight`. ``[3]`` tensors."""
 
     position: torch.Tensor
     color: torch.Tensor
+    ambient: Optional[torch.Tensor] = None
+
+    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+              campos: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, 3]`` radiance (see the module docstring for the arguments)."""
+        return _shade_analytic(self.position, self.color, self.ambient, True, pos, normal, kd, ks, campos)
+
+
+def _shade_analytic(vec, color, ambient, point, pos, normal, kd, ks, campos):
+    dt = check_shade_inputs(pos, normal, kd, ks, campos)
+    name = "position" if point else "direction"
+    v = _vec3(name, vec, dt, pos.device)
+    if not point and float(v.detach().norm()) == 0.0:
+        raise ValueError("direction: expected a non-zero vector, got [0, 0, 0]")
+    amb = torch.zeros(3, dtype=dt, device=pos.device) if ambient is None else _vec3("ambient", ambient, dt, pos.device)
+    light = torch.stack([v, _vec3("color", color, dt, pos.device), amb])
+    return analytic_shade(pos, normal, kd, ks, campos, light, point)
 
 
 def cube_directions(S: int, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -56,40 +118,6 @@ def cube_directions(S: int, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Te
     r2 = (d * d).sum(-1)
     omega = (2.0 / S) ** 2 / r2 ** 1.5
     return F.normalize(d, dim=-1).to(dtype), omega.to(dtype)
-
-
-def _ggx_d(alpha2, cos_h):
-    d = cos_h * cos_h * (alpha2 - 1) + 1
-    return alpha2 / (math.pi * d * d)
-
-
-@functools.lru_cache(maxsize=None)
-def _filter_matrix(S_out: int, S_in: int, roughness: float) -> torch.Tensor:
-    """Sparse [6·S_out², 6·S_in²] GGX prefilter (roughness < 0) = cosine irradiance, rows normalised."""
-    d_out, _ = cube_directions(S_out, torch.float64)
-    d_in, om = cube_directions(S_in, torch.float64)
-    d_out, d_in, om = d_out.reshape(-1, 3), d_in.reshape(-1, 3), om.reshape(-1)
-    rows, cols, vals = [], [], []
-    for s in range(0, d_out.shape[0], 1024):
-        cos = d_out[s:s + 1024] @ d_in.T  # n·l with n = v = r (the split-sum assumption)
-        if roughness < 0:  # diffuse irradiance: cosine lobe
-            w = cos.clamp(min=0) * om
-        else:
-            a2 = max(roughness, 0.08) ** 4
-            cos_h = torch.sqrt(((1 + cos) / 2).clamp(min=0))  # h halfway between n and l
-            w = _ggx_d(a2, cos_h) * cos.clamp(min=0) * om
-        w = w / w.sum(1, keepdim=True)
-        keep = w > 1e-5
-        idx = keep.nonzero()
-        rows.append(idx[:, 0] + s)
-        cols.append(idx[:, 1])
-        vals.append(w[keep])
-    ind = torch.stack([torch.cat(rows), torch.cat(cols)])
-    v = torch.cat(vals)
-    # renormalise after dropping the negligible tail
-    sums = torch.zeros(d_out.shape[0], dtype=v.dtype).index_add_(0, ind[0], v)
-    v = v / sums[ind[0]]
-    return torch.sparse_coo_tensor(ind, v, (d_out.shape[0], d_in.shape[0])).coalesce()
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,83 +150,140 @@ def brdf_lut(size: int = 32, samples: int = 512) -> torch.Tensor:
     return torch.stack([A, B], -1).float()
 
 
+
+@functools.lru_cache(maxsize=None)
+def _filter_csr(S_in: int, rough: Tuple[float, ...]):
+    """The stacked prefilter of a base cube map of face size ``S_in``: one block of rows per
+    specular level k (roughness ``rough[k]``, face size max(S_in >> k, 4)), then the irradiance
+    map (cosine lobe, face size 8). Each row: normalised weights (n·l)·D(h)·dω (or (n·l)·dω) with
+    n = v = r (the split-sum assumption), weights < 1e-5 dropped, renormalised.
+
+    Returns float64 CSR arrays (rowptr, col, val), the same for the transpose, and the per-map
+    (offset, face size) table ``meta``.
+    """
+    d_in, om = cube_directions(S_in, torch.float64)
+    d_in, om = d_in.reshape(-1, 3), om.reshape(-1)
+    sizes = [max(S_in >> k, 4) for k in range(len(rough))] + [IRRADIANCE_RES]
+    rows, cols, vals, meta, off = [], [], [], [], 0
+    for So, r in zip(sizes, list(rough) + [-1.0]):
+        d_out, _ = cube_directions(So, torch.float64)
+        d_out = d_out.reshape(-1, 3)
+        for s in range(0, d_out.shape[0], 1024):
+            cos = d_out[s:s + 1024] @ d_in.T
+            w = cos.clamp(min=0) * om
+            if r >= 0:  # GGX lobe, h halfway between n and l
+                w = w * ggx_ndf(max(r, 0.08) ** 4, torch.sqrt(((1 + cos) / 2).clamp(min=0)))
+            w = w / w.sum(1, keepdim=True)
+            w = torch.where(w > 1e-5, w, torch.zeros_like(w))
+            w = w / w.sum(1, keepdim=True)  # renormalise after dropping the negligible tail
+            idx = w.nonzero()
+            rows.append(idx[:, 0] + off + s)
+            cols.append(idx[:, 1])
+            vals.append(w[idx[:, 0], idx[:, 1]])
+        meta.append((off, So))
+        off += d_out.shape[0]
+    row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+
+    def csr(r_, c_, v_, n_rows):
+        order = torch.argsort(r_, stable=True)
+        ptr = torch.zeros(n_rows + 1, dtype=torch.int64)
+        ptr[1:] = torch.cumsum(torch.bincount(r_, minlength=n_rows), 0)
+        return ptr.int(), c_[order].int(), v_[order]
+    fwd = csr(row, col, val, off)
+    bwd = csr(col, row, val, d_in.shape[0])
+    return fwd, bwd, torch.tensor(meta, dtype=torch.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def _filter_on(S_in: int, rough: Tuple[float, ...], dtype: torch.dtype, device: str):
+    """:func:`_filter_csr` in ``dtype`` on ``device``, plus the BRDF table and roughness knots."""
+    fwd, bwd, meta = _filter_csr(S_in, rough)
+    conv = lambda csr: (csr[0].to(device), csr[1].to(device), csr[2].to(device=device, dtype=dtype))  # noqa: E731
+    lut = brdf_lut().to(device=device, dtype=dtype).contiguous()
+    return conv(fwd), conv(bwd), meta.to(device), torch.tensor(rough, dtype=dtype, device=device), lut
+
+
+class _Prefilter(torch.autograd.Function):
+    """y = W·x for the stacked prefilter W (CSR); the adjoint is Wᵀ·g, the same gather kernel."""
+
+    @staticmethod
+    def forward(ctx, base_flat, fwd, bwd):
+        from taichi_dr.render._shading_kernels import kernels
+
+        out = base_flat.new_empty(fwd[0].shape[0] - 1, 3)
+        kernels(ti_real(base_flat.dtype)).spmv(*fwd, base_flat.detach().contiguous(), out)
+        ctx.bwd = bwd
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        from taichi_dr.render._shading_kernels import kernels
+
+        out = g.new_empty(ctx.bwd[0].shape[0] - 1, 3)
+        kernels(ti_real(g.dtype)).spmv(*ctx.bwd, g.detach().contiguous(), out)
+        return out, None, None
+
+
 class EnvironmentLight(nn.Module):
     """A learnable HDR environment (cube map ``[6, S, S, 3]``) with split-sum shading.
 
     Args:
-        resolution: cube face size S of the learnable base map (a power of two ≥ 16).
+        resolution: cube face size S of the learnable base map (a power of two ≥ 4).
         init: initial constant radiance.
-        roughness_levels: roughness of the prefiltered specular maps.
+        roughness_levels: roughness knots of the prefiltered specular maps (increasing, ≥ 2);
+            level k has face size max(S >> k, 4), and a pixel's roughness picks the level by
+            piecewise-linear interpolation between the knots (clamped to the first and last).
     """
 
     def __init__(self, resolution: int = 32, init: float = 0.5,
                  roughness_levels: Sequence[float] = (0.08, 0.25, 0.5, 0.75, 1.0)):
         super().__init__()
-        if resolution < 4 or resolution & (resolution - 1):
+        if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
             raise ValueError(f"resolution: expected a power of two >= 4, got {resolution}")
+        levels = tuple(float(r) for r in roughness_levels)
+        if len(levels) < 2 or any(b <= a for a, b in zip(levels, levels[1:])) or levels[0] < 0:
+            raise ValueError(f"roughness_levels: expected >= 2 increasing values >= 0, got {levels}")
         self.base = nn.Parameter(torch.full((6, resolution, resolution, 3), float(init)))
-        self.roughness_levels = tuple(float(r) for r in roughness_levels)
+        self.roughness_levels = levels
 
-    def _level_res(self, k: int) -> int:
-        return max(self.base.shape[1] >> k, 4)
+    def _packed(self, dtype: torch.dtype):
+        """All prefiltered maps packed ``[R, 3]`` (specular levels, then irradiance) + kernel tables."""
+        ensure_init()
+        fwd, bwd, meta, knots, lut = _filter_on(self.base.shape[1], self.roughness_levels, dtype,
+                                                str(self.base.device))
+        flat = _Prefilter.apply(self.base.reshape(-1, 3).to(dtype), fwd, bwd)
+        return flat, meta, knots, lut
 
-    def _filter(self, mat: torch.Tensor, src: torch.Tensor, S_out: int) -> torch.Tensor:
-        m = mat.to(src.dtype).to(src.device)
-        return torch.sparse.mm(m, src.reshape(-1, 3)).reshape(6, S_out, S_out, 3)
+    def _unpack(self, k: int, dtype=None) -> torch.Tensor:
+        flat, meta, _, _ = self._packed(dtype or self.base.dtype)
+        off, S = (int(x) for x in meta[k])
+        return flat[off:off + 6 * S * S].reshape(6, S, S, 3)
 
     def specular_maps(self) -> List[torch.Tensor]:
         """Prefiltered maps, one per roughness level, each ``[6, S_k, S_k, 3]`` (coarser when rougher)."""
-        S = self.base.shape[1]
-        out = []
-        for k, r in enumerate(self.roughness_levels):
-            So = self._level_res(k)
-            out.append(self._filter(_filter_matrix(So, S, r), self.base, So))
-        return out
+        return [self._unpack(k) for k in range(len(self.roughness_levels))]
 
     def irradiance(self) -> torch.Tensor:
         """Cosine-convolved (diffuse) map ``[6, 8, 8, 3]`` (divided by π: multiply by albedo)."""
-        return self._filter(_filter_matrix(8, self.base.shape[1], -1.0), self.base, 8)
+        return self._unpack(len(self.roughness_levels))
 
-    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, roughness: torch.Tensor,
-              metallic: torch.Tensor, campos: torch.Tensor) -> torch.Tensor:
-        """Split-sum shading of surface points.
+    def shade(self, pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+              campos: torch.Tensor) -> torch.Tensor:
+        """Split-sum shading of surface points: ``[N, H, W, 3]`` linear radiance towards the camera.
 
         Args:
-            pos: ``[N, H, W, 3]`` world positions; normal: ``[N, H, W, 3]`` unit normals.
-            kd: ``[N, H, W, 3]`` base colour; roughness, metallic: ``[N, H, W, 1]``.
+            pos: ``[N, H, W, 3]`` world positions; normal: ``[N, H, W, 3]`` unit shading normals.
+            kd: ``[N, H, W, 3]`` base colour; ks: ``[N, H, W, 3]`` (occlusion, roughness, metallic)
+                or None (Lambertian: irradiance·kd).
             campos: ``[N, 3]`` camera positions.
 
-        Returns:
-            ``[N, H, W, 3]`` linear radiance towards the camera.
+        Gradients reach the cube map, pos, normal, kd and ks.
         """
-        if roughness.numel() and bool((roughness < 0).any()):
-            raise ValueError("roughness: expected values >= 0")
-        N = pos.shape[0]
-        dt = self.base.dtype
-        wo = safe_normalize(campos.view(N, 1, 1, 3).to(pos.dtype) - pos)
-        nv = (normal * wo).sum(-1, keepdim=True)
-        refl = safe_normalize(2 * nv * normal - wo)
-        irr = texture(self.irradiance()[None].to(pos.dtype), normal.contiguous(), filter_mode="linear",
-                      boundary_mode="cube")
-        diffuse = irr * kd * (1 - metallic)
-        # blend the two prefiltered maps around the roughness (piecewise-linear in roughness)
-        levels = torch.tensor(self.roughness_levels, dtype=pos.dtype, device=pos.device)
-        r = roughness.clamp(levels[0], levels[-1])[..., 0]
-        idx = torch.clamp(torch.searchsorted(levels, r.detach().contiguous(), right=True) - 1, 0, len(levels) - 2)
-        lo, hi = levels[idx], levels[idx + 1]
-        t = ((r - lo) / (hi - lo)).unsqueeze(-1)
-        spec_maps = self.specular_maps()
-        spec = torch.zeros_like(pos)
-        for k, m in enumerate(spec_maps):
-            val = texture(m[None].to(pos.dtype), refl.contiguous(), filter_mode="linear", boundary_mode="cube")
-            w = torch.where((idx == k).unsqueeze(-1), 1 - t, torch.zeros_like(t)) + \
-                torch.where((idx == k - 1).unsqueeze(-1), t, torch.zeros_like(t))
-            spec = spec + w * val
-        lut = brdf_lut().to(pos.dtype).to(pos.device)[None]
-        uv = torch.cat([nv.clamp(1e-4, 1.0), roughness.clamp(0.0, 1.0)], -1).contiguous()
-        ab = texture(lut, uv, filter_mode="linear", boundary_mode="clamp")
-        f0 = 0.04 * (1 - metallic) + kd * metallic
-        return diffuse + spec * (f0 * ab[..., :1] + ab[..., 1:2])
+        dt = check_shade_inputs(pos, normal, kd, ks, campos)
+        if self.base.device != pos.device:
+            raise ValueError(f"pos: expected device {self.base.device} (as the light), got {pos.device}")
+        flat, meta, knots, lut = self._packed(dt)
+        return split_sum_shade(flat, meta, knots, lut, pos, normal, kd, ks, campos)
 
     # ------------------------------------------------------------------ lat-long conversion, files
     @torch.no_grad()

@@ -1,14 +1,9 @@
-"""``taichi-dr render``: a shaded, antialiased picture of any OBJ from an orbit view.
+"""``taichi-dr render``: a shaded, antialiased picture of any OBJ, framed from an orbit view.
 
-The pipeline is the whole renderer in miniature:
-
-    frame the bounding sphere -> clip = P·MV·v -> rasterize -> interpolate normals / colours / uvs
-    -> shade (ambient + Lambert key light + a little GGX from a headlight) -> composite on white
-    -> antialias (smooth silhouettes) -> linear to sRGB
-
-Per-corner OBJ attributes (``vn``/``vt`` with their own face indices) need no unrolling: the
-rasterizer output only stores a triangle id and barycentrics, so ``interpolate`` can read any
-attribute array through its own ``[F, 3]`` index (``normal_faces``, ``uv_faces``).
+Nothing here renders by itself: the camera is :func:`~taichi_dr.camera.frame_sphere` around the
+mesh's bounding sphere, the image is :func:`~taichi_dr.render.pipeline.render_mesh_views` (the one
+mesh renderer: rasterize -> interpolate -> shade -> composite on white -> antialias) under a key
+light from over the viewer's shoulder, and the file encoding is :func:`~taichi_dr.image.to_srgb_u8`.
 """
 import math
 from typing import Tuple, Union
@@ -16,60 +11,49 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
-from taichi_dr.camera import look_at, perspective, transform_pos
+from taichi_dr.camera import bounding_sphere, frame_sphere
 from taichi_dr.mesh import Mesh, load_obj
-from taichi_dr.render.antialias import antialias
-from taichi_dr.render.interpolate import interpolate
-from taichi_dr.render.rasterize import rasterize
-from taichi_dr.render.shading import ggx_specular, lambert, safe_normalize, vertex_normals
 
 __all__ = ["render_mesh", "render_obj_to_png"]
 
-_FOVY_DEG = 35.0
-_AMBIENT, _KEY, _HEAD_SPEC = 0.25, 0.8, 0.35  # linear radiances of the three light terms
-_ROUGHNESS = 0.45
+_AMBIENT, _KEY = 0.3, 0.75  # linear radiances of the preview light
 
 
-def _orbit_camera(mesh: Mesh, view: Tuple[float, float]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mvp [4, 4], eye [3], direction from the centre to the eye [3]) framing the bounding sphere."""
-    lo, hi = mesh.verts.min(0)[0].double(), mesh.verts.max(0)[0].double()
-    center, radius = (lo + hi) / 2, max(float((hi - lo).norm()) / 2, 1e-6)
-    az, el = (math.radians(float(a)) for a in view)
-    direction = torch.tensor([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)], dtype=torch.float64)
-    fovy = math.radians(_FOVY_DEG)
-    dist = radius / math.sin(fovy / 2) * 1.05  # the whole bounding sphere fits in the frustum
-    eye = center + dist * direction
-    # keep "up" away from the view direction when looking straight down/up
-    up = (0.0, 1.0, 0.0) if abs(math.sin(el)) < 0.999 else (0.0, 0.0, -math.copysign(1.0, el))
-    mv = look_at(eye.tolist(), center.tolist(), up)
-    proj = perspective(fovy, 1.0, max(dist - radius, dist * 1e-3) * 0.5, (dist + radius) * 1.5)
-    return (proj @ mv).float(), eye.float(), direction.float()
+class _KdTexture:
+    """An OBJ's ``map_Kd`` image as a textured material for ``render_mesh_views`` (kd only)."""
 
-
-def _albedo(mesh: Mesh, rast: torch.Tensor) -> torch.Tensor:
-    """Linear base colour per pixel ``[1, H, W, 3]``: texture, else vertex colours, else grey."""
-    if mesh.texture is not None and mesh.uvs is not None and mesh.uv_faces is not None:
-        from taichi_dr.render.texture import texture
-
+    def __init__(self, mesh: Mesh):
         from taichi_dr.losses import srgb_to_linear
 
-        uv, _ = interpolate(mesh.uvs.float(), rast, mesh.uv_faces.int())
+        # the PNG is sRGB-encoded (as image files are); shading works on linear colour
+        self.tex = srgb_to_linear(mesh.texture.float().clamp(0, 1))[None].contiguous()
+        self.uvs, self.uv_faces = mesh.uvs.float().contiguous(), mesh.uv_faces.int().contiguous()
 
-        tex = srgb_to_linear(mesh.texture.float().clamp(0, 1))[None].contiguous()
-        return texture(tex, uv.contiguous(), filter_mode="linear", boundary_mode="wrap")
+    def sample(self, uv: torch.Tensor, uv_da: torch.Tensor) -> torch.Tensor:
+        from taichi_dr.render.texture import texture
+
+        return texture(self.tex.to(uv.dtype), uv.contiguous(), uv_da.contiguous(),
+                       filter_mode="linear-mipmap-linear", boundary_mode="wrap")
+
+
+def _material(mesh: Mesh):
+    """Linear albedo: the kd texture, else the vertex colours, else a light grey."""
+    if mesh.texture is not None and mesh.uvs is not None and mesh.uv_faces is not None:
+        return _KdTexture(mesh)
     if mesh.colors is not None:
-        return interpolate(mesh.colors.float(), rast, mesh.faces.int())[0]
-    return torch.full(rast.shape[:-1] + (3,), 0.6)
+        return mesh.colors.float()
+    return torch.full((mesh.verts.shape[0], 3), 0.6)
 
 
 def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 20.0),
                 as_float: bool = False) -> Union[np.ndarray, torch.Tensor]:
-    """Render ``mesh`` framed in view from azimuth/elevation ``view`` (degrees) on white.
+    """Render ``mesh`` from azimuth/elevation ``view`` (degrees) on white, its bounding sphere framed.
 
     Args:
-        mesh: any :class:`~taichi_dr.mesh.Mesh`; uses its normals, kd texture or vertex colours
-            when present (vertex colours are linear albedo, as ``save_obj`` writes our reconstructions;
-            a ``map_Kd`` PNG is sRGB-encoded, as usual for image files).
+        mesh: any :class:`~taichi_dr.mesh.Mesh`; uses its kd texture or vertex colours when present
+            (vertex colours are linear albedo, as ``save_obj`` writes our reconstructions; a
+            ``map_Kd`` PNG is sRGB-encoded, as usual for image files). Shading normals are the
+            area-weighted vertex normals; surfaces are two-sided.
         res: image side in pixels.
         view: (azimuth, elevation) in degrees; azimuth 0 looks down −z, elevation > 0 from above.
         as_float: return the linear ``[res, res, 3]`` float32 torch image, rows bottom-up.
@@ -77,46 +61,30 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
     Returns:
         ``[res, res, 3]`` uint8 sRGB image, top row first (ready to save), unless ``as_float``.
     """
-    from taichi_dr.losses import linear_to_srgb
+    from taichi_dr.image import to_srgb_u8
+    from taichi_dr.render.light import DirectionalLight
+    from taichi_dr.render.pipeline import render_mesh_views
 
-    if not isinstance(res, int) or res < 1:
+    if not isinstance(res, int) or isinstance(res, bool) or res < 1:
         raise ValueError(f"res: expected a positive int, got {res!r}")
     if mesh.faces.shape[0] == 0:
         raise ValueError("mesh: has no faces to render")
     verts, faces = mesh.verts.detach().float().contiguous(), mesh.faces.int().contiguous()
-    mvp, eye, to_eye = _orbit_camera(mesh, view)
+    center, radius = bounding_sphere(verts)
+    mv, proj, eye = frame_sphere(center, radius, float(view[0]), float(view[1]))
+    # key light from over the viewer's shoulder: up and to the left of the view direction
+    to_eye = torch.nn.functional.normalize(eye - torch.tensor(center, dtype=torch.float32), dim=0)
+    up = torch.linalg.inv(mv)[:3, 1]
+    key = to_eye + 0.7 * up + 0.4 * torch.linalg.cross(up, to_eye)
+    light = DirectionalLight(key, torch.full((3,), _KEY * math.pi), torch.full((3,), _AMBIENT))  # Lambert: kd·_KEY·cos
     with torch.no_grad():
-        clip = transform_pos(mvp[None], verts).contiguous()
-        rast, _ = rasterize(clip, faces, (res, res))
-        if mesh.normals is not None and mesh.normal_faces is not None:
-            normals, nfaces = mesh.normals.float(), mesh.normal_faces.int()
-        else:
-            normals, nfaces = vertex_normals(verts, faces), faces
-        n = safe_normalize(interpolate(normals.contiguous(), rast, nfaces.contiguous())[0])
-        pos = interpolate(verts, rast, faces)[0]
-        v = safe_normalize(eye.view(1, 1, 1, 3) - pos)
-        n = torch.where((n * v).sum(-1, keepdim=True) < 0, -n, n)  # two-sided: show inner walls too
-        kd = _albedo(mesh, rast)
-        # key light from over the viewer's shoulder (up and to the left of the view direction)
-        key = safe_normalize(to_eye + torch.tensor([0.0, 0.7, 0.0]) + 0.4 * torch.linalg.cross(
-            torch.tensor([0.0, 1.0, 0.0]), to_eye)).view(1, 1, 1, 3)
-        spec = ggx_specular(n, v, v, torch.tensor([_ROUGHNESS]), torch.tensor([0.04]))  # headlight: l = v
-        color = kd * (_AMBIENT + _KEY * lambert(n, key)) + _HEAD_SPEC * spec
-        cov = (rast[..., 3:] > 0).float()
-        color = color * cov + (1 - cov)  # white background
-        color = antialias(color.contiguous(), rast, clip, faces)
-    img = color[0].clamp(0, 1)
-    if as_float:
-        return img
-    srgb = linear_to_srgb(img).numpy()[::-1]  # our images are bottom-up; files are top-down
-    return (srgb * 255 + 0.5).astype(np.uint8)
+        img = render_mesh_views(verts, faces, _material(mesh), (proj @ mv)[None], eye[None], (res, res), light,
+                                torch.ones((1, res, res, 3)))[0, ..., :3].clamp(0, 1)
+    return img if as_float else to_srgb_u8(img)
 
 
 def render_obj_to_png(path: str, out: str, res: int = 512, view: Tuple[float, float] = (30.0, 20.0)) -> None:
     """Load the OBJ at ``path`` and write its rendering to the PNG ``out`` (atomically)."""
-    import imageio.v3 as iio
+    from taichi_dr.image import save_png
 
-    from taichi_dr.mesh import atomic_write
-
-    img = np.ascontiguousarray(render_mesh(load_obj(path), res, view))
-    atomic_write(out, lambda tmp: iio.imwrite(tmp, img, extension=".png"))
+    save_png(out, render_mesh(load_obj(path), res, view))

@@ -40,26 +40,38 @@ zeros as if the sample were nudged by an infinitesimal (ε, ε²): the canonical
 ``−dy`` (or ``dx`` when ``dy == 0``). A consistent nudge means every pixel centre on a shared edge
 or vertex of a mesh belongs to exactly one triangle (the top-left rule of GPUs is the same idea).
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
 
-from taichi_dr._checks import as_index32, check_float, check_index, check_resolution, check_same_device, check_tensor
+from taichi_dr._checks import (FLOATS, INTS, as_index32, check_device, check_resolution, check_tensor, deferred_checks,
+                               verify_deferred)
+from taichi_dr.render._pixel_loops import row_piece
 from taichi_dr.render._raster_kernels import EMPTY as _EMPTY
-from taichi_dr.render._raster_kernels import kernels as _kernels
+from taichi_dr.render._raster_kernels import kernels
 from taichi_dr.runtime import ensure_init, ti_real
 
 __all__ = ["rasterize"]
 
 
+def _kernels(real):
+    return kernels(real, row_piece())
+
+
 def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N: int,
-                H: int, W: int) -> torch.Tensor:
-    """Nearest-triangle z-buffer [N, H, W] int64 of packed keys (not differentiable)."""
+                H: int, W: int, checks: torch.Tensor, verify) -> torch.Tensor:
+    """Nearest-triangle z-buffer [N, H, W] int64 of packed keys (not differentiable).
+
+    ``checks`` (``deferred_checks`` of the inputs) is read together with the tile-job count, the
+    op's one host synchronisation; ``verify`` raises from it before anything uses the result.
+    """
     k = _kernels(ti_real(pos.dtype))
     dev = pos.device
     zbuf = torch.full((N, H, W), _EMPTY, dtype=torch.int64, device=dev)
     work_n, work_t, K, n_inst = work
     if K == 0:
+        verify(checks.tolist())
         return zbuf
     tiles = torch.empty((K, 8), dtype=torch.int32, device=dev)  # tile x0, y0, count x; pixel bbox; n
     poly = torch.empty((K, 4, 3), dtype=pos.dtype, device=dev)  # clipped polygon: pixel X, Y, z/w
@@ -67,7 +79,9 @@ def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N
     counts = torch.empty(K, dtype=torch.int64, device=dev)  # tile jobs per large triangle
     njobs = torch.zeros(1, dtype=torch.int64, device=dev)
     k.setup(pos, tri, work_n, work_t, K, n_inst, per_instance, W, H, tiles, counts, poly, keys, zbuf, njobs)
-    total = int(njobs[0])
+    vals = torch.cat([njobs, checks]).tolist()  # the one host sync: job count and input checks
+    verify(vals[1:])
+    total = vals[0]
     if total > 0:  # large triangles: one job per (triangle, 16×16 tile)
         if total >= 2**31:
             raise ValueError(f"resolution: {H}x{W} with {K} triangles needs {total} tile jobs (limit 2^31)")
@@ -81,10 +95,10 @@ def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pos4, tri, work, per_instance, N, H, W, grad_db):
+    def forward(ctx, pos4, tri, work, per_instance, N, H, W, grad_db, checks, verify):
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their backward work
         pos4 = pos4.detach().contiguous()
-        zbuf = _visibility(pos4, tri, work, per_instance, N, H, W)
+        zbuf = _visibility(pos4, tri, work, per_instance, N, H, W, checks, verify)
         rast = torch.empty((N, H, W, 4), dtype=pos4.dtype, device=pos4.device)
         db = torch.empty_like(rast)
         _kernels(ti_real(pos4.dtype)).resolve(pos4, tri, zbuf, per_instance, rast.view(-1, 4), db.view(-1, 4))
@@ -100,7 +114,7 @@ class _Rasterize(torch.autograd.Function):
         if not ctx.grad_db:
             g_db = None
         if g_rast is None and g_db is None:
-            return (None,) * 8
+            return (None,) * 10
         if g_db is None:
             # the common case: only (u, v) carry gradient -> hand-written adjoint, no AD tape
             g_pos = torch.zeros_like(pos4)
@@ -118,7 +132,7 @@ class _Rasterize(torch.autograd.Function):
             k.resolve_flat.grad(p, tri, zbuf, ctx.per_instance, r, d)
             g_pos = p.grad
         g_pos[..., 2] = 0  # z never receives gradient (nvdiffrast convention)
-        return g_pos, None, None, None, None, None, None, None
+        return (g_pos,) + (None,) * 9
 
 
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
@@ -143,11 +157,14 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
     ids are piecewise constant in ``pos`` (visibility gradients come from :func:`antialias`).
     """
     ensure_init()
+    check_device(pos=pos, tri=tri)  # (ranges may live anywhere: it is read on the host)
     H, W = check_resolution("resolution", resolution)
-    check_float("pos", pos, ndim=(2, 3), last=4, expected="[N, V, 4] or [V, 4] (with ranges)")
+    check_tensor("pos", pos, ndim=(2, 3), last=4, dtypes=FLOATS, expected="[N, V, 4] or [V, 4] (with ranges)")
     V = pos.shape[-2]
-    check_index("tri", tri, V, ndim=2, last=3, expected="[T, 3]")
-    check_same_device(pos=pos, tri=tri)
+    check_tensor("tri", tri, ndim=2, last=3, dtypes=INTS, expected="[T, 3]")
+    # pos finite and tri in [0, V): computed on the device now, read with the first kernel's result
+    checks = deferred_checks([pos], tri)
+    verify = functools.partial(verify_deferred, finite=[("pos", pos)], index=("tri", tri, V))
     T = tri.shape[0]
     dev = pos.device
     if ranges is None:
@@ -171,5 +188,5 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution: Tuple[int, int],
                            or [torch.zeros(0, dtype=torch.int32)]).to(dev)
         work = (work_n.contiguous(), work_t.contiguous(), work_t.numel(), 0)  # explicit (image, triangle) lists
         pos3, per_instance = pos.unsqueeze(0), 0
-    rast, db = _Rasterize.apply(pos3, as_index32(tri), work, per_instance, N, H, W, bool(grad_db))
+    rast, db = _Rasterize.apply(pos3, as_index32(tri), work, per_instance, N, H, W, bool(grad_db), checks, verify)
     return rast, db

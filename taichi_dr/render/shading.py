@@ -1,7 +1,18 @@
-"""Shading math as pure, differentiable torch functions: normals, Lambert, GGX microfacet BSDF.
+"""Shading: normals, the material model (Lambert + GGX microfacet BSDF), and the fused shading ops.
 
-All direction arguments are ``[..., 3]`` unit vectors pointing *away* from the surface (towards
-the light / the viewer), broadcastable against each other.
+Two layers:
+
+* pure, differentiable **torch** functions of the BSDF (``lambert``, ``ggx_bsdf``, …) for any
+  ``[..., 3]`` shapes: readable, and what the tests take as the reference;
+* the **fused per-pixel ops** used by the lights' ``shade`` (:func:`analytic_shade`,
+  :func:`split_sum_shade`): one Taichi kernel per light type evaluates the whole material model of
+  a pixel, with a hand-written adjoint (:mod:`taichi_dr.render._shading_kernels`).
+
+Conventions, once for the package: every direction points *away* from the surface — towards the
+light, towards the viewer (a :class:`~taichi_dr.render.light.DirectionalLight`'s ``direction``
+points towards the light). The material of a pixel is nvdiffrec's: base colour ``kd`` and
+``ks`` = (occlusion o, roughness r, metallic m); the occlusion darkens the light that comes from
+everywhere (the environment, an ambient term) by (1 − o), not direct light.
 
 GGX (Trowbridge–Reitz) specular, as in nvdiffrec, with α = roughness² (≥ 0.08²):
 
@@ -14,15 +25,18 @@ with F0 = 0.04·(1 − metallic) + kd·metallic and diffuse kd·(1 − metallic)
 to [1e-4, 1 − 1e-4] so that grazing angles give finite gradients.
 """
 import math
+from typing import Optional
 
 import torch
 
-from taichi_dr._checks import check_index, check_tensor, FLOATS
+from taichi_dr._checks import FLOATS, check_index, check_device, check_tensor, shape_str
+from taichi_dr.runtime import current_arch, ensure_init, ti_real
 
 __all__ = ["face_normals", "vertex_normals", "lambert", "ggx_ndf", "smith_g", "fresnel_schlick", "ggx_specular",
-           "ggx_bsdf", "safe_normalize", "shade_directional_light", "shade_point_light"]
+           "ggx_bsdf", "safe_normalize", "perturb_normal", "check_shade_inputs", "analytic_shade", "split_sum_shade"]
 
 _EPS = 1e-4
+_ENV_BLOCKS = 32  # CPU: pixel blocks of the environment backward, each with its own gradient maps
 
 
 def safe_normalize(x: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
@@ -77,7 +91,8 @@ def lambert(normal: torch.Tensor, light_dir: torch.Tensor) -> torch.Tensor:
     return torch.clamp((normal * light_dir).sum(-1, keepdim=True), min=0.0)
 
 
-def ggx_ndf(alpha2: torch.Tensor, cos_h: torch.Tensor) -> torch.Tensor:
+def ggx_ndf(alpha2, cos_h):
+    """GGX normal distribution D = α²/(π((n·h)²(α² − 1) + 1)²) (tensors or floats, broadcast)."""
     d = (cos_h * alpha2 - cos_h) * cos_h + 1.0
     return alpha2 / (d * d * math.pi)
 
@@ -146,24 +161,167 @@ def ggx_bsdf(kd: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor, 
     return diffuse + ggx_specular(normal, view_dir, light_dir, roughness, f0)
 
 
-def shade_directional_light(kd: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor, normal: torch.Tensor,
-                            view_dir: torch.Tensor, light_dir: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
-    """Outgoing radiance ``[..., 3]`` under a directional light of radiance ``color`` ``[3]``.
+def perturb_normal(normal: torch.Tensor, tangent: torch.Tensor, normal_ts: torch.Tensor) -> torch.Tensor:
+    """Shading normal from a tangent-space normal map (OpenGL convention, as nvdiffrec).
 
-    ``light_dir`` ``[..., 3]`` points from the surface *towards* the light (it is normalised here),
-    i.e. the opposite of a ``DirectionalLight.direction`` that says where light travels.
+    With the bitangent B = normalize(T × N): n = normalize(T·x − B·y + N·max(z, 0)), i.e. x along
+    the tangent, y along N × T ("up" in an OpenGL normal map), z along the surface normal.
+
+    Args:
+        normal: ``[..., 3]`` interpolated unit normals N.
+        tangent: ``[..., 3]`` tangents T (orthogonal to N, not necessarily unit).
+        normal_ts: ``[..., 3]`` tangent-space normals (x, y, z), e.g. a map in [−1, 1] (z ≥ 0).
+
+    Returns:
+        ``[..., 3]`` unit shading normals (differentiable w.r.t. all three inputs).
     """
-    return ggx_bsdf(kd, roughness, metallic, normal, view_dir, safe_normalize(light_dir)) * color
+    _check_dirs(normal=normal, tangent=tangent, normal_ts=normal_ts)
+    bitangent = safe_normalize(torch.linalg.cross(tangent, normal.expand_as(tangent)))
+    n = (tangent * normal_ts[..., 0:1] - bitangent * normal_ts[..., 1:2]
+         + normal * torch.clamp(normal_ts[..., 2:3], min=0.0))
+    return safe_normalize(n)
 
 
-def shade_point_light(kd: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor, normal: torch.Tensor,
-                      pos: torch.Tensor, cam_pos: torch.Tensor, light_pos: torch.Tensor,
-                      color: torch.Tensor) -> torch.Tensor:
-    """Outgoing radiance ``[..., 3]`` at surface points ``pos`` ``[..., 3]`` seen from ``cam_pos``
-    ``[..., 3]`` and lit by an isotropic point light at ``light_pos`` ``[..., 3]`` of intensity
-    ``color`` ``[3]``: irradiance falls off as 1/d² (d clamped ≥ 1e-4 to stay finite)."""
-    _check_dirs(pos=pos, cam_pos=cam_pos, light_pos=light_pos)
-    to_light = light_pos - pos
-    dist2 = torch.clamp((to_light * to_light).sum(-1, keepdim=True), min=1e-8)
-    bsdf = ggx_bsdf(kd, roughness, metallic, normal, safe_normalize(cam_pos - pos), safe_normalize(to_light))
-    return bsdf * color / dist2
+# ---------------------------------------------------------------------- fused per-pixel shading ops
+def check_shade_inputs(pos, normal, kd, ks, campos) -> torch.dtype:
+    """Validate the per-pixel inputs of ``light.shade``; return their dtype.
+
+    ``pos``, ``normal``, ``kd``, ``ks`` (or None): ``[N, H, W, 3]`` of one float dtype and device;
+    ``campos``: ``[N, 3]``; roughness ``ks[..., 1]`` ≥ 0.
+    """
+    check_tensor("pos", pos, 4, 3, FLOATS, "[N, H, W, 3]")
+    for name, t in (("normal", normal), ("kd", kd), ("ks", ks)):
+        if t is None and name == "ks":
+            continue
+        check_tensor(name, t, 4, 3, FLOATS, "[N, H, W, 3]")
+        if t.shape != pos.shape:
+            raise ValueError(f"{name}: expected shape {shape_str(pos.shape)} (as pos), got {shape_str(t.shape)}")
+        if t.dtype != pos.dtype:
+            raise TypeError(f"{name}: expected dtype {pos.dtype} (as pos), got {t.dtype}")
+    check_tensor("campos", campos, 2, 3, FLOATS, f"[{pos.shape[0]}, 3]")
+    if campos.shape[0] != pos.shape[0]:
+        raise ValueError(f"campos: expected shape [{pos.shape[0]}, 3], got {shape_str(campos.shape)}")
+    check_device(pos=pos, normal=normal, kd=kd, ks=ks, campos=campos)
+    if ks is not None:
+        _check_roughness(ks[..., 1])
+    return pos.dtype
+
+
+def _flat(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``[P, 3]`` contiguous view (a copy only if needed); a 1-row dummy for None."""
+    return like.new_zeros(1, 3) if t is None else t.detach().reshape(-1, 3).contiguous()
+
+
+class _AnalyticShade(torch.autograd.Function):
+    """A directional / point light + ambient on every pixel: ``_shading_kernels.analytic_*``."""
+
+    @staticmethod
+    def forward(ctx, light, pos, normal, kd, ks, campos, point):
+        from taichi_dr.render._shading_kernels import kernels
+
+        ctx.set_materialize_grads(False)
+        N, H, W, _ = pos.shape
+        args = [_flat(t, pos) for t in (pos, normal, kd, ks)] + [campos.detach().to(pos.dtype).contiguous(), H * W,
+                                                                 light.detach().contiguous(), point, ks is not None]
+        out = torch.empty_like(pos)
+        kernels(ti_real(pos.dtype)).analytic_fwd(*args, out.view(-1, 3))
+        ctx.args, ctx.has_ks = args, ks is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        from taichi_dr.render._shading_kernels import kernels
+
+        if g_out is None:
+            return (None,) * 7
+        pos = ctx.args[0]
+        g_pos, g_nrm, g_kd = torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos)
+        g_ks = torch.empty_like(pos) if ctx.has_ks else pos.new_zeros(1, 3)
+        g_light = pos.new_zeros(3, 3)
+        kernels(ti_real(pos.dtype)).analytic_bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm,
+                                                 g_kd, g_ks, g_light)
+        shape = g_out.shape
+        return (g_light, g_pos.view(shape), g_nrm.view(shape), g_kd.view(shape),
+                g_ks.view(shape) if ctx.has_ks else None, None, None)
+
+
+def analytic_shade(pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+                   campos: torch.Tensor, light: torch.Tensor, point: bool) -> torch.Tensor:
+    """Radiance ``[N, H, W, 3]`` of a directional or point light plus an ambient term, per pixel.
+
+        out = f(l, v)·(n·l)·color·s + ambient·kd·(1 − m)(1 − o),
+
+    f the Lambert + GGX BSDF of :func:`ggx_bsdf` (pure Lambert kd/π when ``ks`` is None),
+    s = 1 for a directional light, 1/max(d², 1e-8) for a point light.
+
+    Args:
+        pos, normal, kd, ks, campos: as in :func:`check_shade_inputs` (already checked).
+        light: ``[3, 3]`` rows (direction towards the light | position, color, ambient).
+        point: whether row 0 is a position.
+
+    Gradients reach pos, normal, kd, ks and ``light``; not campos.
+    """
+    ensure_init()
+    return _AnalyticShade.apply(light.to(pos.dtype), pos, normal, kd, ks, campos, bool(point))
+
+
+class _EnvShade(torch.autograd.Function):
+    """Split-sum environment shading of every pixel: ``_shading_kernels.env_*``."""
+
+    @staticmethod
+    def forward(ctx, env, pos, normal, kd, ks, campos, meta, knots, lut):
+        from taichi_dr.render._shading_kernels import kernels
+
+        ctx.set_materialize_grads(False)
+        N, H, W, _ = pos.shape
+        env_c = env.detach().contiguous()
+        args = [_flat(t, pos) for t in (pos, normal, kd, ks)] + [
+            campos.detach().to(pos.dtype).contiguous(), H * W, env_c, meta, knots, lut.reshape(-1, 2),
+            lut.shape[0], ks is not None]
+        out = torch.empty_like(pos)
+        kernels(ti_real(pos.dtype)).env_fwd(*args, out.view(-1, 3))
+        ctx.args, ctx.has_ks = args, ks is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        from taichi_dr.render._shading_kernels import kernels
+
+        if g_out is None:
+            return (None,) * 9
+        pos, env = ctx.args[0], ctx.args[6]
+        g_pos, g_nrm, g_kd = torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos)
+        g_ks = torch.empty_like(pos) if ctx.has_ks else pos.new_zeros(1, 3)
+        # CPU: one private copy of the map gradients per block of pixels (no atomics), summed here
+        private = current_arch() == "cpu"
+        g_env = env.new_zeros(_ENV_BLOCKS if private else 1, *env.shape)
+        kernels(ti_real(pos.dtype)).env_bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm, g_kd,
+                                            g_ks, g_env, private)
+        g_env = g_env.sum(0)
+        shape = g_out.shape
+        return (g_env, g_pos.view(shape), g_nrm.view(shape), g_kd.view(shape),
+                g_ks.view(shape) if ctx.has_ks else None, None, None, None, None)
+
+
+def split_sum_shade(env: torch.Tensor, meta: torch.Tensor, knots: torch.Tensor, lut: torch.Tensor,
+                    pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
+                    campos: torch.Tensor) -> torch.Tensor:
+    """Split-sum image-based shading ``[N, H, W, 3]`` of every pixel, one kernel launch:
+
+        out = (irr(n)·kd(1 − m) + spec(reflect(v, n), r)·(F0·A + B))·(1 − o),  F0 = 0.04(1 − m) + kd·m,
+
+    irr(n) = irradiance cube map at the normal (bilinear), spec = one trilinear lookup in the
+    prefiltered chain (level = piecewise-linear in r between ``knots``), (A, B) = ``lut`` at
+    (n·v, r). With ``ks`` None: irr(n)·kd.
+
+    Args:
+        env: ``[R, 3]`` packed cube maps: the K specular levels, then the irradiance map.
+        meta: ``[K + 1, 2]`` int32 (texel offset, face size) of each map in ``env``.
+        knots: ``[K]`` roughness of each specular level (increasing), dtype of ``pos``.
+        lut: ``[n, n, 2]`` BRDF table (row = roughness, column = n·v), dtype of ``pos``.
+        pos, normal, kd, ks, campos: as in :func:`check_shade_inputs` (already checked).
+
+    Gradients reach env, pos, normal, kd and ks; not campos.
+    """
+    ensure_init()
+    return _EnvShade.apply(env.to(pos.dtype), pos, normal, kd, ks, campos, meta, knots, lut)

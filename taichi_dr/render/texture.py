@@ -34,7 +34,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from taichi_dr._checks import (FLOATS, check_choice, check_finite, check_float, check_same_device, check_tensor,
+from taichi_dr._checks import (FLOATS, check_choice, check_finite, check_float, check_device, check_tensor,
                                shape_str)
 from taichi_dr.render._texture_kernels import kernels as _kernels
 from taichi_dr.runtime import ensure_init, ti_real
@@ -121,18 +121,26 @@ def _check_tex(tex, cube: bool) -> torch.Tensor:
     return tex.unsqueeze(1)
 
 
-def cube_face_coords(d: torch.Tensor):
-    """OpenGL cube-map projection of directions ``[..., 3]``: face ``[...]`` int32 (+x, −x, +y, −y,
-    +z, −z) and face coordinates ``[..., 2]`` in [0, 1] (differentiable w.r.t. ``d``)."""
+def _cube_frame(d: torch.Tensor):
+    """The one definition of the OpenGL cube-face selection for directions ``[..., 3]``: the
+    components, the major-axis masks ``is_x``, ``is_y`` (else z), ``ma = |major component|`` and the
+    face-plane coordinates ``sc``, ``tc`` (so that s = (sc/ma + 1)/2, t = (tc/ma + 1)/2)."""
     x, y, z = d[..., 0], d[..., 1], d[..., 2]
     ax, ay, az = x.abs(), y.abs(), z.abs()
     is_x = (ax >= ay) & (ax >= az)
     is_y = ~is_x & (ay >= az)
-    face = torch.where(is_x, torch.where(x >= 0, 0, 1), torch.where(is_y, torch.where(y >= 0, 2, 3),
-                                                                      torch.where(z >= 0, 4, 5)))
     ma = torch.where(is_x, ax, torch.where(is_y, ay, az)).clamp(min=1e-20)
     sc = torch.where(is_x, torch.where(x >= 0, -z, z), torch.where(is_y, x, torch.where(z >= 0, x, -x)))
     tc = torch.where(is_x, -y, torch.where(is_y, torch.where(y >= 0, z, -z), -y))
+    return x, y, z, is_x, is_y, ma, sc, tc
+
+
+def cube_face_coords(d: torch.Tensor):
+    """OpenGL cube-map projection of directions ``[..., 3]``: face ``[...]`` int32 (+x, −x, +y, −y,
+    +z, −z) and face coordinates ``[..., 2]`` in [0, 1] (differentiable w.r.t. ``d``)."""
+    x, y, z, is_x, is_y, ma, sc, tc = _cube_frame(d)
+    face = torch.where(is_x, torch.where(x >= 0, 0, 1), torch.where(is_y, torch.where(y >= 0, 2, 3),
+                                                                      torch.where(z >= 0, 4, 5)))
     st = torch.stack([(sc / ma + 1) * 0.5, (tc / ma + 1) * 0.5], -1)
     return face.to(torch.int32), st
 
@@ -152,13 +160,19 @@ class _Sample(torch.autograd.Function):
         da_c = None if da is None else da.detach().contiguous()
         bias_c = None if bias is None else bias.detach().contiguous()
         out = torch.empty((N, H, W, C), dtype=flat.dtype, device=flat.device)
-        bad = torch.zeros(3, dtype=torch.int32, device=flat.device)
+        bad = torch.zeros(4, dtype=torch.int32, device=flat.device)
         fwd(flat_c, meta, *_flat_args(face, st_c, da_c, bias_c), H * W, filt, bmode, da is not None,
             bias is not None, out.view(-1, C), bad)
-        if bad.any():  # NaN/Inf in a 2-D input: the same error as a check before the lookup
-            for name, t, b in zip(("uv", "uv_da", "mip_level_bias"), (st, da, bias), bad.tolist()):
+        if bad.any():  # the op's one host sync: NaN/Inf in a 2-D input, as a check before the lookup would say
+            flags = bad.tolist()
+            for name, t, b in zip(("uv", "uv_da", "mip_level_bias"), (st, da, bias), flags):
                 if b:
                     check_finite(name, t)
+            if flags[3]:  # a sampled texel was NaN/Inf (texels nobody samples cannot change a result)
+                n_bad = int((~torch.isfinite(flat_c)).sum())
+                if n_bad:  # (0: finite texels whose blend overflowed, a legitimate Inf)
+                    raise ValueError(f"tex: expected finite texels, got {n_bad} NaN/Inf entries in the texture "
+                                     "(or in the mip levels built from it)")
         ctx.save_for_backward(flat_c, meta, face, st_c, da_c, bias_c)
         ctx.modes = (filt, bmode)
         return out
@@ -215,6 +229,7 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
     ``mip_level_bias`` with ``'linear-mipmap-linear'``.
     """
     ensure_init()
+    check_device(tex=tex, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
     check_choice("filter_mode", filter_mode, FILTERS)
     check_choice("boundary_mode", boundary_mode, BOUNDARIES)
     cube = boundary_mode == "cube"
@@ -239,7 +254,7 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
         raise ValueError(f"tex: expected batch 1 or {N} (as uv), got {lvl0.shape[0]}")
     if uv.dtype != lvl0.dtype:
         raise TypeError(f"uv: expected dtype {lvl0.dtype} (same as tex), got {uv.dtype}")
-    check_same_device(tex=lvl0, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
+    check_device(tex=lvl0, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
     if cube:
         face, st = cube_face_coords(uv)
     else:
@@ -269,19 +284,13 @@ def texture(tex, uv: torch.Tensor, uv_da: Optional[torch.Tensor] = None, mip_lev
 
 def _st_jacobian(d: torch.Tensor) -> torch.Tensor:
     """d(s, t)/d(direction) ``[..., 2, 3]`` of the cube face projection (analytic, differentiable)."""
-    x, y, z = d[..., 0], d[..., 1], d[..., 2]
-    ax, ay, az = x.abs(), y.abs(), z.abs()
-    is_x = (ax >= ay) & (ax >= az)
-    is_y = ~is_x & (ay >= az)
+    x, y, z, is_x, is_y, ma, sc, tc = _cube_frame(d)
     zero = torch.zeros_like(x)
     # s = (sc/ma + 1)/2 with sc, tc, ma linear in d: ds/dd = (dsc·ma − sc·dma)/(2 ma²)
-    ma = torch.where(is_x, ax, torch.where(is_y, ay, az)).clamp(min=1e-20)
     sgn = lambda v: torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v))
     e = lambda i: torch.stack([zero + (i == 0), zero + (i == 1), zero + (i == 2)], -1)
     dma = torch.where(is_x[..., None], sgn(x)[..., None] * e(0), torch.where(is_y[..., None], sgn(y)[..., None] * e(1),
                                                                              sgn(z)[..., None] * e(2)))
-    sc = torch.where(is_x, torch.where(x >= 0, -z, z), torch.where(is_y, x, torch.where(z >= 0, x, -x)))
-    tc = torch.where(is_x, -y, torch.where(is_y, torch.where(y >= 0, z, -z), -y))
     dsc = torch.where(is_x[..., None], -sgn(x)[..., None] * e(2),
                       torch.where(is_y[..., None], e(0), sgn(z)[..., None] * e(0)))
     dtc = torch.where(is_x[..., None], -e(1), torch.where(is_y[..., None], sgn(y)[..., None] * e(2), -e(1)))

@@ -1,0 +1,251 @@
+"""Mesh cleanup after DMTet: drop geometry the training images cannot see or do not support.
+
+Why DMTet leaves hidden geometry: the image and mask losses only receive gradients from surfaces
+that own pixels in some view. A pocket of negative SDF inside the object (a bubble), or a sheet
+where two fronts of the SDF meet inside the volume, is covered by the outer surface from every
+camera, so nothing pulls it away. The SDF regulariser (BCE between neighbouring signs) does
+penalise every sign change, but it is weighted to a small value after the first quarter of the
+pass (otherwise it erodes thin parts and concavities of the visible surface), and its gradient per
+edge is the same for a hidden sign change as for a visible one, so hidden surfaces shrink only as
+fast as the regulariser also smooths the real surface. A finer grid has more such edges per unit of
+area, more room for bubbles between the fronts and more parameters that no image constrains, which
+is why interior surfaces grew with the grid resolution.
+
+So the output is cleaned with the same evidence the optimisation used, the training views:
+
+1. :func:`face_visibility` rasterizes the mesh with :func:`~taichi_dr.render.rasterize.rasterize`
+   from every training camera (at ``oversample`` × the training resolution, so that thin visible
+   faces are not mistaken for hidden ones) and counts the pixels each face owns after the z-test.
+2. :func:`clean_mesh` removes faces that own no pixel in any view (except small patches inside
+   visible surface: slivers that fall between pixel centres, which would leave holes), then
+   connected components that the images do not support: too few pixels compared with the largest
+   component, or mostly outside the target masks (floaters).
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from taichi_dr.camera import transform_pos
+from taichi_dr.render.rasterize import rasterize
+
+__all__ = ["face_visibility", "face_components", "clean_faces", "compact", "clean_mesh", "collapse_short_edges",
+           "CleanupReport"]
+
+
+@dataclass
+class CleanupReport:
+    """What :func:`clean_mesh` removed (counts are of the input mesh)."""
+
+    faces_in: int = 0
+    invisible_faces: int = 0
+    components_in: int = 0
+    removed_components: int = 0
+    removed_component_faces: int = 0
+    faces_out: int = 0
+
+    def as_dict(self, prefix: str = "") -> Dict[str, int]:
+        return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
+
+
+@torch.no_grad()
+def face_visibility(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
+                    alpha: Optional[torch.Tensor] = None, chunk: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixels owned by each face over all views (after the depth test).
+
+    Args:
+        verts: ``[V, 3]`` float world positions; faces: ``[F, 3]`` int triangles.
+        mvp: ``[N, 4, 4]`` float projection · model-view of each view.
+        resolution: ``(H, W)`` raster size.
+        alpha: optional ``[N, h, w]`` target coverage (any size; resampled to ``(H, W)``), to count
+            how many of each face's pixels lie inside the target masks.
+        chunk: views rasterized at once.
+
+    Returns:
+        ``(pixels [F] int64, in_mask [F] int64)``: pixels owned, and of those inside ``alpha >= 0.5``
+        (zeros without ``alpha``).
+    """
+    if verts.dim() != 2 or verts.shape[-1] != 3:
+        raise ValueError(f"verts: expected shape [V, 3], got {list(verts.shape)}")
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    if mvp.dim() != 3 or mvp.shape[1:] != (4, 4):
+        raise ValueError(f"mvp: expected shape [N, 4, 4], got {list(mvp.shape)}")
+    F_ = faces.shape[0]
+    pixels = torch.zeros(F_ + 1, dtype=torch.int64)
+    inside = torch.zeros(F_ + 1, dtype=torch.int64)
+    if F_ == 0:
+        return pixels[1:], inside[1:]
+    H, W = resolution
+    tri = faces.int().contiguous()
+    for s in range(0, mvp.shape[0], chunk):
+        clip = transform_pos(mvp[s:s + chunk].float(), verts.detach().float())
+        rast, _ = rasterize(clip, tri, (H, W), grad_db=False)
+        ids = rast[..., 3].round().long().cpu()  # triangle id + 1, 0 = background
+        pixels += torch.bincount(ids.reshape(-1), minlength=F_ + 1)
+        if alpha is not None:
+            a = alpha[s:s + chunk].float().unsqueeze(1)
+            a = torch.nn.functional.interpolate(a, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+            inside += torch.bincount(ids[a.cpu() >= 0.5].reshape(-1), minlength=F_ + 1)
+    pixels[0] = inside[0] = 0
+    return pixels[1:], inside[1:]
+
+
+def _face_adjacency(faces: np.ndarray, mask: Optional[np.ndarray] = None, by_edge: bool = False):
+    """Sparse face graph: faces sharing a vertex (or an edge with ``by_edge``), among ``mask`` faces."""
+    F_ = faces.shape[0]
+    idx = np.arange(F_) if mask is None else np.nonzero(mask)[0]
+    f = faces[idx]
+    if by_edge:
+        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        keys = e[:, 0].astype(np.int64) * (int(faces.max()) + 1) + e[:, 1]
+        _, node = np.unique(keys, return_inverse=True)
+    else:
+        node = f.reshape(-1)
+    owner = np.tile(np.arange(len(idx)), 3) if by_edge else np.repeat(np.arange(len(idx)), 3)
+    # bipartite graph face <-> shared element; components of it are components of the faces
+    n_nodes = int(node.max()) + 1 if node.size else 0
+    g = coo_matrix((np.ones(node.size), (owner, len(idx) + node)), shape=(len(idx) + n_nodes,) * 2)
+    _, lab = connected_components(g, directed=False)
+    _, lab = np.unique(lab[:len(idx)], return_inverse=True)  # contiguous labels over the faces only
+    return idx, lab.reshape(-1)
+
+
+def face_components(faces: torch.Tensor) -> Tuple[int, torch.Tensor]:
+    """Connected components of a triangle mesh (faces sharing a vertex): ``(count, labels [F] int64)``."""
+    f = faces.detach().cpu().long().numpy()
+    if f.shape[0] == 0:
+        return 0, torch.zeros(0, dtype=torch.int64)
+    _, lab = _face_adjacency(f)
+    return int(lab.max()) + 1, torch.from_numpy(lab.astype(np.int64))
+
+
+def compact(verts: torch.Tensor, faces: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
+    """Keep the faces ``keep [F] bool`` and drop the vertices no kept face uses.
+
+    Args:
+        verts: ``[V, 3]``; faces: ``[F, 3]`` int; keep: ``[F]`` bool; extra: per-vertex tensors
+            ``[V, ...]`` (e.g. colours) compacted like ``verts``.
+
+    Returns:
+        ``(verts [V', 3], faces [F', 3] int32, *extra')``.
+    """
+    if keep.shape != (faces.shape[0],) or keep.dtype != torch.bool:
+        raise ValueError(f"keep: expected a bool tensor of shape [{faces.shape[0]}], got {keep.dtype} "
+                         f"{list(keep.shape)}")
+    f = faces[keep.to(faces.device)].long()
+    used = torch.zeros(verts.shape[0], dtype=torch.bool)
+    used[f.reshape(-1).cpu()] = True
+    remap = torch.full((verts.shape[0],), -1, dtype=torch.int64)
+    remap[used] = torch.arange(int(used.sum()))
+    out_f = remap[f.cpu()].to(torch.int32).to(faces.device)
+    return (verts[used.to(verts.device)], out_f) + tuple(x[used.to(x.device)] for x in extra)
+
+
+@torch.no_grad()
+def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
+                alpha: Optional[torch.Tensor] = None, keep_patch: int = 8, min_component_fraction: float = 0.02,
+                min_mask_support: float = 0.5) -> Tuple[torch.Tensor, CleanupReport]:
+    """Which faces to keep: those some training view sees, in components the images support.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int32.
+        mvp: ``[N, 4, 4]`` training cameras; resolution: ``(H, W)`` raster size (use ≥ the
+            training resolution).
+        alpha: optional ``[N, h, w]`` training masks (enables the mask-support test).
+        keep_patch: an edge-connected patch of at most this many invisible faces is kept (slivers
+            between pixel centres on the visible surface; removing them would punch holes).
+        min_component_fraction: a component owning fewer pixels than this fraction of the most
+            visible component's pixels is removed (floaters, dust).
+        min_mask_support: a component with less than this fraction of its pixels inside the target
+            masks is removed (geometry in front of the background).
+
+    Returns:
+        ``(keep [F] bool, report)``; apply with :func:`compact`.
+    """
+    rep = CleanupReport(faces_in=int(faces.shape[0]))
+    if faces.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=faces.device), rep
+    pix, inm = face_visibility(verts, faces, mvp, resolution, alpha)
+    f_np = faces.detach().cpu().long().numpy()
+    visible = (pix > 0).numpy()
+    keep = visible.copy()
+    if (~visible).any() and keep_patch > 0:
+        idx, lab = _face_adjacency(f_np, ~visible, by_edge=True)
+        sizes = np.bincount(lab)
+        small = sizes[lab] <= keep_patch
+        keep[idx[small]] = True
+    rep.invisible_faces = int((~keep).sum())
+    # components of what is left, judged by the pixels they own and by the masks
+    kept = np.nonzero(keep)[0]
+    if kept.size:
+        _, lab = _face_adjacency(f_np, keep)
+        n = int(lab.max()) + 1
+        comp_pix = np.bincount(lab, weights=pix.numpy()[kept], minlength=n)
+        comp_in = np.bincount(lab, weights=inm.numpy()[kept], minlength=n)
+        bad = comp_pix < min_component_fraction * comp_pix.max()
+        if alpha is not None:
+            bad |= comp_in < min_mask_support * np.maximum(comp_pix, 1)
+        bad &= comp_pix < comp_pix.max()  # never remove the best-supported component
+        rep.components_in = n
+        rep.removed_components = int(bad.sum())
+        drop = bad[lab]
+        rep.removed_component_faces = int(drop.sum())
+        keep[kept[drop]] = False
+    rep.faces_out = int(keep.sum())
+    return torch.from_numpy(keep).to(faces.device), rep
+
+
+def clean_mesh(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
+               alpha: Optional[torch.Tensor] = None, extra: Tuple[torch.Tensor, ...] = (), **kwargs):
+    """:func:`clean_faces` then :func:`compact`: ``(verts', faces', *extra', report)``.
+
+    ``extra``: per-vertex tensors ``[V, ...]`` compacted along with ``verts``; ``kwargs`` go to
+    :func:`clean_faces`.
+    """
+    keep, rep = clean_faces(verts, faces, mvp, resolution, alpha, **kwargs)
+    return compact(verts, faces, keep, *extra) + (rep,)
+
+
+@torch.no_grad()
+def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: float
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Merge vertices joined by edges shorter than ``min_length`` (each cluster -> its centroid).
+
+    Marching tets puts a vertex on every sign-changing grid edge; where the surface passes close to
+    a grid vertex, the vertices on its edges nearly coincide and the triangles between them are
+    slivers. They own no pixel (so they read as "invisible"), and their random normals make the
+    refinement's regularisers and shading noisy. Faces that collapse to a line or point, and pairs
+    of faces that become the same triangle, are removed; the mesh stays closed.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int; min_length: world units.
+
+    Returns:
+        ``(verts [V', 3], faces [F', 3] int32)``.
+    """
+    if faces.shape[0] == 0 or not min_length > 0:
+        return verts, faces.to(torch.int32)
+    f = faces.detach().cpu().long()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    v = verts.detach().cpu()
+    short = e[(v[e[:, 0]] - v[e[:, 1]]).norm(dim=1) < min_length].numpy()
+    V = v.shape[0]
+    g = coo_matrix((np.ones(len(short)), (short[:, 0], short[:, 1])), shape=(V, V))
+    _, lab = connected_components(g, directed=False)
+    lab_t = torch.from_numpy(lab.astype(np.int64))
+    n = int(lab_t.max()) + 1
+    cnt = torch.zeros(n, dtype=v.dtype).index_add_(0, lab_t, torch.ones(V, dtype=v.dtype))
+    new_v = torch.zeros(n, 3, dtype=v.dtype).index_add_(0, lab_t, v) / cnt.unsqueeze(1)
+    nf = lab_t[f]
+    ok = (nf[:, 0] != nf[:, 1]) & (nf[:, 1] != nf[:, 2]) & (nf[:, 2] != nf[:, 0])
+    nf = nf[ok]
+    # two faces on the same three vertices enclose nothing: drop both
+    _, inv, counts = torch.unique(nf.sort(dim=1)[0], dim=0, return_inverse=True, return_counts=True)
+    nf = nf[counts[inv] == 1]
+    out_v, out_f = compact(new_v, nf.to(torch.int32), torch.ones(nf.shape[0], dtype=torch.bool))
+    return out_v.to(verts.device, verts.dtype), out_f.to(faces.device)

@@ -1,0 +1,244 @@
+"""Pass 2 of the reconstruction: the pass-1 mesh with real 2-D material textures.
+
+After the DMTet pass the topology is fixed, so the material can leave the 3-D field for ordinary
+textures, as nvdiffrec does:
+
+1. **UV atlas** — :func:`unwrap` cuts the mesh into charts and packs them into [0, 1]² with
+   ``xatlas`` (a few texels of padding between islands, sized for the texture resolution).
+2. **Bake** — :func:`bake` rasterizes the mesh *in UV space* (clip position = (2u − 1, 2v − 1, 0, 1))
+   with our own rasterizer, interpolates the world position at every texel centre and evaluates
+   the material field there: the texture starts exactly where pass 1 ended.
+3. **Pad** — :func:`dilate` fills the texels outside every island with the average of their
+   covered neighbours, ring by ring, so that bilinear taps and coarse mip levels that straddle an
+   island border read the island's colour, not black: no seams.
+4. **Optimise** — :class:`TexturedMaterial` holds one ``[1, T, T, 6]`` texture (kd | ks) that
+   :func:`~taichi_dr.render.pipeline.render_mesh_views` samples with our :func:`texture` op,
+   ``linear-mipmap-linear`` with the pixel footprint ``uv_da`` from :func:`interpolate`'s screen
+   derivatives; the reconstruction loop optimises it jointly with the vertex positions and clamps
+   it to the material bounds after each step (nvdiffrec's scheme).
+
+Texture rows are bottom-up (row 0 is v = 0, like all our images; OBJ's convention), so the PNG
+files written by :mod:`~taichi_dr.recon.export` are flipped once, on writing.
+"""
+import math
+from typing import Callable, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taichi_dr.recon.material import KS_MAX, KS_MIN
+from taichi_dr.render.interpolate import interpolate
+from taichi_dr.render.rasterize import rasterize
+from taichi_dr.render.texture import texture
+
+__all__ = ["texture_resolution", "unwrap", "bake", "dilate", "TexturedMaterial", "make_textured_material", "uv_tangents",
+           "VertexColors", "start_material_pass"]
+
+
+def texture_resolution(image_hw: Tuple[int, int], lo: int = 128, hi: int = 2048) -> int:
+    """Texture side for training images of size ``image_hw``: the power of two ≥ the image side, in
+    [lo, hi] (256² images -> 256², 800² -> 1024²). An object seen whole covers well under the full
+    frame, so this is already about one texel per foreground pixel: finer textures get texels that
+    few pixels ever sample (they stay noisy and hurt novel views; measured on Spot, docs/10_materials.md)."""
+    side = max(int(image_hw[0]), int(image_hw[1]))
+    if side < 1:
+        raise ValueError(f"image_hw: expected positive sizes, got {tuple(image_hw)}")
+    return int(min(hi, max(lo, 2 ** math.ceil(math.log2(side)))))
+
+
+def unwrap(verts: torch.Tensor, faces: torch.Tensor, resolution: int = 512, padding: int = 2
+           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UV atlas of a triangle mesh with xatlas.
+
+    Args:
+        verts: ``[V, 3]`` float positions; faces: ``[F, 3]`` int vertex indices.
+        resolution: texture side the charts are packed for; padding: texels between charts.
+
+    Returns:
+        faces ``[F, 3]`` int32 (the same triangles, in xatlas' order), uvs ``[Vt, 2]`` float32 in
+        [0, 1], uv_faces ``[F, 3]`` int32 indexing ``uvs`` (row k of both is the same triangle).
+    """
+    import xatlas
+
+    if faces.dim() != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
+        raise ValueError(f"faces: expected a non-empty [F, 3] tensor, got {list(faces.shape)}")
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(verts.detach().cpu().float().numpy(), faces.cpu().numpy().astype(np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding, pack.bilinear = int(resolution), int(padding), True
+    atlas.generate(pack_options=pack)
+    vmap, idx, uvs = atlas[0]
+    idx = idx.astype(np.int64)
+    out_faces = torch.from_numpy(vmap.astype(np.int64)[idx]).to(torch.int32)
+    return out_faces, torch.from_numpy(uvs.astype(np.float32)), torch.from_numpy(idx).to(torch.int32)
+
+
+@torch.no_grad()
+def bake(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor,
+         field: Callable[[torch.Tensor], torch.Tensor], resolution: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate ``field`` (world position ``[P, 3]`` -> ``[P, C]``) at every covered texel.
+
+    Returns:
+        tex ``[resolution, resolution, C]`` float32 (zeros outside the charts) and the coverage
+        mask ``[resolution, resolution]`` bool; rows bottom-up (row 0 is v = 0).
+    """
+    R = int(resolution)
+    clip = torch.cat([uvs.float() * 2 - 1, torch.zeros_like(uvs[:, :1]).float(), torch.ones_like(uvs[:, :1]).float()], 1)
+    rast, _ = rasterize(clip[None].contiguous(), uv_faces, (R, R))
+    # the world position of each uv vertex: the uv triangle k and the mesh triangle k share corners
+    pos_uv = torch.zeros((uvs.shape[0], 3), dtype=torch.float32, device=verts.device)
+    pos_uv[uv_faces.long().reshape(-1)] = verts.detach().float()[faces.long().reshape(-1)]
+    pos, _ = interpolate(pos_uv, rast, uv_faces)
+    mask = rast[0, ..., 3] > 0
+    p = pos[0][mask]
+    vals = torch.cat([field(p[s:s + 65536]).float() for s in range(0, p.shape[0], 65536)]) if p.shape[0] else None
+    C = vals.shape[1] if vals is not None else int(field(pos.new_zeros((1, 3))).shape[1])
+    tex = torch.zeros((R, R, C), dtype=torch.float32, device=verts.device)
+    if vals is not None:
+        tex[mask] = vals
+    return tex, mask
+
+
+@torch.no_grad()
+def dilate(tex: torch.Tensor, mask: torch.Tensor, rings: int = 16) -> torch.Tensor:
+    """Fill uncovered texels ``[H, W, C]`` from covered neighbours (mask ``[H, W]``), one 3×3 ring per
+    step (``rings`` steps; what is still empty after that gets the mean of the covered texels)."""
+    if tex.dim() != 3 or mask.shape != tex.shape[:2]:
+        raise ValueError(f"mask: expected shape {list(tex.shape[:2])} (tex [H, W, C]), got {list(mask.shape)}")
+    val = (tex * mask[..., None]).permute(2, 0, 1)[None].float()
+    m = mask[None, None].float()
+    known = m.clone()
+    for _ in range(rings):
+        s = F.avg_pool2d(val * known, 3, 1, 1, count_include_pad=False)
+        c = F.avg_pool2d(known, 3, 1, 1, count_include_pad=False)
+        grow = (c > 0) & (known == 0)
+        val = torch.where(grow, s / c.clamp(min=1e-12), val)
+        known = torch.where(grow, torch.ones_like(known), known)
+        if bool(known.all()):
+            break
+    out = val[0].permute(1, 2, 0)
+    if not bool(known.all()) and bool(mask.any()):
+        mean = tex[mask].mean(0)
+        out = torch.where(known[0, 0, ..., None] > 0, out, mean.expand_as(out))
+    return out.to(tex.dtype)
+
+
+def uv_tangents(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor) -> torch.Tensor:
+    """Unit tangents ``[Vt, 3]`` (direction of increasing u on the surface) per UV vertex.
+
+    Per face, T = (e1·Δv2 − e2·Δv1) / (Δu1·Δv2 − Δu2·Δv1) from its edges e and UV edges (Δu, Δv);
+    summed (weighted by |det|, i.e. UV area) over the faces of each UV vertex and normalised. UV
+    vertices are split along seams, so charts never mix their frames.
+    """
+    p, t = verts.detach()[faces.long()], uvs.to(verts.dtype)[uv_faces.long()]
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    d1, d2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    tan = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) * torch.sign(det)[:, None]  # = T·|det|
+    acc = torch.zeros((uvs.shape[0], 3), dtype=verts.dtype, device=verts.device)
+    for k in range(3):
+        acc = acc.index_add(0, uv_faces[:, k].long(), tan)
+    return acc / acc.norm(dim=1, keepdim=True).clamp(min=1e-20)
+
+
+class TexturedMaterial(nn.Module):
+    """kd | ks (| normal) textures ``[1, T, T, 6 or 9]`` on a UV atlas, sampled per pixel (mipmapped trilinear).
+
+    Attributes:
+        tex: parameter ``[1, T, T, C]`` float32 (kd RGB, then occlusion, roughness, metallic, then
+            with C = 9 a tangent-space normal (x, y, z) in [−1, 1]² × [0, 1], OpenGL convention).
+        uvs: ``[Vt, 2]`` float32; uv_faces: ``[F, 3]`` int32 (row k = the mesh's triangle k).
+        mask: ``[T, T]`` bool, texels inside a chart (for re-padding before export).
+    """
+
+    def __init__(self, tex: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        if tex.dim() != 4 or tex.shape[0] != 1 or tex.shape[-1] not in (6, 9):
+            raise ValueError(f"tex: expected [1, T, T, 6 or 9], got {list(tex.shape)}")
+        self.tex = nn.Parameter(tex.float().contiguous())
+        self.register_buffer("uvs", uvs.float().contiguous())
+        self.register_buffer("uv_faces", uv_faces.to(torch.int32).contiguous())
+        self.register_buffer("mask", mask.bool())
+        lo = torch.tensor([0.0, 0.0, 0.0] + list(KS_MIN) + [-1.0, -1.0, 0.0])[:tex.shape[-1]]
+        hi = torch.tensor([1.0, 1.0, 1.0] + list(KS_MAX) + [1.0, 1.0, 1.0])[:tex.shape[-1]]
+        self.register_buffer("lo", lo, persistent=False)
+        self.register_buffer("hi", hi, persistent=False)
+
+    def sample(self, uv: torch.Tensor, uv_da: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, C]`` material at texture coordinates ``uv`` ``[N, H, W, 2]`` with footprint ``uv_da`` ``[N, H, W, 4]``."""
+        return texture(self.tex.to(uv.dtype), uv.contiguous(), uv_da.contiguous(), filter_mode="linear-mipmap-linear",
+                       boundary_mode="clamp")
+
+    def tangents(self, verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """``[Vt, 3]`` tangent per UV vertex of the mesh ``verts``/``faces`` (for the normal map)."""
+        return uv_tangents(verts, faces, self.uvs, self.uv_faces)
+
+    def material(self) -> "TexturedMaterial":
+        """What :func:`~taichi_dr.render.pipeline.render_mesh_views` takes: the module itself."""
+        return self
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project the texels back into the material bounds (call after each optimiser step)."""
+        self.tex.data.copy_(torch.maximum(torch.minimum(self.tex.data, self.hi), self.lo))
+
+    @torch.no_grad()
+    def padded(self) -> torch.Tensor:
+        """``[T, T, C]`` texture with the chart borders re-dilated (for export: the optimiser only
+        moves texels that some pixel sampled)."""
+        return dilate(self.tex.detach()[0], self.mask)
+
+
+def make_textured_material(verts: torch.Tensor, faces: torch.Tensor, field: Callable[[torch.Tensor], torch.Tensor],
+                           image_hw: Tuple[int, int], normal_map: bool = True) -> Tuple[torch.Tensor, TexturedMaterial]:
+    """Unwrap, bake and pad: the pass-2 material of the pass-1 mesh.
+
+    Args:
+        verts: ``[V, 3]``; faces: ``[F, 3]``; field: pass-1 material (``[P, 3]`` -> ``[P, 6 or 9]``; the
+            first 6 channels are baked); image_hw: training image size (chooses the texture size);
+            normal_map: add a tangent-space normal map (channels 6:9), starting flat (0, 0, 1).
+
+    Returns:
+        faces ``[F, 3]`` int32 in the atlas' triangle order (use these with the material) and the
+        :class:`TexturedMaterial`.
+    """
+    R = texture_resolution(image_hw)
+    faces2, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
+    tex, mask = bake(verts, faces2, uvs, uv_faces, lambda p: field(p)[:, :6], R)
+    tex = dilate(tex, mask)
+    if normal_map:
+        tex = torch.cat([tex, torch.tensor([0.0, 0.0, 1.0]).expand(R, R, 3)], -1)
+    return faces2, TexturedMaterial(tex[None], uvs, uv_faces, mask)
+
+
+class VertexColors(nn.Module):
+    """Per-vertex albedo ``[V, 3]`` kept in (0, 1) by a sigmoid (the pass-2 material when pass 1
+    used per-vertex colours, ``ReconConfig.material = 'vertex'``)."""
+
+    def __init__(self, colors: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(torch.logit(colors.detach().float().clamp(1e-4, 1 - 1e-4)))
+
+    def material(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def clamp_(self) -> None:
+        """Nothing to project (the sigmoid bounds the colours)."""
+
+
+def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_hw: Tuple[int, int]):
+    """The pass-2 material of the pass-1 mesh: textures baked from a :class:`MaterialField`, or
+    per-vertex colours from a colour field returning ``[V, 3]``.
+
+    Returns:
+        faces ``[F, 3]`` int32 to render with, and a module with ``material()`` (what to pass to
+        :func:`~taichi_dr.render.pipeline.render_mesh_views`) and ``clamp_()`` (after each step).
+    """
+    from taichi_dr.recon.material import MaterialField
+
+    if isinstance(field, MaterialField):
+        return make_textured_material(verts, faces, field, image_hw)
+    with torch.no_grad():
+        return faces, VertexColors(field(verts))

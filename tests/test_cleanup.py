@@ -1,0 +1,132 @@
+"""Mesh cleanup (recon/cleanup.py): hidden faces, floaters, separate objects, slivers; smoothness loss."""
+import math
+
+import pytest
+import torch
+
+from taichi_dr.camera import look_at, perspective
+from taichi_dr.geometry.marching_tets import marching_tets
+from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.losses import face_pairs, normal_consistency_loss
+from taichi_dr.recon.cleanup import (clean_faces, clean_mesh, collapse_short_edges, compact, face_components,
+                                     face_visibility)
+
+
+def sphere(center, radius, res=10, slivers=False):
+    """Marching-tets sphere; its slivers collapsed as the reconstruction does (unless ``slivers``)."""
+    grid = TetGrid.create(res, 2.2 * radius)
+    v, f = marching_tets(grid.verts, grid.verts.norm(dim=1) - radius, grid)
+    if not slivers:
+        v, f = collapse_short_edges(v, f, 0.2 * 2.2 * radius / res)
+    return v + torch.tensor(center), f
+
+
+def box(center, half):
+    c = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float32)
+    v = c * half + torch.tensor(center)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = [[a, b, c_] for a, b, c_, d in quads] + [[a, c_, d] for a, b, c_, d in quads]
+    return v, torch.tensor(f, dtype=torch.int32)
+
+
+def merge(*meshes):
+    vs, fs, off, owner = [], [], 0, []
+    for k, (v, f) in enumerate(meshes):
+        vs.append(v)
+        fs.append(f + off)
+        owner.append(torch.full((f.shape[0],), k))
+        off += v.shape[0]
+    return torch.cat(vs), torch.cat(fs).to(torch.int32), torch.cat(owner)
+
+
+def cameras(n=12, dist=4.0):
+    proj = perspective(math.radians(40.0), 1.0, 0.1, 20.0)
+    mvs = []
+    for i in range(n):
+        az, el = 2 * math.pi * i / n, math.radians((35.0, -25.0, 5.0)[i % 3])
+        eye = (dist * math.cos(el) * math.sin(az), dist * math.sin(el), dist * math.cos(el) * math.cos(az))
+        mvs.append(proj @ look_at(eye, (0, 0, 0)))
+    return torch.stack(mvs)
+
+
+def masks(v, f, mvp, res):
+    """Coverage of a mesh from every camera (what a dataset's alpha would be)."""
+    from taichi_dr.camera import transform_pos
+    from taichi_dr.render.rasterize import rasterize
+    rast, _ = rasterize(transform_pos(mvp, v), f, (res, res))
+    return (rast[..., 3] > 0).float()
+
+
+def test_hidden_box_inside_sphere_is_removed():
+    sv, sf = sphere((0.0, 0.0, 0.0), 0.8)
+    bv, bf = box((0.05, 0.0, -0.05), 0.3)
+    v, f, owner = merge((sv, sf), (bv, bf))
+    mvp = cameras()
+    pix, _ = face_visibility(v, f, mvp, (128, 128))
+    assert int((pix[owner == 1] > 0).sum()) == 0  # nothing of the box is ever seen
+    keep, rep = clean_faces(v, f, mvp, (128, 128))
+    assert not keep[owner == 1].any()  # the whole hidden box goes
+    assert keep[owner == 0].all()  # the sphere stays complete (slivers between pixels are kept)
+    assert rep.invisible_faces == 12 and rep.faces_out == sf.shape[0]
+    v2, f2 = compact(v, f, keep)
+    assert v2.shape[0] == sv.shape[0] and face_components(f2)[0] == 1
+
+
+def test_floaters_removed_separate_object_kept():
+    a = sphere((-0.7, 0.0, 0.0), 0.35)
+    b = sphere((0.7, 0.1, 0.0), 0.3)         # a genuinely separate second object, in every mask
+    floater = sphere((0.0, 1.0, 0.3), 0.06, res=6)   # outside the objects' silhouettes
+    dust = sphere((-0.7, 0.0, 0.36), 0.012, res=4)   # a speck on the first object's surface
+    v, f, owner = merge(a, b, floater, dust)
+    mvp = cameras(16)
+    objects = merge(a, b)
+    alpha = masks(objects[0], objects[1], mvp, 64)
+    assert face_components(f)[0] == 4
+    keep, rep = clean_faces(v, f, mvp, (128, 128), alpha)
+    assert keep[owner <= 1].all() and not keep[owner >= 2].any()
+    # the specks' own sub-pixel faces are partly invisible already; what is left of them goes as components
+    assert rep.faces_out == int((owner <= 1).sum()) and rep.removed_components >= 2
+    # clean_mesh = clean_faces + compact; per-vertex data follows the compaction
+    v2, f2, ids, _ = clean_mesh(v, f, mvp, (128, 128), alpha, extra=(torch.arange(v.shape[0]),))
+    n_real = a[0].shape[0] + b[0].shape[0]
+    assert face_components(f2)[0] == 2 and ids.tolist() == list(range(n_real))
+    assert torch.equal(v2, v[:n_real])
+    # without masks the floater in front of the background is judged by its pixels alone: it owns
+    # too few, so it still goes
+    keep_nomask, _ = clean_faces(v, f, mvp, (128, 128), None)
+    assert keep_nomask[owner <= 1].all() and not keep_nomask[owner == 3].any()
+
+
+def test_collapse_short_edges_removes_slivers_and_stays_closed():
+    v, f = sphere((0.0, 0.0, 0.0), 0.7, res=20, slivers=True)
+    cell = 2.2 * 0.7 / 20
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long()
+    assert bool(((v[e[:, 0]] - v[e[:, 1]]).norm(dim=1) < 0.2 * cell).any())  # marching tets makes slivers
+    v2, f2 = collapse_short_edges(v, f, 0.2 * cell)
+    e2 = torch.cat([f2[:, [0, 1]], f2[:, [1, 2]], f2[:, [2, 0]]]).long()
+    assert float((v2[e2[:, 0]] - v2[e2[:, 1]]).norm(dim=1).min()) >= 0.2 * cell * 0.5
+    _, counts = torch.unique(e2.sort(1)[0], dim=0, return_counts=True)
+    assert bool((counts == 2).all())  # still closed and manifold
+    assert f2.shape[0] < f.shape[0] and (v2.norm(dim=1) - 0.7).abs().max() < cell
+
+
+def test_normal_consistency_loss():
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], requires_grad=True)
+    f = torch.tensor([[0, 1, 2], [1, 3, 2]], dtype=torch.int32)
+    assert face_pairs(f).tolist() == [[0, 1]]
+    assert float(normal_consistency_loss(v, f)) == pytest.approx(0.0, abs=1e-7)
+    bent = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 1]])
+    assert float(normal_consistency_loss(bent, f)) == pytest.approx(1 - 1 / math.sqrt(3), rel=1e-5)
+    lifted = v.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        lifted[3, 2] = 0.3
+    normal_consistency_loss(lifted, f).backward()
+    assert float(lifted.grad[3, 2]) > 0  # the gradient flattens the crease
+
+
+def test_cleanup_rejects_bad_input():
+    v, f = box((0, 0, 0), 0.5)
+    with pytest.raises(ValueError, match="mvp"):
+        face_visibility(v, f, torch.eye(4), (8, 8))
+    with pytest.raises(ValueError, match="keep"):
+        compact(v, f, torch.ones(3, dtype=torch.bool))
