@@ -9,7 +9,6 @@ import math
 import os
 
 import imageio.v2 as iio2
-import numpy as np
 import torch
 
 import taichi_dr as tdr

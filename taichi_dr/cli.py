@@ -124,7 +124,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.HelpFormatter  # defaults are written into the help texts where they mean something
-    p = _Parser(prog="taichi-dr", description=__doc__.split("\n")[0], formatter_class=fmt)
+    p = _Parser(prog="taichi-dr", description=__doc__.split("\n")[0].replace("``", ""), formatter_class=fmt)
     p.add_argument("--arch", choices=_ARCHES, default=None,
                    help="Taichi backend (default: $TAICHI_DR_ARCH or auto = CUDA when present, else CPU)")
     p.add_argument("--debug", action="store_true", help="show a Python traceback for every error (anywhere on the line)")

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from taichi_dr._checks import check_index, check_tensor, FLOATS, INTS, shape_str
+from taichi_dr._checks import check_index, check_tensor, FLOATS, shape_str
 
 __all__ = ["srgb_transfer", "linear_to_srgb", "srgb_to_linear", "tonemap_srgb", "image_loss", "mask_loss",
            "sdf_reg_loss", "laplacian_loss", "face_pairs", "normal_consistency_loss"]

@@ -9,7 +9,6 @@ Usage: ``TAICHI_DR_ARCH=cuda python tests/cuda_cases.py OUT.npz``
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Callable, Dict, List, Tuple
 
@@ -28,16 +27,10 @@ def case(fn):
 
 
 def _sphere(n_tris: int = 1200) -> Tuple[torch.Tensor, torch.Tensor]:
-    nu = max(4, int(math.sqrt(n_tris / 2)))
-    nv = max(3, n_tris // (2 * nu) + 1)
-    th = torch.linspace(0, math.pi, nv, dtype=torch.float64)
-    ph = torch.linspace(0, 2 * math.pi, nu + 1, dtype=torch.float64)[:-1]
-    T, P = torch.meshgrid(th, ph, indexing="ij")
-    v = torch.stack([T.sin() * P.cos(), T.cos(), T.sin() * P.sin()], -1).reshape(-1, 3)
-    i, j = torch.arange(nv - 1)[:, None] * nu, torch.arange(nu)[None]
-    a, b = i + j, i + (j + 1) % nu
-    f = torch.cat([torch.stack([a, b, a + nu], -1).reshape(-1, 3), torch.stack([b, b + nu, a + nu], -1).reshape(-1, 3)])
-    return v, f.int()
+    from taichi_dr.bench.raster import uv_sphere
+
+    v, f = uv_sphere(n_tris)
+    return v.double(), f
 
 
 def _scene(dev, dtype):

@@ -129,8 +129,9 @@ def test_fast_end_to_end_textured_run_writes_everything(tmp_path):
     out = str(tmp_path / "out")
     cfg = ReconConfig(iters=12, refine_iters=6, grid_res=12, batch=2, turntable_frames=2, turntable_res=16)
     m = reconstruct(root, out, cfg, progress=False)
-    for name in ("mesh.obj", "mesh.mtl", "texture_kd.png", "texture_ks.png", "texture_n.png", "mesh.glb", "light.json",
-                 "metrics.json", "renders/test_000.png"):
+    # the default light is the learnable environment: light.npy (exact) + light.png (preview)
+    for name in ("mesh.obj", "mesh.mtl", "texture_kd.png", "texture_ks.png", "texture_n.png", "mesh.glb", "light.npy",
+                 "light.png", "config.json", "metrics.json", "renders/test_000.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     saved = json.load(open(os.path.join(out, "metrics.json")))
     assert len(saved["test_ssim_per_view"]) == 3 and 0 < saved["test_ssim"] <= 1

@@ -9,7 +9,7 @@ function of position.
 import math
 import os
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 

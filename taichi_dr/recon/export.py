@@ -63,7 +63,8 @@ def save_light(out_dir: str, light) -> Dict[str, str]:
 def _uv_vertices(verts: torch.Tensor, faces: torch.Tensor, uv_faces: torch.Tensor, n_uv: int) -> torch.Tensor:
     """Positions ``[Vt, 3]`` of the UV vertices (a position is repeated along the seams)."""
     pos = torch.zeros((n_uv, 3), dtype=torch.float32)
-    pos[uv_faces.long().reshape(-1)] = verts.detach().float().cpu()[faces.long().reshape(-1)]
+    # everything on the CPU: a CUDA run hands over CUDA faces (indexing across devices fails)
+    pos[uv_faces.long().reshape(-1).cpu()] = verts.detach().float().cpu()[faces.long().reshape(-1).cpu()]
     return pos
 
 

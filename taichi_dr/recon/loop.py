@@ -23,7 +23,6 @@ checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``res
 continues from it with the iteration count, models, optimiser and loss history restored.
 """
 import dataclasses
-import math
 import os
 import signal
 import threading
@@ -330,7 +329,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     test = None
     for split in ("test", "val"):
         if os.path.isfile(os.path.join(data_dir, f"transforms_{split}.json")):
-            test = load_nerf(data_dir, split, cfg.eval_res or auto_res)
+            # evaluated at the dataset's own size (renders/test_###.png too) unless eval_res is set
+            test = load_nerf(data_dir, split, cfg.eval_res)
             break
     # data, models and optimiser state live where the Taichi arch reads them without copies
     device = torch_device_for_arch()

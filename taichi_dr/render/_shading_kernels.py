@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import taichi as ti
 
+from taichi_dr.render._texture_kernels import cube_dir_func
+
 __all__ = ["kernels", "ShadingKernels", "CHUNK"]
 
 CHUNK = 64  # pixels per parallel iteration of the backward kernels (one light-gradient add each)
@@ -122,21 +124,7 @@ def kernels(real) -> ShadingKernels:
         im2 = 0.5 / (ma * ma)
         return f, (sc / ma + 1.0) * 0.5, (tc / ma + 1.0) * 0.5, (esc * ma - ema * sc) * im2, (etc * ma - ema * tc) * im2
 
-    @ti.func
-    def cube_dir(f, sc, tc):
-        """Inverse of the face projection (|major axis| = 1)."""
-        d = ti.Vector([1.0, -tc, -sc], real)
-        if f == 1:
-            d = ti.Vector([-1.0, -tc, sc], real)
-        elif f == 2:
-            d = ti.Vector([sc, 1.0, tc], real)
-        elif f == 3:
-            d = ti.Vector([sc, -1.0, -tc], real)
-        elif f == 4:
-            d = ti.Vector([sc, -tc, 1.0], real)
-        elif f == 5:
-            d = ti.Vector([-sc, -tc, -1.0], real)
-        return d
+    cube_dir = cube_dir_func(real)  # inverse of the face projection (|major axis| = 1)
 
     @ti.func
     def cube_texel(m, f, i, j):

@@ -18,11 +18,35 @@ import math
 
 import taichi as ti
 
-__all__ = ["kernels"]
+__all__ = ["cube_dir_func", "kernels"]
 
 # level = ½·log2 λ = (½ / ln 2)·ln λ; wrapped as real(...) in kernels: a bare Python float there
 # becomes an f32 constant even in f64 kernels
 _HALF_INV_LN2 = 0.5 / math.log(2.0)
+
+
+@functools.lru_cache(maxsize=None)
+def cube_dir_func(real):
+    """``cube_dir(f, sc, tc)`` as a Taichi function of float type ``real``: the direction (|major
+    axis| = 1) of face ``f`` at face coordinates ``sc, tc`` in [-1, 1], the inverse of the face
+    projection. Shared by the texture and the shading kernels (one cube-face convention)."""
+
+    @ti.func
+    def cube_dir(f, sc, tc):
+        d = ti.Vector([1.0, -tc, -sc], real)
+        if f == 1:
+            d = ti.Vector([-1.0, -tc, sc], real)
+        elif f == 2:
+            d = ti.Vector([sc, 1.0, tc], real)
+        elif f == 3:
+            d = ti.Vector([sc, -1.0, -tc], real)
+        elif f == 4:
+            d = ti.Vector([sc, -tc, 1.0], real)
+        elif f == 5:
+            d = ti.Vector([-sc, -tc, -1.0], real)
+        return d
+
+    return cube_dir
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,21 +65,7 @@ def kernels(real, C: int):
     meta_t = ti.types.vector(3, ti.i32)  # per level: (offset, H, W)
     vec4 = ti.types.vector(4, real)
 
-    @ti.func
-    def cube_dir(f, sc, tc):
-        # inverse of the face projection with |major axis| = 1
-        d = ti.Vector([1.0, -tc, -sc], real)
-        if f == 1:
-            d = ti.Vector([-1.0, -tc, sc], real)
-        elif f == 2:
-            d = ti.Vector([sc, 1.0, tc], real)
-        elif f == 3:
-            d = ti.Vector([sc, -1.0, -tc], real)
-        elif f == 4:
-            d = ti.Vector([sc, -tc, 1.0], real)
-        elif f == 5:
-            d = ti.Vector([-sc, -tc, -1.0], real)
-        return d
+    cube_dir = cube_dir_func(real)
 
     @ti.func
     def cube_project(d):
