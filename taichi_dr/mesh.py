@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["Mesh", "load_obj", "save_obj", "atomic_write"]
+__all__ = ["Mesh", "load_obj", "save_obj", "atomic_write", "atomic_write_text"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -68,6 +68,15 @@ def atomic_write(path: PathLike, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    atomic_write(path, write)
 
 
 def _index(tok: str, count: int, path: str, lineno: int) -> int:
@@ -194,11 +203,6 @@ def save_obj(path: PathLike, mesh: Mesh) -> None:
         else:
             lines.append(f"f {f[0]} {f[1]} {f[2]}")
     text = "\n".join(lines) + "\n"
-
-    def write_text(tmp, content=text):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(content)
-
     if mesh.texture is not None:
         import imageio.v3 as iio
 
@@ -206,5 +210,5 @@ def save_obj(path: PathLike, mesh: Mesh) -> None:
         tex = (np.clip(mesh.texture.detach().cpu().numpy()[::-1], 0, 1) * 255 + 0.5).astype(np.uint8)
         atomic_write(os.path.join(folder, f"{base}_kd.png"), lambda tmp: iio.imwrite(tmp, tex, extension=".png"))
         mtl = f"newmtl material0\nKd 1 1 1\nmap_Kd {base}_kd.png\n"
-        atomic_write(os.path.join(folder, f"{base}.mtl"), lambda tmp: write_text(tmp, mtl))
-    atomic_write(path, write_text)
+        atomic_write_text(os.path.join(folder, f"{base}.mtl"), mtl)
+    atomic_write_text(path, text)

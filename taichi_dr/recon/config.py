@@ -126,14 +126,9 @@ class ReconConfig:
 
     def save(self, path: str) -> None:
         """Write the config as JSON, atomically (temporary file + rename)."""
-        from taichi_dr.mesh import atomic_write
+        from taichi_dr.mesh import atomic_write_text
 
-        text = json.dumps(self.to_dict(), indent=2)
-
-        def write(tmp):
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-        atomic_write(path, write)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def read_config_json(path: str) -> Dict[str, Any]:

@@ -24,27 +24,16 @@ import numpy as np
 import torch
 
 from taichi_dr.losses import linear_to_srgb, srgb_to_linear
-from taichi_dr.mesh import Mesh, atomic_write, load_obj, save_obj
+from taichi_dr.image import save_png, to_srgb_u8
+from taichi_dr.mesh import Mesh, atomic_write, atomic_write_text, load_obj, save_obj
 from taichi_dr.recon.texture_pass import TexturedMaterial, dilate, make_textured_material
 
 __all__ = ["export_mesh", "load_textured_obj", "save_light", "load_light"]
 
 
 def _u8(img: np.ndarray) -> np.ndarray:
+    """Linear data in [0, 1] (not colour: no sRGB encoding) -> uint8."""
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _write_png(path: str, img_u8: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, img_u8, extension=".png"))
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    atomic_write(path, write)
 
 
 def save_light(out_dir: str, light) -> Dict[str, str]:
@@ -56,7 +45,7 @@ def save_light(out_dir: str, light) -> Dict[str, str]:
         return {"light": "light.npy", "light_preview": "light.png"}
     data = {k: [float(x) for x in torch.as_tensor(getattr(light, k)).detach().reshape(-1)]
             for k in ("direction", "color", "ambient") if getattr(light, k, None) is not None}
-    _write_text(os.path.join(out_dir, "light.json"), json.dumps(data, indent=2) + "\n")
+    atomic_write_text(os.path.join(out_dir, "light.json"), json.dumps(data, indent=2) + "\n")
     return {"light": "light.json"}
 
 
@@ -116,15 +105,15 @@ def export_mesh(out_dir: str, verts: torch.Tensor, faces: torch.Tensor, material
     if not isinstance(material, TexturedMaterial):  # a field: bake it (pass 1 without a texture pass)
         faces, material = make_textured_material(verts, faces, material, image_hw)
     tex = dilate(material.tex.detach()[0].cpu(), material.mask.cpu())  # re-pad the chart borders
-    kd = _u8(linear_to_srgb(tex[..., 0:3]).numpy()[::-1])  # files are top row first
+    kd = to_srgb_u8(tex[..., 0:3])  # sRGB albedo, top row first as image files are
     orm = torch.cat([1 - tex[..., 3:4], tex[..., 4:6]], -1)  # glTF occlusion: 1 = unoccluded = 1 − o
     ks = _u8(orm.numpy()[::-1])
-    _write_png(os.path.join(out_dir, "texture_kd.png"), kd)
-    _write_png(os.path.join(out_dir, "texture_ks.png"), ks)
+    save_png(os.path.join(out_dir, "texture_kd.png"), kd)
+    save_png(os.path.join(out_dir, "texture_ks.png"), ks)
     nrm = None
     if tex.shape[-1] >= 9:  # tangent-space normals, (n + 1) / 2 as in every normal map
         nrm = _u8(((tex[..., 6:9] + 1) / 2).numpy()[::-1])
-        _write_png(os.path.join(out_dir, "texture_n.png"), nrm)
+        save_png(os.path.join(out_dir, "texture_n.png"), nrm)
     uvs, uvf = material.uvs.cpu(), material.uv_faces.cpu()
     V, Fc, U, Fu = verts.detach().float().cpu().numpy(), faces.cpu().numpy() + 1, uvs.numpy(), uvf.numpy() + 1
     lines = [f"# taichi_dr textured mesh: {V.shape[0]} vertices, {U.shape[0]} uvs, {Fc.shape[0]} faces",
@@ -133,9 +122,9 @@ def export_mesh(out_dir: str, verts: torch.Tensor, faces: torch.Tensor, material
     lines += [f"vt {a:.7g} {b:.7g}" for a, b in U]
     lines.append("usemtl material0")
     lines += [f"f {f[0]}/{t[0]} {f[1]}/{t[1]} {f[2]}/{t[2]}" for f, t in zip(Fc, Fu)]
-    _write_text(os.path.join(out_dir, "mesh.obj"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(out_dir, "mesh.obj"), "\n".join(lines) + "\n")
     # illum 2: diffuse + specular; Ks/map_Ks hold the ORM texture (nvdiffrec's convention)
-    _write_text(os.path.join(out_dir, "mesh.mtl"), "newmtl material0\nillum 2\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\n"
+    atomic_write_text(os.path.join(out_dir, "mesh.mtl"), "newmtl material0\nillum 2\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\n"
                 "map_Kd texture_kd.png\nmap_Ks texture_ks.png\n" + ("norm texture_n.png\n" if nrm is not None else ""))
     pos_uv = _uv_vertices(verts, faces, uvf, uvs.shape[0]).numpy()
     _write_glb(os.path.join(out_dir, "mesh.glb"), pos_uv, uvf.numpy(), uvs=U, kd=kd, ks=ks, nrm=nrm)

@@ -10,19 +10,14 @@ import torch
 
 from taichi_dr.camera import bounding_sphere, frame_sphere
 from taichi_dr.image import save_png, to_srgb_u8
-from taichi_dr.mesh import atomic_write
+from taichi_dr.mesh import atomic_write, atomic_write_text
 
 __all__ = ["save_json", "save_loss_plot", "save_side_by_side", "save_turntable", "save_checkpoint",
            "load_checkpoint", "format_metrics"]
 
 
 def save_json(path: str, data: Dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    atomic_write(path, write)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 _SUMMARY = (("test_psnr", "test PSNR (sRGB, dB)", "{:.2f}"), ("test_mask_iou", "test mask IoU", "{:.4f}"),
