@@ -96,9 +96,11 @@ def check_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer, it: int, 
     Stopping here, before the optimiser applies the step, keeps the parameters at their last
     good values, so the checkpoint written on this error can be resumed from.
     """
-    if not bool(torch.isfinite(loss)):
+    # one host read for the loss and every gradient (not one per parameter: on CUDA each is a sync)
+    flags = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(p.grad).all() for group in optimizer.param_groups
+                                                    for p in group["params"] if p.grad is not None]
+    if bool(torch.stack(flags).all()):
+        return
+    if not bool(flags[0]):
         raise FloatingPointError(f"the loss became {float(loss.detach())} at iteration {it} ({phase} pass)")
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                raise FloatingPointError(f"a gradient became NaN/Inf at iteration {it} ({phase} pass)")
+    raise FloatingPointError(f"a gradient became NaN/Inf at iteration {it} ({phase} pass)")
