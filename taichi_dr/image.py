@@ -28,10 +28,15 @@ def to_srgb_u8(img_linear: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray((out.numpy()[::-1] * 255 + 0.5).astype(np.uint8))
 
 
-def save_png(path: str, img_u8: np.ndarray) -> None:
-    """Write a uint8 ``[H, W, C]`` array as PNG, atomically (temporary file + rename)."""
+def save_png(path: str, img_u8: np.ndarray, compress_level: int = 6) -> None:
+    """Write a uint8 ``[H, W, C]`` array as PNG, atomically (temporary file + rename).
+
+    ``compress_level`` (zlib, 0-9): lossless at every level; 1 encodes an 800² frame ~3x faster
+    than the default 6 for files ~30 % larger (what many per-view renders want).
+    """
     import imageio.v3 as iio
 
     from taichi_dr.mesh import atomic_write
 
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(img_u8), extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(img_u8), extension=".png",
+                                               compress_level=compress_level))

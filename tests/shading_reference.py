@@ -1,7 +1,8 @@
 """The slow, obvious torch reference of the fused shading kernels (the code the kernels replaced).
 
 Element-wise torch ops and library ``texture()`` lookups, differentiated by autograd; the tests
-compare :mod:`taichi_dr.render._shading_kernels` against it, values and gradients. Material
+compare the fused kernels (:mod:`taichi_dr.render._analytic_kernels`, :mod:`taichi_dr.render._env_kernels`)
+against it, values and gradients. Material
 ``ks`` = (occlusion, roughness, metallic) as in nvdiffrec; ``ks=None`` is pure Lambert.
 """
 import math

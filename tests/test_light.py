@@ -10,6 +10,7 @@ import torch
 from taichi_dr import EnvironmentLight
 import shading_reference as ref
 from taichi_dr.render.light import brdf_lut, cube_directions
+from taichi_dr.render.texture import texture
 from test_shading import compare, pixels
 
 GEN = torch.Generator().manual_seed(0)
@@ -56,6 +57,31 @@ def test_env_kernel_matches_torch_reference(dtype, tol, with_ks):
         return env.shade(*x[:3], x[3] if with_ks else None, cam)
     compare(fast, lambda b, *x: ref.shade_env(b, env.roughness_levels, *x[:3], x[3] if with_ks else None, cam),
             [base, pos, n, kd] + ([ks] if with_ks else []), tol, f"EnvironmentLight with_ks={with_ks}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_padded_maps_look_up_like_texture_at_face_edges_and_corners(dtype):
+    """The kernels read cube maps with a one-texel border copied from the neighbouring faces
+    (light._pad_index); a lookup there must equal texture(boundary_mode='cube'), which
+    re-projects each tap itself. Normals on and next to every cube edge and corner, where
+    the border is read."""
+    g = torch.Generator().manual_seed(5)
+    d = torch.randn(4000, 3, dtype=torch.float64, generator=g)
+    a = torch.randint(0, 3, (4000,), generator=g)
+    b = (a + 1 + torch.randint(0, 2, (4000,), generator=g)) % 3
+    rows = torch.arange(4000)
+    # |d_a| = |d_b| (+ a tiny offset either way): exactly on an edge, or just beside it
+    eps = torch.tensor([0.0, 1e-6, -1e-6], dtype=torch.float64)[torch.randint(0, 3, (4000,), generator=g)]
+    d[rows, b] = d[rows, a].abs() * torch.sign(d[rows, b]) * (1 + eps)
+    corners = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)], dtype=torch.float64)
+    n = torch.nn.functional.normalize(torch.cat([d, corners]), dim=-1).to(dtype).reshape(1, 8, -1, 3)
+    env = EnvironmentLight(8).to(dtype)
+    with torch.no_grad():
+        env.base.copy_(torch.rand(6, 8, 8, 3, dtype=torch.float64, generator=g))
+    ones = torch.ones_like(n)
+    got = env.shade(torch.zeros_like(n), n, ones, None, torch.tensor([[0.0, 0.0, 3.0]], dtype=dtype))
+    want = texture(env.irradiance().detach()[None], n.contiguous(), filter_mode="linear", boundary_mode="cube")
+    assert float((got.detach() - want).abs().max()) <= (1e-6 if dtype == torch.float32 else 1e-13)
 
 
 def test_prefiltered_maps_match_dense_filters_without_warnings():

@@ -114,6 +114,35 @@ def test_mlp_sdf_mode_starts_at_the_hull_and_stays_watertight(dataset, tmp_path)
     assert end < 2.0 * start and end < 5e-3  # it did not drift away from the hull start
 
 
+def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):
+    """nvdiffrec's albedo smoothness term runs in the DMTet pass (ramped in: not at iteration 0) on
+    surface points of the current mesh, and not at all with weight 0."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import _Run
+    from taichi_dr.recon.material import MaterialField
+
+    calls = []
+    orig = MaterialField.smoothness_loss
+
+    def spy(self, p, generator=None, sigma=0.01):
+        calls.append(p.detach().clone())
+        return orig(self, p, generator, sigma)
+    monkeypatch.setattr(MaterialField, "smoothness_loss", spy)
+    train = load_nerf(dataset[0], "train")
+    run = _Run(ReconConfig(iters=10, grid_res=12, batch=2, carve=False), train, str(tmp_path))
+    verts = run.model.dmtet.mesh()[0].detach()
+    for _ in range(3):
+        run.step()
+    assert len(calls) == 2 and 0 < calls[0].shape[0] <= verts.shape[0]
+    assert torch.cdist(calls[0], verts).min(1)[0].max() < 0.05  # points on (near) the DMTet surface
+    calls.clear()
+    run0 = _Run(ReconConfig(iters=10, grid_res=12, batch=2, kd_smooth_weight=0.0, carve=False), train,
+                str(tmp_path))
+    for _ in range(3):
+        run0.step()
+    assert not calls
+
+
 @pytest.mark.slow
 def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     import runpy
@@ -126,3 +155,11 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     assert row["components"] >= 1 and row["invisible_faces"] >= 0
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
+
+
+def test_default_grid_follows_the_training_size():
+    from taichi_dr.recon.loop import auto_grid_res
+
+    assert ReconConfig().validate().grid_res is None  # resolved per dataset, recorded in metrics.json
+    assert auto_grid_res((128, 128)) == 40 and auto_grid_res((160, 120)) == 40
+    assert auto_grid_res((256, 256)) == 64 and auto_grid_res((200, 256)) == 64

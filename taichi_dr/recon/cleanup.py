@@ -148,7 +148,7 @@ def compact(verts: torch.Tensor, faces: torch.Tensor, keep: torch.Tensor, *extra
 
 @torch.no_grad()
 def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
-                alpha: Optional[torch.Tensor] = None, keep_patch: int = 8, min_component_fraction: float = 0.02,
+                alpha: Optional[torch.Tensor] = None, keep_patch: int = 8, min_component_fraction: float = 0.002,
                 min_mask_support: float = 0.5) -> Tuple[torch.Tensor, CleanupReport]:
     """Which faces to keep: those some training view sees, in components the images support.
 
@@ -160,7 +160,9 @@ def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, res
         keep_patch: an edge-connected patch of at most this many invisible faces is kept (slivers
             between pixel centres on the visible surface; removing them would punch holes).
         min_component_fraction: a component owning fewer pixels than this fraction of the most
-            visible component's pixels is removed (floaters, dust).
+            visible component's pixels is removed (floaters, dust). Small on purpose: a thin
+            separate part (a rod, an antenna, a spoke) owns only ~1-3 % of a scene's pixels and is
+            real; what the masks do not support goes by the next test whatever its size.
         min_mask_support: a component with less than this fraction of its pixels inside the target
             masks is removed (geometry in front of the background).
 

@@ -44,8 +44,10 @@ class ReconConfig:
         "help": "DMTet pass iterations (the mesh refinement pass, --refine-iters, follows)", "min": 1})
     refine_iters: int = field(default=300, metadata={
         "help": "texture + mesh refinement iterations after the DMTet pass (0 = off)", "min": 0})
-    grid_res: int = field(default=40, metadata={"help": "tet grid cells per axis", "min": 1,
-                                                          "frozen": True})
+    grid_res: Optional[int] = field(default=None, metadata={
+        "help": "tet grid cells per axis (none = from the training size: 40 up to 160 px on the longer side, "
+                "64 above, so a cell spans ~2-2.5 training pixels: coarser cells lose thin parts the images "
+                "show, finer ones cost time the images cannot repay)", "min": 1, "frozen": True})
     train_res: Optional[int] = field(default=None, metadata={
         "help": "resample training images to this size in pixels (none = as stored, but at most 256 px on the "
                 "longer side: the measured cost per iteration grows with the pixel count)", "min": 1})
@@ -73,6 +75,13 @@ class ReconConfig:
     normal_weight: float = field(default=0.0, metadata={
         "help": "weight of the normal-consistency regulariser (1 - cos between neighbouring faces) in the "
                 "refinement pass: smooths one-pixel bumps without shrinking", "min": 0})
+    carve: bool = field(default=True, metadata={
+        "help": "carve the visual hull where the training views disagree about its colour before the DMTet "
+                "pass (photo-consistency: concavities no silhouette shows; assumes diffuse surfaces)"})
+    kd_smooth_weight: float = field(default=0.03, metadata={
+        "help": "weight of nvdiffrec's albedo smoothness term (mean |kd(x+ε) − kd(x)| on surface points, ramped "
+                "in over the first tenth of the DMTet pass; material=field only): shading must come from the "
+                "geometry, not be painted into kd", "min": 0})
     loss: str = field(default="logl1", metadata={
         "help": "image loss", "choices": ("logl1", "logl2", "l1", "mse", "relmse", "smape")})
     checkpoint_every: int = field(default=100, metadata={"help": "write checkpoint.pt every N iterations", "min": 1})

@@ -6,7 +6,11 @@ Pass 1 (DMTet, topology free). Each iteration takes a batch of training views an
     verts, faces = marching_tets(...)    differentiable extraction
     colour = ColorField(verts)           albedo at the mesh vertices
     image = render(...)                  rasterize -> interpolate -> shade -> composite -> antialias
-    L = image_loss(tonemapped L1) + mask_loss(L2) + λ(t)·sdf_reg_loss,  λ: 0.2 -> 0.01 over 1/4
+    L = image_loss(tonemapped L1) + mask_loss(L2) + λ(t)·sdf_reg_loss + hull hinge
+        + 0.03·ramp(t)·kd smoothness,  λ: 0.2 -> 0.01 over 1/4, ramp: 0 -> 1 over 1/10
+
+The SDF starts as the visual hull's signed distance, carved first where the training views
+disagree about the hull's colour (recon/carve.py: concavities no silhouette shows).
 
 The backgrounds behind both the render and the target are random per pixel (as nvdiffrec
 does), so a pixel can only be matched by covering it with the right colour or by leaving it
@@ -60,7 +64,20 @@ def _raise_interrupt(signum, frame):
 
 
 AUTO_TRAIN_RES = 256  # default training size cap in pixels (measured cost table: docs/08)
+# default grid per training size (longer side, pixels): measured on Mitsuba renders (README): at 256 px
+# grid 64 keeps 4-px rods that grid 40 loses (gadget 800²: 22.4 -> 23.7 dB, Chamfer 1.7e-3 -> 8.6e-4;
+# Spot: Chamfer 4.1e-5 -> 3.0e-5); at 128 px grid 40 is as good and 1.6x cheaper
+AUTO_GRID = ((160, 40), (None, 64))
+
+
+def auto_grid_res(train_hw: Tuple[int, int]) -> int:
+    """``grid_res`` when the user left it unset: from the training images' longer side (``AUTO_GRID``)."""
+    for limit, grid in AUTO_GRID:
+        if limit is None or max(train_hw) <= limit:
+            return grid
+    raise AssertionError("AUTO_GRID ends with a catch-all row")
 SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
+KD_SMOOTH_POINTS = 4096  # surface points per step for the albedo smoothness term (cost ~ 2x that many pixels)
 MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
 
 
@@ -112,9 +129,11 @@ class _Run:
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
-        self.model = ReconModel(cfg.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material)
+        self.grid_res = cfg.grid_res or auto_grid_res(tuple(train.images.shape[1:3]))
+        self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material)
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
-        self.model.init_from_hull(mvp_all, train.images[..., 3])
+        self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
+                                  campos=camera_position(train.mv))
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.it, self.phase = 0, "dmtet"
@@ -130,6 +149,7 @@ class _Run:
         # Adam's normalised steps put on every vertex) shrinks with the cell size, so a finer grid
         # is at least as precise. The MLP's weights take a smaller rate (each moves every vertex).
         if m.dmtet.mode == "direct":
+            # (scaling the rate by grid_res / 40 helped the torus at grid 64 but ruined grid 96: docs/08)
             geo = [{"params": m.dmtet.parameters(), "lr": cfg.lr_geometry}]
         else:
             geo = [{"params": m.dmtet.parameters(), "lr": cfg.lr_geometry * MLP_LR_FACTOR}]
@@ -144,6 +164,16 @@ class _Run:
                                 (2 * H, 2 * W), self.train.images[..., 3])
         self.cleanup[self.phase] = rep.as_dict()
         return keep, rep
+
+    def _kd_smoothness(self, verts: torch.Tensor) -> torch.Tensor:
+        """nvdiffrec's albedo smoothness on up to ``KD_SMOOTH_POINTS`` random surface points of the
+        DMTet mesh: without it the per-pixel field paints shading (a filled dish's, say) into kd, and
+        the image loss has no reason to move the geometry (docs/08)."""
+        n = verts.shape[0]
+        if n == 0:
+            return torch.zeros(())
+        idx = torch.randperm(n, generator=self.gen)[:KD_SMOOTH_POINTS].to(verts.device)
+        return self.model.color.smoothness_loss(verts.detach()[idx], generator=self.gen)
 
     # ------------------------------------------------------------------ passes
     def start_refine(self):
@@ -206,6 +236,9 @@ class _Run:
             # (also what keeps the MLP's SDF from collapsing to "all inside")
             reg = reg + torch.relu(-sdf[self.model.outside_hull]).mean() if bool(self.model.outside_hull.any()) \
                 else reg
+            ramp = min(1.0, self.it / max(0.1 * cfg.iters, 1.0))  # nvdiffrec ramps it in over 10 % of the pass
+            if cfg.kd_smooth_weight > 0 and self.model.material_mode == "field" and ramp > 0:
+                reg = reg + self._kd_smoothness(verts) * (cfg.kd_smooth_weight * ramp)
             lap = torch.zeros(())
             topo = None
         else:
@@ -284,8 +317,9 @@ def _evaluate(run: _Run, test, out_dir: str) -> Dict[str, float]:
                                  light, white)[0]
         a = test.images[i, ..., 3:]
         target = test.images[i, ..., :3] * a + (1 - a)
-        psnrs.append(psnr(linear_to_srgb(pred[..., :3]), linear_to_srgb(target)))
-        ssims.append(ssim(linear_to_srgb(pred[..., :3]), linear_to_srgb(target)))
+        pred_s, target_s = linear_to_srgb(pred[..., :3]), linear_to_srgb(target)  # once: 800² views add up
+        psnrs.append(psnr(pred_s, target_s))
+        ssims.append(ssim(pred_s, target_s))
         ious.append(mask_iou(pred[..., 3], a[..., 0]))
         save_side_by_side(os.path.join(out_dir, "renders", f"test_{i:03d}.png"), target, pred[..., :3])
     return {"test_psnr": sum(psnrs) / len(psnrs), "test_ssim": sum(ssims) / len(ssims),
@@ -391,10 +425,10 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
     export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(train.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
-                     "vertices": int(verts.shape[0]), "grid_res": cfg.grid_res,
+                     "vertices": int(verts.shape[0]), "grid_res": run.grid_res,
                      "train_res": list(train.images.shape[1:3]), "train_views": len(train),
                      **batch_layout(len(train), cfg.batch, ctx),
-                     "cleanup": run.cleanup,
+                     "cleanup": run.cleanup, **getattr(run.model, "carve_report", {}),
                      "removed_invisible_faces": sum(r["invisible_faces"] for r in run.cleanup.values()),
                      "removed_components": sum(r["removed_components"] for r in run.cleanup.values())}
     if test is not None:

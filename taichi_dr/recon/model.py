@@ -23,6 +23,7 @@ from torch import nn
 from taichi_dr.camera import transform_pos
 from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.recon.carve import photo_carve
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
@@ -152,17 +153,25 @@ class ReconModel(nn.Module):
         (evaluated per pixel) or per-vertex albedo ``[V, 3]``."""
         return self.color if self.material_mode == "field" else self.color(verts)
 
-    def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400) -> float:
+    def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400,
+                       images: Optional[torch.Tensor] = None, campos: Optional[torch.Tensor] = None) -> float:
         """Set the SDF to the signed distance of the visual hull, in grid cells (clamped to ±4).
 
         A true distance (rather than a ±1 step) makes the surface move by the same amount for the
         same change of SDF anywhere, and it is smooth, so the MLP mode can fit it closely. Also
         stores ``outside_hull [V] bool``: vertices at least one cell outside the hull, where the
-        object cannot be (used by the hull loss of the DMTet pass). Returns the fit's MSE (cells²).
+        object cannot be (used by the hull loss of the DMTet pass). With ``images [N, H, W, 4]``
+        (linear RGBA) and ``campos [N, 3]`` the hull is first carved where the views disagree about
+        its colour (:func:`~taichi_dr.recon.carve.photo_carve`: concavities no silhouette shows);
+        ``carve_report`` holds what was carved. Returns the fit's MSE (cells²).
         """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
         sdf = hull_sdf(occ, self.dmtet.resolution)
-        self.outside_hull = sdf >= 1.0
+        self.outside_hull = sdf >= 1.0  # of the uncarved hull: the passes may refill a carved point
+        self.carve_report = {"carved_points": 0, "carve_sweeps": 0, "carve_window_px": 0}
+        if images is not None and campos is not None:
+            inside, self.carve_report = photo_carve(occ >= 0.5, self.dmtet.grid(), images, mvp, campos)
+            sdf = hull_sdf(inside.float(), self.dmtet.resolution)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
 

@@ -23,13 +23,15 @@ roughness knot, coarser when rougher), the second a 2-D table of the BRDF's dire
 light is the cosine-weighted irradiance map. Every filter is a fixed linear map of the learnable
 cube map; all of them are stacked into one sparse (CSR) matrix, built once per resolution and
 cached, and applied by a Taichi gather kernel whose adjoint is the same kernel with the transposed
-matrix.
+matrix. The shading kernels read the maps with a one-texel border per face copied from the
+neighbouring faces (a cached gather index, :func:`_pad_index`), so that a bilinear lookup is four
+plain taps.
 """
 import dataclasses
 import functools
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr.render.shading import analytic_shade, check_shade_inputs, ggx_ndf, split_sum_shade
-from taichi_dr.render.texture import texture
-from taichi_dr.runtime import ensure_init, ti_real
+from taichi_dr.render.texture import cube_face_coords, texture
+from taichi_dr.runtime import current_arch, ensure_init, ti_real
 
 __all__ = ["EnvironmentLight", "DirectionalLight", "PointLight", "brdf_lut", "cube_directions"]
 
@@ -106,18 +108,38 @@ def _shade_analytic(vec, color, ambient, point, pos, normal, kd, ks, campos):
     return analytic_shade(pos, normal, kd, ks, campos, light, point)
 
 
-def cube_directions(S: int, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Unit directions of the texel centres ``[6, S, S, 3]`` of a cube map (OpenGL faces, our
-    texel layout: row = t, column = s) and each texel's solid angle ``[6, S, S]``."""
-    c = (torch.arange(S, dtype=torch.float64) + 0.5) / S * 2 - 1
+def _face_directions(c: torch.Tensor) -> torch.Tensor:
+    """Directions ``[6, n, n, 3]`` (|major axis| = 1, not normalised) of the face-plane points
+    (s, t) = (c[column], c[row]) of each cube face (OpenGL faces, as ``cube_dir`` of the kernels)."""
     tc, sc = torch.meshgrid(c, c, indexing="ij")
     one = torch.ones_like(sc)
     faces = [(one, -tc, -sc), (-one, -tc, sc), (sc, one, tc), (sc, -one, -tc), (sc, -tc, one), (-sc, -tc, -one)]
-    d = torch.stack([torch.stack(f, -1) for f in faces])
+    return torch.stack([torch.stack(f, -1) for f in faces])
+
+
+def cube_directions(S: int, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unit directions of the texel centres ``[6, S, S, 3]`` of a cube map (OpenGL faces, our
+    texel layout: row = t, column = s) and each texel's solid angle ``[6, S, S]``."""
+    d = _face_directions((torch.arange(S, dtype=torch.float64) + 0.5) / S * 2 - 1)
     # solid angle of a texel ~ area / r³ on the unit cube face (area (2/S)²)
     r2 = (d * d).sum(-1)
     omega = (2.0 / S) ** 2 / r2 ** 1.5
     return F.normalize(d, dim=-1).to(dtype), omega.to(dtype)
+
+
+def _pad_index(S: int) -> torch.Tensor:
+    """Gather index ``[6·(S + 2)²]`` int64 from a cube map ``[6·S·S]`` to its padded layout (see
+    :mod:`taichi_dr.render._shading_kernels`): texel (i, j) of face f, i, j ∈ [−1, S], sits at
+    (f·(S + 2) + j + 1)·(S + 2) + i + 1 and holds, off the face, the texel its centre's direction
+    projects to on the neighbouring face (floor of the face coordinate, clamped: the seamless
+    bilinear convention of ``texture(boundary_mode='cube')``)."""
+    d = _face_directions((torch.arange(-1, S + 1, dtype=torch.float64) + 0.5) / S * 2 - 1)
+    face, st = cube_face_coords(d)
+    ij = torch.floor(st * S).long().clamp(0, S - 1)
+    idx = (face.long() * S + ij[..., 1]) * S + ij[..., 0]
+    # texels on the face hold themselves (exactly, whatever the rounding of the projection)
+    idx[:, 1:S + 1, 1:S + 1] = torch.arange(6 * S * S).reshape(6, S, S)
+    return idx.reshape(-1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -194,13 +216,33 @@ def _filter_csr(S_in: int, rough: Tuple[float, ...]):
     return fwd, bwd, torch.tensor(meta, dtype=torch.int32)
 
 
+class _Filters(NamedTuple):
+    """Everything the split-sum shading of one base-map size needs besides the map itself (cached)."""
+
+    fwd: Tuple[torch.Tensor, ...]  # W as CSR: rowptr [R + 1] int32, col [nnz] int32, val [nnz] (dtype)
+    bwd: Tuple[torch.Tensor, ...]  # Wᵀ as CSR
+    meta: torch.Tensor  # [K + 1, 2] int32: (offset, face size) of each map in the packed maps [R, 3]
+    pad: torch.Tensor  # [R_pad] int64: gather index from the packed maps to the padded maps
+    pmeta: torch.Tensor  # [K + 1, 2] int32: (offset, face size) of each map in the padded maps [R_pad, 3]
+    knots: torch.Tensor  # [K] roughness of each specular level (dtype)
+    lut: torch.Tensor  # [n, n, 2] BRDF table (dtype)
+
+
 @functools.lru_cache(maxsize=8)
-def _filter_on(S_in: int, rough: Tuple[float, ...], dtype: torch.dtype, device: str):
-    """:func:`_filter_csr` in ``dtype`` on ``device``, plus the BRDF table and roughness knots."""
+def _filter_on(S_in: int, rough: Tuple[float, ...], dtype: torch.dtype, device: str) -> _Filters:
+    """:func:`_filter_csr` in ``dtype`` on ``device``, the padding of the maps, the BRDF table and
+    the roughness knots."""
     fwd, bwd, meta = _filter_csr(S_in, rough)
     conv = lambda csr: (csr[0].to(device), csr[1].to(device), csr[2].to(device=device, dtype=dtype))  # noqa: E731
+    pads, pmeta, off = [], [], 0
+    for o, S in meta.tolist():
+        pads.append(_pad_index(S) + o)
+        pmeta.append((off, S))
+        off += pads[-1].shape[0]
     lut = brdf_lut().to(device=device, dtype=dtype).contiguous()
-    return conv(fwd), conv(bwd), meta.to(device), torch.tensor(rough, dtype=dtype, device=device), lut
+    return _Filters(conv(fwd), conv(bwd), meta.to(device), torch.cat(pads).to(device),
+                    torch.tensor(pmeta, dtype=torch.int32, device=device), torch.tensor(rough, dtype=dtype, device=device),
+                    lut)
 
 
 class _Prefilter(torch.autograd.Function):
@@ -208,19 +250,19 @@ class _Prefilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, base_flat, fwd, bwd):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._env_kernels import kernels
 
         out = base_flat.new_empty(fwd[0].shape[0] - 1, 3)
-        kernels(ti_real(base_flat.dtype)).spmv(*fwd, base_flat.detach().contiguous(), out)
+        kernels(ti_real(base_flat.dtype)).spmv(*fwd, base_flat.detach().contiguous(), out, current_arch() == "cpu")
         ctx.bwd = bwd
         return out
 
     @staticmethod
     def backward(ctx, g):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._env_kernels import kernels
 
         out = g.new_empty(ctx.bwd[0].shape[0] - 1, 3)
-        kernels(ti_real(g.dtype)).spmv(*ctx.bwd, g.detach().contiguous(), out)
+        kernels(ti_real(g.dtype)).spmv(*ctx.bwd, g.detach().contiguous(), out, current_arch() == "cpu")
         return out, None, None
 
 
@@ -247,16 +289,14 @@ class EnvironmentLight(nn.Module):
         self.roughness_levels = levels
 
     def _packed(self, dtype: torch.dtype):
-        """All prefiltered maps packed ``[R, 3]`` (specular levels, then irradiance) + kernel tables."""
+        """All prefiltered maps packed ``[R, 3]`` (specular levels, then irradiance) and the cached tables."""
         ensure_init()
-        fwd, bwd, meta, knots, lut = _filter_on(self.base.shape[1], self.roughness_levels, dtype,
-                                                str(self.base.device))
-        flat = _Prefilter.apply(self.base.reshape(-1, 3).to(dtype), fwd, bwd)
-        return flat, meta, knots, lut
+        fl = _filter_on(self.base.shape[1], self.roughness_levels, dtype, str(self.base.device))
+        return _Prefilter.apply(self.base.reshape(-1, 3).to(dtype), fl.fwd, fl.bwd), fl
 
     def _unpack(self, k: int, dtype=None) -> torch.Tensor:
-        flat, meta, _, _ = self._packed(dtype or self.base.dtype)
-        off, S = (int(x) for x in meta[k])
+        flat, fl = self._packed(dtype or self.base.dtype)
+        off, S = (int(x) for x in fl.meta[k])
         return flat[off:off + 6 * S * S].reshape(6, S, S, 3)
 
     def specular_maps(self) -> List[torch.Tensor]:
@@ -282,8 +322,9 @@ class EnvironmentLight(nn.Module):
         dt = check_shade_inputs(pos, normal, kd, ks, campos)
         if self.base.device != pos.device:
             raise ValueError(f"pos: expected device {self.base.device} (as the light), got {pos.device}")
-        flat, meta, knots, lut = self._packed(dt)
-        return split_sum_shade(flat, meta, knots, lut, pos, normal, kd, ks, campos)
+        flat, fl = self._packed(dt)
+        # the border of the padded maps: one gather (its adjoint, a scatter-add, is torch's)
+        return split_sum_shade(flat.index_select(0, fl.pad), fl.pmeta, fl.knots, fl.lut, pos, normal, kd, ks, campos)
 
     # ------------------------------------------------------------------ lat-long conversion, files
     @torch.no_grad()

@@ -6,7 +6,8 @@ Two layers:
   ``[..., 3]`` shapes: readable, and what the tests take as the reference;
 * the **fused per-pixel ops** used by the lights' ``shade`` (:func:`analytic_shade`,
   :func:`split_sum_shade`): one Taichi kernel per light type evaluates the whole material model of
-  a pixel, with a hand-written adjoint (:mod:`taichi_dr.render._shading_kernels`).
+  a pixel, with a hand-written adjoint (:mod:`taichi_dr.render._analytic_kernels`,
+  :mod:`taichi_dr.render._env_kernels`).
 
 Conventions, once for the package: every direction points *away* from the surface — towards the
 light, towards the viewer (a :class:`~taichi_dr.render.light.DirectionalLight`'s ``direction``
@@ -213,24 +214,24 @@ def _flat(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 
 
 class _AnalyticShade(torch.autograd.Function):
-    """A directional / point light + ambient on every pixel: ``_shading_kernels.analytic_*``."""
+    """A directional / point light + ambient on every pixel: ``_analytic_kernels``."""
 
     @staticmethod
     def forward(ctx, light, pos, normal, kd, ks, campos, point):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._analytic_kernels import kernels
 
         ctx.set_materialize_grads(False)
         N, H, W, _ = pos.shape
         args = [_flat(t, pos) for t in (pos, normal, kd, ks)] + [campos.detach().to(pos.dtype).contiguous(), H * W,
                                                                  light.detach().contiguous(), point, ks is not None]
         out = torch.empty_like(pos)
-        kernels(ti_real(pos.dtype)).analytic_fwd(*args, out.view(-1, 3))
+        kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3))
         ctx.args, ctx.has_ks = args, ks is not None
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._analytic_kernels import kernels
 
         if g_out is None:
             return (None,) * 7
@@ -238,8 +239,8 @@ class _AnalyticShade(torch.autograd.Function):
         g_pos, g_nrm, g_kd = torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos)
         g_ks = torch.empty_like(pos) if ctx.has_ks else pos.new_zeros(1, 3)
         g_light = pos.new_zeros(3, 3)
-        kernels(ti_real(pos.dtype)).analytic_bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm,
-                                                 g_kd, g_ks, g_light)
+        kernels(ti_real(pos.dtype)).bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm,
+                                        g_kd, g_ks, g_light)
         shape = g_out.shape
         return (g_light, g_pos.view(shape), g_nrm.view(shape), g_kd.view(shape),
                 g_ks.view(shape) if ctx.has_ks else None, None, None)
@@ -266,11 +267,11 @@ def analytic_shade(pos: torch.Tensor, normal: torch.Tensor, kd: torch.Tensor, ks
 
 
 class _EnvShade(torch.autograd.Function):
-    """Split-sum environment shading of every pixel: ``_shading_kernels.env_*``."""
+    """Split-sum environment shading of every pixel: ``_env_kernels``."""
 
     @staticmethod
     def forward(ctx, env, pos, normal, kd, ks, campos, meta, knots, lut):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._env_kernels import kernels
 
         ctx.set_materialize_grads(False)
         N, H, W, _ = pos.shape
@@ -279,13 +280,13 @@ class _EnvShade(torch.autograd.Function):
             campos.detach().to(pos.dtype).contiguous(), H * W, env_c, meta, knots, lut.reshape(-1, 2),
             lut.shape[0], ks is not None]
         out = torch.empty_like(pos)
-        kernels(ti_real(pos.dtype)).env_fwd(*args, out.view(-1, 3))
+        kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3))
         ctx.args, ctx.has_ks = args, ks is not None
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        from taichi_dr.render._shading_kernels import kernels
+        from taichi_dr.render._env_kernels import kernels
 
         if g_out is None:
             return (None,) * 9
@@ -295,8 +296,8 @@ class _EnvShade(torch.autograd.Function):
         # CPU: one private copy of the map gradients per block of pixels (no atomics), summed here
         private = current_arch() == "cpu"
         g_env = env.new_zeros(_ENV_BLOCKS if private else 1, *env.shape)
-        kernels(ti_real(pos.dtype)).env_bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm, g_kd,
-                                            g_ks, g_env, private)
+        kernels(ti_real(pos.dtype)).bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm, g_kd,
+                                        g_ks, g_env, private)
         g_env = g_env.sum(0)
         shape = g_out.shape
         return (g_env, g_pos.view(shape), g_nrm.view(shape), g_kd.view(shape),
@@ -315,8 +316,10 @@ def split_sum_shade(env: torch.Tensor, meta: torch.Tensor, knots: torch.Tensor, 
     (n·v, r). With ``ks`` None: irr(n)·kd.
 
     Args:
-        env: ``[R, 3]`` packed cube maps: the K specular levels, then the irradiance map.
-        meta: ``[K + 1, 2]`` int32 (texel offset, face size) of each map in ``env``.
+        env: ``[R, 3]`` packed, padded cube maps (layout of :mod:`taichi_dr.render._shading_kernels`:
+            each face of size S stored as (S + 2)² texels, the border copied from the neighbouring
+            faces): the K specular levels, then the irradiance map.
+        meta: ``[K + 1, 2]`` int32 (texel offset, face size S) of each map in ``env``.
         knots: ``[K]`` roughness of each specular level (increasing), dtype of ``pos``.
         lut: ``[n, n, 2]`` BRDF table (row = roughness, column = n·v), dtype of ``pos``.
         pos, normal, kd, ks, campos: as in :func:`check_shade_inputs` (already checked).
