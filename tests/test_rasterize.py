@@ -85,6 +85,64 @@ def test_equal_depth_tie_goes_to_smaller_id():
     assert bool((ids == 1).all())
 
 
+def _scattered_fillers(n, start):
+    """n degenerate triangles (vertex ids from ``start``) along rows of pixel centres near two
+    opposite corners of a 32×32 image, alternating: small and on screen but covering nothing, they
+    make the mesh order jump around the screen, so that rasterize bins the small triangles by tile
+    and draws the front faces, then the back faces behind the early depth test."""
+    pos, tri = [], []
+    for i in range(n):
+        s = 1.0 if i % 2 else -1.0
+        y = s * 27 / 32  # a row of pixel centres (2 and 29), exactly
+        tri.append([start + len(pos), start + len(pos) + 1, start + len(pos) + 2])
+        pos += [[s * 0.95, y, 0.5, 1], [s * 0.85, y, 0.5, 1], [s * 0.75, y, 0.5, 1]]
+    return pos, tri
+
+
+def test_back_face_behind_the_early_depth_test_wins_only_when_nearer():
+    # The quad (counter-clockwise, ids 1 and 2) is drawn with the front faces, the clockwise
+    # back face (id 3) after them, behind the early depth test. A hair nearer (2e-6 in z/w,
+    # inside the test's rounding margin, ~17 float32 steps of the key) it must win; at the same
+    # depth it loses the tie to the quad's smaller ids, and farther it loses.
+    quad = [[-0.4, -0.4, 0.5, 1], [0.4, -0.4, 0.5, 1], [0.4, 0.4, 0.5, 1], [-0.4, 0.4, 0.5, 1]]  # 12×12 pixels
+    fill_pos, fill_tri = _scattered_fillers(400, 7)
+    for dz, back_wins in ((-2e-6, True), (0.0, False), (2e-6, False)):
+        cw = [[-0.3, 0.3, 0.5 + dz, 1], [0.3, 0.0, 0.5 + dz, 1], [-0.3, -0.3, 0.5 + dz, 1]]
+        pos = torch.tensor([quad + cw + fill_pos], dtype=torch.float32)
+        tri = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6]] + fill_tri, dtype=torch.int32)
+        rast = rasterize(pos, tri, (32, 32))[0]
+        alone = int((rasterize(pos, tri[2:3], (32, 32))[0][..., 3] > 0).sum())  # the back face's pixels
+        assert alone > 20
+        assert int(rast[0, 16, 14, 3]) == (3 if back_wins else 2)  # inside the back face and quad half (0, 2, 3)
+        assert int((rast[..., 3] == 3).sum()) == (alone if back_wins else 0)
+        assert int((rast[..., 3] > 0).sum()) == 12 * 12  # the quad's pixel centres, each covered once
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_closed_mesh_either_winding_and_order_matches_reference(flip, shuffle):
+    # a closed mesh in mesh order (drawn as it comes) and shuffled (binned by tile, the faces
+    # turned away drawn last behind the early depth test), wound either way: the visibility
+    # must be the reference's exactly
+    from taichi_dr.bench.raster import uv_sphere
+
+    v, f = uv_sphere(600)
+    f = f[:, [0, 2, 1]] if flip else f
+    f = f[torch.randperm(f.shape[0], generator=torch.Generator().manual_seed(0))] if shuffle else f
+    ang = torch.tensor(0.4)
+    rot = torch.tensor([[1, 0, 0], [0, torch.cos(ang), -torch.sin(ang)], [0, torch.sin(ang), torch.cos(ang)]])
+    p = (v @ rot.T).double()
+    w = 2.5 - p[:, 2:]  # eye at z = 2.5 looking down -z: w = distance along the view axis
+    pos = torch.cat([p[:, :2] * 1.2, (w - 1.0) / 2.0, w], 1)[None].contiguous()  # z/w in (-1, 1)
+    rast, _ = rasterize(pos, f, (40, 48))
+    ref, _, safe = reference_rasterize(pos, f, (40, 48))
+    assert safe.float().mean() > 0.95 and (ref[..., 3] > 0).sum() > 400
+    assert torch.equal(rast[..., 3][safe], ref[..., 3][safe])
+    # range mode (explicit (image, triangle) work lists) takes the same paths
+    rast_r, _ = rasterize(pos[0], f, (40, 48), ranges=torch.tensor([[0, f.shape[0]]], dtype=torch.int32))
+    assert torch.equal(rast_r, rast)
+
+
 def test_ground_plane_behind_camera_is_clipped_not_dropped():
     # camera at height 1 looking along -z; the plane y = 0 extends from z = +50 (behind) to -50
     n, f, c = 0.1, 100.0, 1 / math.tan(math.radians(30))  # gluPerspective, fovy 60 deg

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import taichi as ti
 
-from taichi_dr.render._pixel_loops import segment
+from taichi_dr.render._pixel_loops import batch_of, segment
 
 __all__ = ["kernels"]
 
@@ -44,7 +44,7 @@ def kernels(real, seg: int):
                 bad[0] = 1
                 tid = -1
             if tid >= 0:
-                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                na = batch_of(p, hw, attr.shape[0])
                 # clamped addresses (the identity for valid indices): tri's range check is read by
                 # the wrapper after this launch (its one host sync), so a bad index must not address memory
                 ids = ti.min(ti.max(tri[tid], 0), attr.shape[1] - 1)
@@ -67,7 +67,7 @@ def kernels(real, seg: int):
         #                   = (a0 − a2)·du/dd + (a1 − a2)·dv/dd,  rast_db = (du/dX, du/dY, dv/dX, dv/dY)
         for p in range(rast.shape[0]):
             tid = ti.cast(rast[p, 3], ti.i32) - 1
-            na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+            na = batch_of(p, hw, attr.shape[0])
             for k in range(which.shape[0]):
                 for d in ti.static(range(2)):
                     val = ti.cast(0.0, real)
@@ -131,7 +131,7 @@ def kernels(real, seg: int):
             tid = ti.cast(r[3], ti.i32) - 1
             gu, gv = ti.cast(0.0, real), ti.cast(0.0, real)
             if tid >= 0:
-                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                na = batch_of(p, hw, attr.shape[0])
                 u, v = r[0], r[1]
                 i0, i1, i2 = tri[tid, 0], tri[tid, 1], tri[tid, 2]
                 for c in range(g_out.shape[1]):
@@ -154,7 +154,7 @@ def kernels(real, seg: int):
             tid = ti.cast(rast[p, 3], ti.i32) - 1
             gdb = ti.Vector.zero(real, 4)
             if tid >= 0:
-                na = ti.raw_div(p, hw) if attr.shape[0] > 1 else 0
+                na = batch_of(p, hw, attr.shape[0])
                 i0, i1, i2 = tri[tid, 0], tri[tid, 1], tri[tid, 2]
                 for k in range(which.shape[0]):
                     c = which[k]

@@ -14,6 +14,11 @@ Performance notes (measured on Taichi 1.7.4's CPU backend, they hold for CUDA to
   Taichi's autodiff must not be used on them: the backward of the resolve is written by hand
   (``resolve_bwd``), and a flat twin (``resolve_flat``) exists only so that ``resolve_flat.grad``
   can provide the rarely needed gradient of ``rast_db`` (``grad_db=True`` with a loss on it).
+* Drawing small triangles is bound by cache misses when the mesh order jumps around the screen
+  (perf on the 81,920-triangle icosphere: ~40 % of the setup kernel's time on the z-buffer load
+  before the ``atomic_min``, ~25 % on vertex loads). On the CPU such meshes are binned by tile
+  (``rasterize._order_is_scattered`` decides from a sample; ``sort_bins``, ``cover_binned``):
+  ~40 % less time.
 """
 import functools
 from types import SimpleNamespace
@@ -38,14 +43,17 @@ def kernels(real, seg: int):
     vec6 = ti.types.vector(6, real)
 
     @ti.func
-    def load(pos: ti.template(), pn, tri: ti.template(), t):
+    def load_ids(pos: ti.template(), pn, ids):
         # Clamped addresses (the identity for valid indices): the setup kernel runs before the
         # wrapper has read its check of tri's range (one host sync per op, after the launch), so a
         # bad index must not address memory; the wrapper then raises.
-        ids = tri[t]
         last = pos.shape[1] - 1
         a, b, c = ti.min(ti.max(ids[0], 0), last), ti.min(ti.max(ids[1], 0), last), ti.min(ti.max(ids[2], 0), last)
         return pos[pn, a], pos[pn, b], pos[pn, c], ids[0], ids[1], ids[2]
+
+    @ti.func
+    def load(pos: ti.template(), pn, tri: ti.template(), t):
+        return load_ids(pos, pn, tri[t])
 
     @ti.func
     def work_item(work_n: ti.template(), work_t: ti.template(), n_inst, k):
@@ -162,9 +170,40 @@ def kernels(real, seg: int):
         return sgn * e < 0 or (e == 0 and sgn * E[5] <= 0)
 
     @ti.func
-    def cover(S, K, n, t, n_img, xa, xb, ya, yb, zbuf: ti.template()):
+    def key_floor(S, r1, r2, area):
+        """A z-buffer key that no fragment of the fan triangle (0, r1, r2) can go below (0: none known).
+
+        A covered pixel's z/w is Σ w_k z_k, w_k = e_k / e_0(vertex 0) >= 0, and Σ w_k is 1 up to the
+        rounding of the edge functions: each is off by at most ~8ε·wx·wy (wx, wy: the triangle's
+        width and height in pixels, which bound |dx|, |dy| and the sample's offsets), so Σ w_k is
+        within rel = 64ε·(wx + 1)(wy + 1)/|area| of 1 (twice the worst case), and then
+        z/w >= z_min − rel·|z_min| − 8ε·max|z|. Slivers (rel >= 1/4) and non-finite input get none.
+        """
+        eps = ti.cast(1.2e-7, real)  # float32's; larger than float64's, so conservative on both paths
+        za, zb, zc = S[0, 2], S[r1, 2], S[r2, 2]
+        zmin = ti.min(za, ti.min(zb, zc))
+        zabs = ti.max(ti.abs(za), ti.max(ti.abs(zb), ti.abs(zc)))
+        wx = ti.max(S[0, 0], ti.max(S[r1, 0], S[r2, 0])) - ti.min(S[0, 0], ti.min(S[r1, 0], S[r2, 0]))
+        wy = ti.max(S[0, 1], ti.max(S[r1, 1], S[r2, 1])) - ti.min(S[0, 1], ti.min(S[r1, 1], S[r2, 1]))
+        rel = 64.0 * eps * (wx + 1.0) * (wy + 1.0) / ti.abs(area)
+        key = ti.i64(0)
+        if rel < 0.25 and zabs < 1e30:
+            # (z/w + 1)/2, clamping, the cast to float32 and its bits are all monotonic: this is a
+            # lower bound of the key written below
+            d01 = ti.min(ti.max((zmin - rel * ti.abs(zmin) - 8.0 * eps * zabs + 1.0) * 0.5, 0.0), 1.0)
+            key = ti.cast(ti.bit_cast(ti.cast(d01, ti.f32), ti.i32), ti.i64) << 32
+        return key
+
+    @ti.func
+    def cover(S, K, n, t, n_img, xa, xb, ya, yb, zbuf: ti.template(), early: ti.template()):
         """Depth-test the pixel centres of [xa, xb] × [ya, yb] against the clipped polygon (S, K, n)
-        of triangle t (a fan (0,1,2), (0,2,3)); keep the nearest fragment with a 64-bit atomic_min."""
+        of triangle t (a fan (0,1,2), (0,2,3)); keep the nearest fragment with a 64-bit atomic_min.
+
+        ``early``: for a triangle facing away (clockwise), first compare each pixel's stored key
+        with ``key_floor`` and skip the edge tests where a nearer fragment is already stored: its
+        atomic_min would change nothing, so the z-buffer is the same, and ``cover_binned`` draws
+        such triangles after all others, when a back face hidden by the front costs a load per pixel.
+        """
         for sub in ti.static(range(2)):
             r1, r2 = 1 + sub, 2 + sub
             if r2 < n:
@@ -178,96 +217,171 @@ def kernels(real, seg: int):
                     # functions' gradients cancel), and at vertex 0 only e0 is non-zero: one
                     # division per triangle instead of one per pixel
                     inv_sum = 1.0 / edge_eval(E0, S[0, 0], S[0, 1])
+                    floor = ti.i64(0)
+                    if ti.static(early):
+                        if area < 0:
+                            floor = key_floor(S, r1, r2, area)
                     for y in range(ya, yb + 1):
                         py = ti.cast(y, real) + 0.5
                         entered = 0
                         for x in range(xa, xb + 1):
-                            px = ti.cast(x, real) + 0.5
-                            e0, e1, e2 = edge_eval(E0, px, py), edge_eval(E1, px, py), edge_eval(E2, px, py)
-                            if rejects(sgn, e0, E0) or rejects(sgn, e1, E1) or rejects(sgn, e2, E2):
-                                # Each edge value is monotonic in px even in floating point (a
-                                # chain of monotonic roundings), so a row's covered pixels form
-                                # one run: once we have left it, the rest of the row is outside.
-                                if entered == 1:
-                                    break
-                            else:
-                                entered = 1
-                                # z/w is affine in screen space: interpolate with 2-D barycentrics
-                                zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) * inv_sum
-                                if zw <= 1.0:
-                                    # key = (depth bits << 32) | triangle: nearest wins, ties -> lower index
-                                    d01 = ti.min(ti.max((zw + 1.0) * 0.5, 0.0), 1.0)
-                                    hi = ti.cast(ti.bit_cast(ti.cast(d01, ti.f32), ti.i32), ti.i64)
-                                    ti.atomic_min(zbuf[n_img, y, x], (hi << 32) | ti.cast(t, ti.i64))
+                            hidden = 0
+                            if ti.static(early):
+                                if floor > 0:  # (no load for front faces and triangles without a bound)
+                                    if zbuf[n_img, y, x] < floor:
+                                        hidden = 1
+                            if hidden == 0:
+                                px = ti.cast(x, real) + 0.5
+                                e0, e1, e2 = edge_eval(E0, px, py), edge_eval(E1, px, py), edge_eval(E2, px, py)
+                                if rejects(sgn, e0, E0) or rejects(sgn, e1, E1) or rejects(sgn, e2, E2):
+                                    # Each edge value is monotonic in px even in floating point (a
+                                    # chain of monotonic roundings), so a row's covered pixels form
+                                    # one run: once we have left it, the rest of the row is outside
+                                    # (a skipped hidden pixel is neither in nor out).
+                                    if entered == 1:
+                                        break
+                                else:
+                                    entered = 1
+                                    # z/w is affine in screen space: interpolate with 2-D barycentrics
+                                    zw = (e0 * S[0, 2] + e1 * S[r1, 2] + e2 * S[r2, 2]) * inv_sum
+                                    if zw <= 1.0:
+                                        # key = (depth bits << 32) | triangle: nearest wins, ties -> lower index
+                                        d01 = ti.min(ti.max((zw + 1.0) * 0.5, 0.0), 1.0)
+                                        hi = ti.cast(ti.bit_cast(ti.cast(d01, ti.f32), ti.i32), ti.i64)
+                                        ti.atomic_min(zbuf[n_img, y, x], (hi << 32) | ti.cast(t, ti.i64))
+
+    @ti.func
+    def prepare(pos: ti.template(), pn, ids, W, H):
+        """Clip the triangle with vertex indices ``ids`` of position set pn and project it to pixels.
+
+        Returns (S, K, n, ok, x0, x1, y0, y1): the polygon's pixel coordinates and z/w (rows),
+        vertex keys and vertex count; ok = 1 when it has pixel centres on screen, which are
+        [x0, x1] × [y0, y1].
+        """
+        p0, p1, p2, i0, i1, i2 = load_ids(pos, pn, ids)
+        S = ti.Matrix.zero(real, 4, 3)
+        K = ti.Vector.zero(ti.i64, 4)
+        n, visible, ok = 3, 0, 0
+        x0, x1, y0, y1 = 0, -1, 0, -1
+        if p0[2] + p0[3] >= 0 and p1[2] + p1[3] >= 0 and p2[2] + p2[3] >= 0:
+            # common case, nothing to clip: skip the clipper's selects and shuffles
+            if p0[3] > 0 and p1[3] > 0 and p2[3] > 0:
+                visible = 1
+                for r in ti.static(range(3)):
+                    q = pick(r, p0, p1, p2)
+                    S[r, 0] = (q[0] / q[3] + 1.0) * (0.5 * W)
+                    S[r, 1] = (q[1] / q[3] + 1.0) * (0.5 * H)
+                    S[r, 2] = q[2] / q[3]
+                K[0], K[1], K[2] = key_of(i0, i0), key_of(i1, i1), key_of(i2, i2)
+        else:
+            P, Kc, nc = clip_near(p0, p1, p2, i0, i1, i2)
+            n, K = nc, Kc
+            if n > 0 and wpos(P, n) == 1:
+                visible = 1
+                S = to_pixels(P, W, H)
+        if visible == 1:
+            lo = ti.Vector([S[0, 0], S[0, 1]])
+            hi = lo
+            for r in ti.static(range(1, 4)):
+                if r < n:
+                    lo = ti.min(lo, ti.Vector([S[r, 0], S[r, 1]]))
+                    hi = ti.max(hi, ti.Vector([S[r, 0], S[r, 1]]))
+            # pixels whose centres x + 1/2 lie in [lo, hi]
+            x0 = ti.max(ti.cast(ti.ceil(lo[0] - 0.5), ti.i32), 0)
+            y0 = ti.max(ti.cast(ti.ceil(lo[1] - 0.5), ti.i32), 0)
+            x1 = ti.min(ti.cast(ti.floor(ti.min(hi[0], 1e9) - 0.5), ti.i32), W - 1)
+            y1 = ti.min(ti.cast(ti.floor(ti.min(hi[1], 1e9) - 0.5), ti.i32), H - 1)
+            if lo[0] < W and lo[1] < H and x0 <= x1 and y0 <= y1:
+                ok = 1
+        return S, K, n, ok, x0, x1, y0, y1
 
     @ti.kernel
     def setup(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), work_n: nd(dtype=ti.i32, ndim=1),
               work_t: nd(dtype=ti.i32, ndim=1), n_work: ti.i32, n_inst: ti.i32, per_instance: ti.i32, W: ti.i32,
               H: ti.i32, tiles: nd(dtype=ti.i32, ndim=2), counts: nd(dtype=ti.i64, ndim=1),
               poly: nd(dtype=real, ndim=3), keys: nd(dtype=ti.i64, ndim=2), zbuf: nd(dtype=ti.i64, ndim=3),
-              njobs: nd(dtype=ti.i64, ndim=1)):
-        # One thread per (image, triangle) work item: clip, project, and either rasterize it on the
-        # spot (bounding box of at most one tile's worth of pixels, i.e. nearly every triangle of a
-        # dense mesh) or store it and count the 16×16 tiles it needs as separate jobs (njobs: their
-        # total, so the host skips the job list when there are none).
+              bin_small: ti.i32, binned: nd(dtype=ti.i32, ndim=1), bin_of: nd(dtype=ti.i32, ndim=1),
+              slot: nd(dtype=ti.i32, ndim=1), bin_count: nd(dtype=ti.i32, ndim=1), totals: nd(dtype=ti.i64, ndim=1)):
+        # One thread per (image, triangle) work item: clip, project, then by size:
+        # * Small (bounding box of at most one tile's worth of pixels, i.e. nearly every triangle
+        #   of a dense mesh): drawn right here, or with ``bin_small`` (the CPU with a mesh order
+        #   that jumps around the screen, see ``rasterize._order_is_scattered``) binned by the
+        #   16×16 tile of its bounding box's corner for ``cover_binned``: appended to a list (binned: work item,
+        #   bin_of: bin, slot: its place in the bin; totals[1] counts them), back faces in bins
+        #   after all front faces (bin_count holds 2·N·tiles bins; totals[2] counts back faces).
+        # * Large: its clipped polygon is stored and the 16×16 tiles it needs are counted as
+        #   separate jobs (totals[0]: their total, so the host skips the job list when there are none).
+        ntx_img, nty_img = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
         for k in range(n_work):
             n_img, t = work_item(work_n, work_t, n_inst, k)
-            pn = n_img * per_instance
-            p0, p1, p2, i0, i1, i2 = load(pos, pn, tri, t)
             counts[k] = 0
-            S = ti.Matrix.zero(real, 4, 3)
-            K = ti.Vector.zero(ti.i64, 4)
-            n, visible = 3, 0
-            if p0[2] + p0[3] >= 0 and p1[2] + p1[3] >= 0 and p2[2] + p2[3] >= 0:
-                # common case, nothing to clip: skip the clipper's selects and shuffles
-                if p0[3] > 0 and p1[3] > 0 and p2[3] > 0:
-                    visible = 1
-                    for r in ti.static(range(3)):
-                        q = pick(r, p0, p1, p2)
-                        S[r, 0] = (q[0] / q[3] + 1.0) * (0.5 * W)
-                        S[r, 1] = (q[1] / q[3] + 1.0) * (0.5 * H)
-                        S[r, 2] = q[2] / q[3]
-                    K[0], K[1], K[2] = key_of(i0, i0), key_of(i1, i1), key_of(i2, i2)
-            else:
-                P, Kc, nc = clip_near(p0, p1, p2, i0, i1, i2)
-                n, K = nc, Kc
-                if n > 0 and wpos(P, n) == 1:
-                    visible = 1
-                    S = to_pixels(P, W, H)
-            if visible == 1:
-                lo = ti.Vector([S[0, 0], S[0, 1]])
-                hi = lo
-                for r in ti.static(range(1, 4)):
-                    if r < n:
-                        lo = ti.min(lo, ti.Vector([S[r, 0], S[r, 1]]))
-                        hi = ti.max(hi, ti.Vector([S[r, 0], S[r, 1]]))
-                # pixels whose centres x + 1/2 lie in [lo, hi]
-                x0 = ti.max(ti.cast(ti.ceil(lo[0] - 0.5), ti.i32), 0)
-                y0 = ti.max(ti.cast(ti.ceil(lo[1] - 0.5), ti.i32), 0)
-                x1 = ti.min(ti.cast(ti.floor(ti.min(hi[0], 1e9) - 0.5), ti.i32), W - 1)
-                y1 = ti.min(ti.cast(ti.floor(ti.min(hi[1], 1e9) - 0.5), ti.i32), H - 1)
-                if lo[0] < W and lo[1] < H and x0 <= x1 and y0 <= y1:
-                    if (x1 - x0 + 1) * (y1 - y0 + 1) <= TILE * TILE:
-                        cover(S, K, n, t, n_img, x0, x1, y0, y1, zbuf)
+            S, K, n, ok, x0, x1, y0, y1 = prepare(pos, n_img * per_instance, tri[t], W, H)
+            if ok == 1:
+                if (x1 - x0 + 1) * (y1 - y0 + 1) <= TILE * TILE:
+                    if bin_small == 0:
+                        cover(S, K, n, t, n_img, x0, x1, y0, y1, zbuf, False)
                     else:
-                        tx0, ty0 = x0 // TILE, y0 // TILE
-                        ntx = x1 // TILE - tx0 + 1
-                        nty = y1 // TILE - ty0 + 1
-                        tiles[k, 0] = tx0
-                        tiles[k, 1] = ty0
-                        tiles[k, 2] = ntx
-                        tiles[k, 3] = x0
-                        tiles[k, 4] = y0
-                        tiles[k, 5] = x1
-                        tiles[k, 6] = y1
-                        tiles[k, 7] = n
-                        counts[k] = ti.cast(ntx * nty, ti.i64)
-                        ti.atomic_add(njobs[0], counts[k])
-                        # keep the clipped polygon in pixels so tile jobs do not redo clipping
-                        for r in ti.static(range(4)):
-                            keys[k, r] = K[r]
-                            for c in ti.static(range(3)):
-                                poly[k, r, c] = S[r, c]
+                        # triangles facing away (the signed area of cover()'s first fan
+                        # triangle, computed the same way, is negative) go to the second set
+                        area = (S[1, 0] - S[0, 0]) * (S[2, 1] - S[0, 1]) - (S[1, 1] - S[0, 1]) * (S[2, 0] - S[0, 0])
+                        bb = (n_img * nty_img + ti.raw_div(y0, TILE)) * ntx_img + ti.raw_div(x0, TILE)
+                        if n == 3 and area < 0:
+                            bb += bin_count.shape[0] // 2
+                            ti.atomic_add(totals[2], 1)
+                        j = ti.atomic_add(totals[1], ti.i64(1))
+                        binned[j] = k
+                        bin_of[j] = bb
+                        slot[j] = ti.atomic_add(bin_count[bb], 1)
+                else:
+                    tx0, ty0 = x0 // TILE, y0 // TILE
+                    ntx = x1 // TILE - tx0 + 1
+                    nty = y1 // TILE - ty0 + 1
+                    tiles[k, 0] = tx0
+                    tiles[k, 1] = ty0
+                    tiles[k, 2] = ntx
+                    tiles[k, 3] = x0
+                    tiles[k, 4] = y0
+                    tiles[k, 5] = x1
+                    tiles[k, 6] = y1
+                    tiles[k, 7] = n
+                    counts[k] = ti.cast(ntx * nty, ti.i64)
+                    ti.atomic_add(totals[0], counts[k])
+                    # keep the clipped polygon in pixels so tile jobs do not redo clipping
+                    for r in ti.static(range(4)):
+                        keys[k, r] = K[r]
+                        for c2 in ti.static(range(3)):
+                            poly[k, r, c2] = S[r, c2]
+
+    @ti.kernel
+    def sort_bins(binned: nd(dtype=ti.i32, ndim=1), bin_of: nd(dtype=ti.i32, ndim=1), slot: nd(dtype=ti.i32, ndim=1),
+                  n_binned: ti.i32, bin_start: nd(dtype=ti.i32, ndim=1), tri: nd(dtype=vec3i, ndim=1),
+                  work_n: nd(dtype=ti.i32, ndim=1), work_t: nd(dtype=ti.i32, ndim=1), n_inst: ti.i32,
+                  order: nd(dtype=ti.i32, ndim=1), order_tri: nd(dtype=vec3i, ndim=1)):
+        # Counting sort of the binned triangles (bin_start = exclusive prefix sum of the counts):
+        # their work item and vertex indices, read here in about mesh order, so that
+        # ``cover_binned`` reads them in tile order sequentially.
+        for j in range(n_binned):
+            k = binned[j]
+            dst = bin_start[bin_of[j]] + slot[j]
+            order[dst] = k
+            _, t = work_item(work_n, work_t, n_inst, k)
+            order_tri[dst] = tri[t]
+
+    @ti.kernel
+    def cover_binned(pos: nd(dtype=vec4, ndim=2), work_n: nd(dtype=ti.i32, ndim=1), work_t: nd(dtype=ti.i32, ndim=1),
+                     n_inst: ti.i32, per_instance: ti.i32, W: ti.i32, H: ti.i32, order: nd(dtype=ti.i32, ndim=1),
+                     order_tri: nd(dtype=vec3i, ndim=1), start: ti.i32, end: ti.i32, zbuf: nd(dtype=ti.i64, ndim=3)):
+        # The small triangles in tile order: consecutive ones touch the same few z-buffer cache
+        # lines and share vertices, where mesh order (e.g. a subdivided icosphere's) jumps across
+        # the screen and missed the caches on most z-buffer and vertex loads (the setup is redone:
+        # cheaper than storing and reloading it). Entries [start, end): the host draws the front
+        # faces, then in a second launch the back faces, with the early depth test (most are
+        # behind the front faces drawn before). The order never changes the result (atomic_min).
+        for i in range(end - start):
+            j = start + i
+            n_img, t = work_item(work_n, work_t, n_inst, order[j])
+            S, K, n, ok, x0, x1, y0, y1 = prepare(pos, n_img * per_instance, order_tri[j], W, H)
+            cover(S, K, n, t, n_img, x0, x1, y0, y1, zbuf, True)
 
     @ti.kernel
     def expand(counts: nd(dtype=ti.i64, ndim=1), offsets: nd(dtype=ti.i64, ndim=1),
@@ -302,7 +416,7 @@ def kernels(real, seg: int):
             xa, xb = ti.max(tx * TILE, tiles[k, 3]), ti.min(tx * TILE + TILE - 1, tiles[k, 5])
             ya, yb = ti.max(ty * TILE, tiles[k, 4]), ti.min(ty * TILE + TILE - 1, tiles[k, 6])
             n_img, t = work_item(work_n, work_t, n_inst, k)
-            cover(S, K, tiles[k, 7], t, n_img, xa, xb, ya, yb, zbuf)
+            cover(S, K, tiles[k, 7], t, n_img, xa, xb, ya, yb, zbuf, False)
 
     @ti.func
     def bary(p0, p1, p2, X, Y):
@@ -316,11 +430,19 @@ def kernels(real, seg: int):
         return q0x, q0y, q1x, q1y, q2x, q2y, a0, a1, a2
 
     @ti.func
+    def row_consts(y, H, W):
+        """Per-row constants of ``resolve_px``: pixel-centre Y in NDC (cast first so that the f64
+        path really is f64) and the NDC units per pixel along x and y."""
+        return (ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0, ti.cast(2.0, real) / W,
+                ti.cast(2.0, real) / H)
+
+    @ti.func
     def resolve_px(pos: ti.template(), tri: ti.template(), zbuf: ti.template(), per_instance,
-                   rast: ti.template(), db: ti.template(), n, y, x, p):
-        """Write rast[p] = (u, v, z/w, id + 1) and db[p] for pixel (n, y, x) (flat index p)."""
+                   rast: ti.template(), db: ti.template(), n, y, x, p, Y, sx, sy):
+        """Write rast[p] = (u, v, z/w, id + 1) and db[p] for pixel (n, y, x) (flat index p);
+        (Y, sx, sy) = ``row_consts(y, H, W)``, computed once per row piece by the callers."""
         key = zbuf[n, y, x]
-        H, W = zbuf.shape[1], zbuf.shape[2]
+        W = zbuf.shape[2]
         if key == ti.i64(EMPTY):
             rast[p] = vec4(0.0)
             db[p] = vec4(0.0)
@@ -329,7 +451,6 @@ def kernels(real, seg: int):
             p0, p1, p2, _, _, _ = load(pos, n * per_instance, tri, t)
             # pixel centre in NDC; cast first so that the f64 path really is f64
             X = ti.cast(2 * x + 1, real) / ti.cast(W, real) - 1.0
-            Y = ti.cast(2 * y + 1, real) / ti.cast(H, real) - 1.0
             w0, w1, w2 = p0[3], p1[3], p2[3]
             q0x, q0y, q1x, q1y, q2x, q2y, a0, a1, a2 = bary(p0, p1, p2, X, Y)
             A = a0 + a1 + a2
@@ -341,7 +462,6 @@ def kernels(real, seg: int):
             a1x, a1y = w0 * q2y - w2 * q0y, w2 * q0x - w0 * q2x
             a2x, a2y = w1 * q0y - w0 * q1y, w0 * q1x - w1 * q0x
             Ax, Ay = a0x + a1x + a2x, a0y + a1y + a2y
-            sx, sy = ti.cast(2.0, real) / W, ti.cast(2.0, real) / H  # NDC units per pixel
             db[p] = vec4((a0x - u * Ax) * iA * sx, (a0y - u * Ay) * iA * sy,
                          (a1x - v * Ax) * iA * sx, (a1y - v * Ay) * iA * sy)
             rast[p] = vec4(u, v, ti.min(ti.max(zw, -1.0), 1.0), ti.cast(t + 1, real))
@@ -354,8 +474,9 @@ def kernels(real, seg: int):
         nseg = (W + seg - 1) // seg
         for it in range(zbuf.shape[0] * H * nseg):
             n, y, xa, xb = segment(it, nseg, H, W, seg)
+            Y, sx, sy = row_consts(y, H, W)
             for x in range(xa, xb):
-                resolve_px(pos, tri, zbuf, per_instance, rast, db, n, y, x, (n * H + y) * W + x)
+                resolve_px(pos, tri, zbuf, per_instance, rast, db, n, y, x, (n * H + y) * W + x, Y, sx, sy)
 
     @ti.kernel
     def resolve_flat(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
@@ -366,7 +487,9 @@ def kernels(real, seg: int):
             H, W = zbuf.shape[1], zbuf.shape[2]
             row = ti.raw_div(p, W)
             n = ti.raw_div(row, H)
-            resolve_px(pos, tri, zbuf, per_instance, rast, db, n, row - n * H, p - row * W, p)
+            y = row - n * H
+            Y, sx, sy = row_consts(y, H, W)
+            resolve_px(pos, tri, zbuf, per_instance, rast, db, n, y, p - row * W, p, Y, sx, sy)
 
     @ti.kernel
     def resolve_bwd(pos: nd(dtype=vec4, ndim=2), tri: nd(dtype=vec3i, ndim=1), zbuf: nd(dtype=ti.i64, ndim=3),
@@ -421,5 +544,5 @@ def kernels(real, seg: int):
                         acc[k, 1] += gq[k, 1]
                         acc[k, 2] += -X * gq[k, 0] - Y * gq[k, 1]
 
-    return SimpleNamespace(setup=setup, expand=expand, coverage=coverage, resolve=resolve,
-                           resolve_flat=resolve_flat, resolve_bwd=resolve_bwd)
+    return SimpleNamespace(setup=setup, sort_bins=sort_bins, cover_binned=cover_binned, expand=expand,
+                           coverage=coverage, resolve=resolve, resolve_flat=resolve_flat, resolve_bwd=resolve_bwd)

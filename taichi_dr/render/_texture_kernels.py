@@ -18,6 +18,8 @@ import math
 
 import taichi as ti
 
+from taichi_dr.render._pixel_loops import batch_of
+
 __all__ = ["cube_dir_func", "kernels"]
 
 # level = ½·log2 λ = (½ / ln 2)·ln λ; wrapped as real(...) in kernels: a bare Python float there
@@ -239,7 +241,7 @@ def kernels(real, C: int):
         nlev = meta.shape[0]
         H0, W0 = ti.cast(meta[0][1], real), ti.cast(meta[0][2], real)
         for p in range(out.shape[0]):
-            nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
+            nt = batch_of(p, hw, tex.shape[0])
             L = ti.cast(0.0, real)
             if ti.static(filt >= 2):
                 L = level(da, bias, p, W0, H0, has_da, has_bias)
@@ -289,7 +291,7 @@ def kernels(real, C: int):
         nlev = meta.shape[0]
         H0, W0 = ti.cast(meta[0][1], real), ti.cast(meta[0][2], real)
         for p in range(g_out.shape[0]):
-            nt = ti.raw_div(p, hw) if tex.shape[0] > 1 else 0
+            nt = batch_of(p, hw, tex.shape[0])
             L = ti.cast(0.0, real)
             if ti.static(filt >= 2):
                 L = level(da, bias, p, W0, H0, has_da, has_bias)

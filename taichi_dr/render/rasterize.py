@@ -6,10 +6,20 @@ differentiable) and barycentrics (differentiable):
 1. ``setup`` (one thread per triangle): clip the triangle against the near plane ``z = -w``
    (Sutherland–Hodgman on a triangle gives at most a quad = 2 triangles) and project it to
    pixels. A triangle whose pixel bounding box holds at most 16×16 pixels — nearly every
-   triangle of a dense mesh — is rasterized right there: test the pixel centres with edge
-   functions and keep the nearest fragment per pixel with one 64-bit ``atomic_min`` on the key
+   triangle of a dense mesh — is rasterized: test the pixel centres with edge functions and keep
+   the nearest fragment per pixel with one 64-bit ``atomic_min`` on the key
    ``(depth bits << 32) | triangle index``. Ties in depth go to the smaller triangle index:
-   deterministic whatever the thread order.
+   deterministic whatever the thread (or triangle) order.
+   On the CPU the drawing order matters for the caches. When the mesh order is local on screen
+   (``_order_is_scattered``, a sampled estimate), ``setup`` draws each small triangle at once.
+   When it jumps around (a subdivided icosphere's does, and most z-buffer and vertex loads then
+   missed the caches), ``setup`` bins them by the 16×16 tile of their bounding box's corner,
+   ``sort_bins`` (a counting sort) lists them tile by tile, and ``cover_binned`` draws the front
+   faces, then the faces turned away (clockwise on screen: the far half of a closed mesh). Those
+   first compare each pixel's stored key with a lower bound of their own depth (``key_floor``:
+   with a margin for the rounding of the edge functions) and skip the edge tests where a nearer
+   fragment is already there: the same z-buffer for less work. On a GPU every triangle is drawn
+   at once by its thread.
 2. Larger triangles store their clipped polygon and count the 16×16 tiles they touch;
    ``expand`` turns the counts (prefix sum) into a (triangle, tile) job list and ``coverage``
    runs one thread per job with the same test, so a triangle covering the whole screen is split
@@ -49,6 +59,7 @@ from taichi_dr._checks import (FLOATS, INTS, as_index32, check_device, check_res
                                verify_deferred)
 from taichi_dr.render._pixel_loops import row_piece
 from taichi_dr.render._raster_kernels import EMPTY as _EMPTY
+from taichi_dr.render._raster_kernels import TILE
 from taichi_dr.render._raster_kernels import kernels
 from taichi_dr.runtime import ensure_init, ti_real
 
@@ -59,12 +70,37 @@ def _kernels(real):
     return kernels(real, row_piece())
 
 
+def _order_is_scattered(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, H: int, W: int) -> bool:
+    """Whether consecutive triangles of the work list tend to lie in different 16×16 tiles.
+
+    A heuristic that only picks the drawing order on the CPU (the result is the same either
+    way): 16 windows of 8 consecutive work items spread over the list; more than half of their
+    7·16 steps move the first vertex to another tile. Tiny torch ops on the calling thread (a
+    Taichi launch would wake the kernel threads, which costs more on a loaded machine).
+    """
+    work_n, work_t, K, n_inst = work
+    idx = (torch.arange(16) * max(K - 8, 0) // 15)[:, None] + torch.arange(8)
+    idx = idx.clamp_(max=K - 1).to(pos.device)
+    if n_inst > 0:
+        n, t = idx // n_inst, idx % n_inst
+    else:
+        n, t = work_n[idx].long(), work_t[idx].long()
+    q = pos[n * per_instance, tri[t, 0].long().clamp(0, pos.shape[1] - 1)].double()  # [16, 8, 4]
+    X = (q[..., 0] / q[..., 3] + 1.0) * (0.5 * W / TILE)
+    Y = (q[..., 1] / q[..., 3] + 1.0) * (0.5 * H / TILE)
+    ok = (q[..., 3] > 0) & (X.abs() < 1e6) & (Y.abs() < 1e6)  # NaN fails too
+    X, Y = torch.where(ok, X, 0.0).floor().long(), torch.where(ok, Y, 0.0).floor().long()
+    tile = torch.where(ok, (n * (H // TILE + 2) + Y) * (W // TILE + 2) + X, -2)
+    return int((tile[:, 1:] != tile[:, :-1]).sum()) * 2 > 7 * 16
+
+
 def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N: int,
                 H: int, W: int, checks: torch.Tensor, verify) -> torch.Tensor:
     """Nearest-triangle z-buffer [N, H, W] int64 of packed keys (not differentiable).
 
-    ``checks`` (``deferred_checks`` of the inputs) is read together with the tile-job count, the
+    ``checks`` (``deferred_checks`` of the inputs) is read together with the job counts, the
     op's one host synchronisation; ``verify`` raises from it before anything uses the result.
+    (On the CPU ``_order_is_scattered`` reads a few positions first: no queue to drain there.)
     """
     k = _kernels(ti_real(pos.dtype))
     dev = pos.device
@@ -77,11 +113,30 @@ def _visibility(pos: torch.Tensor, tri: torch.Tensor, work, per_instance: int, N
     poly = torch.empty((K, 4, 3), dtype=pos.dtype, device=dev)  # clipped polygon: pixel X, Y, z/w
     keys = torch.empty((K, 4), dtype=torch.int64, device=dev)  # its vertex keys (fill-rule order)
     counts = torch.empty(K, dtype=torch.int64, device=dev)  # tile jobs per large triangle
-    njobs = torch.zeros(1, dtype=torch.int64, device=dev)
-    k.setup(pos, tri, work_n, work_t, K, n_inst, per_instance, W, H, tiles, counts, poly, keys, zbuf, njobs)
-    vals = torch.cat([njobs, checks]).tolist()  # the one host sync: job count and input checks
-    verify(vals[1:])
-    total = vals[0]
+    # binned small triangles (only the first totals[1] entries are written: no page is touched
+    # when the mesh order is local and nothing is binned): work item, bin (16×16 tile), place in it
+    binned = torch.empty(K, dtype=torch.int32, device=dev)
+    bin_of = torch.empty(K, dtype=torch.int32, device=dev)
+    slot = torch.empty(K, dtype=torch.int32, device=dev)
+    nbins = 2 * N * ((H + TILE - 1) // TILE) * ((W + TILE - 1) // TILE)  # front faces, then back faces
+    bin_count = torch.zeros(nbins, dtype=torch.int32, device=dev)
+    totals = torch.zeros(3, dtype=torch.int64, device=dev)  # tile jobs, binned triangles, binned back faces
+    # CPU: bin the small triangles when the mesh order jumps around the screen
+    bin_small = int(row_piece() > 1 and K >= 256 and _order_is_scattered(pos, tri, work, per_instance, H, W))
+    k.setup(pos, tri, work_n, work_t, K, n_inst, per_instance, W, H, tiles, counts, poly, keys, zbuf, bin_small, binned,
+            bin_of, slot, bin_count, totals)
+    vals = torch.cat([totals, checks]).tolist()  # the one host sync: job counts and input checks
+    verify(vals[3:])
+    total, n_small, n_back = vals[0], vals[1], vals[2]
+    if n_small > 0:  # small triangles, in tile order
+        order = torch.empty(n_small, dtype=torch.int32, device=dev)  # work items
+        order_tri = torch.empty((n_small, 3), dtype=torch.int32, device=dev)  # and their vertex indices
+        bin_start = (torch.cumsum(bin_count, 0, dtype=torch.int32) - bin_count).contiguous()
+        k.sort_bins(binned, bin_of, slot, n_small, bin_start, tri, work_n, work_t, n_inst, order, order_tri)
+        n_front = n_small - n_back  # front faces first, then (a second launch) the back faces
+        for a, b in ((0, n_front), (n_front, n_small)):
+            if b > a:
+                k.cover_binned(pos, work_n, work_t, n_inst, per_instance, W, H, order, order_tri, a, b, zbuf)
     if total > 0:  # large triangles: one job per (triangle, 16×16 tile)
         if total >= 2**31:
             raise ValueError(f"resolution: {H}x{W} with {K} triangles needs {total} tile jobs (limit 2^31)")
