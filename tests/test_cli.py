@@ -197,7 +197,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     cmd = [sys.executable, "-m", "taichi_dr.cli", "reconstruct", ds, "--out", str(out), "--iters", "100000",
            "--grid-res", "8", "--batch", "1", "--refine-iters", "0", "--checkpoint-every", "1"] + FAST
     env = dict(os.environ, TAICHI_DR_ARCH="cpu")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job (`pytest ... &`, nohup) ignores SIGINT and children inherit that;
+    # restore the default so the child's Python installs its Ctrl-C handler as in a terminal
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.time()
         while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
