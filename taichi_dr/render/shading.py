@@ -213,6 +213,20 @@ def _flat(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1, 3) if t is None else t.detach().reshape(-1, 3).contiguous()
 
 
+def _pixel_args(pos, normal, kd, ks, campos) -> list:
+    """The per-pixel arguments both shading kernels start with: the flat ``[P, 3]`` pos, normal,
+    kd, ks (dummy if None), the ``[N, 3]`` camera positions and H·W (pixels per view)."""
+    N, H, W, _ = pos.shape
+    return [_flat(t, pos) for t in (pos, normal, kd, ks)] + [campos.detach().to(pos.dtype).contiguous(), H * W]
+
+
+def _pixel_grads(pos: torch.Tensor, has_ks: bool):
+    """Output buffers of both backward kernels: ``[P, 3]`` gradients of pos, normal, kd, ks (ks a
+    1-row dummy when the material has none); every row is written by the kernel."""
+    g_ks = torch.empty_like(pos) if has_ks else pos.new_zeros(1, 3)
+    return torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos), g_ks
+
+
 class _AnalyticShade(torch.autograd.Function):
     """A directional / point light + ambient on every pixel: ``_analytic_kernels``."""
 
@@ -221,9 +235,7 @@ class _AnalyticShade(torch.autograd.Function):
         from taichi_dr.render._analytic_kernels import kernels
 
         ctx.set_materialize_grads(False)
-        N, H, W, _ = pos.shape
-        args = [_flat(t, pos) for t in (pos, normal, kd, ks)] + [campos.detach().to(pos.dtype).contiguous(), H * W,
-                                                                 light.detach().contiguous(), point, ks is not None]
+        args = _pixel_args(pos, normal, kd, ks, campos) + [light.detach().contiguous(), point, ks is not None]
         out = torch.empty_like(pos)
         kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3))
         ctx.args, ctx.has_ks = args, ks is not None
@@ -236,8 +248,7 @@ class _AnalyticShade(torch.autograd.Function):
         if g_out is None:
             return (None,) * 7
         pos = ctx.args[0]
-        g_pos, g_nrm, g_kd = torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos)
-        g_ks = torch.empty_like(pos) if ctx.has_ks else pos.new_zeros(1, 3)
+        g_pos, g_nrm, g_kd, g_ks = _pixel_grads(pos, ctx.has_ks)
         g_light = pos.new_zeros(3, 3)
         kernels(ti_real(pos.dtype)).bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm,
                                         g_kd, g_ks, g_light)
@@ -274,11 +285,8 @@ class _EnvShade(torch.autograd.Function):
         from taichi_dr.render._env_kernels import kernels
 
         ctx.set_materialize_grads(False)
-        N, H, W, _ = pos.shape
-        env_c = env.detach().contiguous()
-        args = [_flat(t, pos) for t in (pos, normal, kd, ks)] + [
-            campos.detach().to(pos.dtype).contiguous(), H * W, env_c, meta, knots, lut.reshape(-1, 2),
-            lut.shape[0], ks is not None]
+        args = _pixel_args(pos, normal, kd, ks, campos) + [env.detach().contiguous(), meta, knots, lut.reshape(-1, 2),
+                                                           lut.shape[0], ks is not None]
         out = torch.empty_like(pos)
         kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3))
         ctx.args, ctx.has_ks = args, ks is not None
@@ -291,8 +299,7 @@ class _EnvShade(torch.autograd.Function):
         if g_out is None:
             return (None,) * 9
         pos, env = ctx.args[0], ctx.args[6]
-        g_pos, g_nrm, g_kd = torch.empty_like(pos), torch.empty_like(pos), torch.empty_like(pos)
-        g_ks = torch.empty_like(pos) if ctx.has_ks else pos.new_zeros(1, 3)
+        g_pos, g_nrm, g_kd, g_ks = _pixel_grads(pos, ctx.has_ks)
         # CPU: one private copy of the map gradients per block of pixels (no atomics), summed here
         private = current_arch() == "cpu"
         g_env = env.new_zeros(_ENV_BLOCKS if private else 1, *env.shape)
