@@ -67,15 +67,15 @@ AUTO_TRAIN_RES = 256  # default training size cap in pixels (measured cost table
 # default grid per training size (longer side, pixels): measured on Mitsuba renders (README): at 256 px
 # grid 64 keeps 4-px rods that grid 40 loses (gadget 800²: 22.4 -> 23.7 dB, Chamfer 1.7e-3 -> 8.6e-4;
 # Spot: Chamfer 4.1e-5 -> 3.0e-5); at 128 px grid 40 is as good and 1.6x cheaper
-AUTO_GRID = ((160, 40), (None, 64))
+AUTO_GRID = (160, 40, 64)  # (longest side in px up to which, grid there, grid above)
 
 
 def auto_grid_res(train_hw: Tuple[int, int]) -> int:
     """``grid_res`` when the user left it unset: from the training images' longer side (``AUTO_GRID``)."""
-    for limit, grid in AUTO_GRID:
-        if limit is None or max(train_hw) <= limit:
-            return grid
-    raise AssertionError("AUTO_GRID ends with a catch-all row")
+    limit, small, large = AUTO_GRID
+    return small if max(train_hw) <= limit else large
+
+
 SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
 KD_SMOOTH_POINTS = 4096  # surface points per step for the albedo smoothness term (cost ~ 2x that many pixels)
 MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
