@@ -4,25 +4,35 @@
     python benchmarks/bench_material.py DATA_DIR [--train-res 256] [--steps 10]
 
 Prints CPU seconds per iteration (median of ``--steps`` after 3 warm-up steps) for each model; the
-ratio field/vertex is the number the materials must keep under 1.5.
+ratio field/vertex is the number the materials must keep under 1.5. The two models' steps are
+interleaved (one step of each in turn), so both see the same load on a shared machine.
 """
 import argparse
+import os
 import statistics
 import time
 
-import torch
+# before torch loads: its OpenMP threads must sleep, not spin, between ops, and large tensors
+# should sit on huge pages (fewer page faults); see README, Benchmarks
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
 
 
-def _time_steps(run, steps: int) -> float:
-    # CPU seconds of this process (not wall time): the 2-core machine is shared, and other jobs'
-    # load inflates wall time, not the work this process does
-    ts = []
+def _interleaved(runs, steps: int):
+    """Median CPU seconds of this process per ``step()`` of each run, the runs stepped in turn.
+
+    CPU time, not wall time: the 2-core machine is shared, and other jobs' load inflates wall time,
+    not the work this process does."""
+    ts = [[] for _ in runs]
     for k in range(steps + 3):
-        t = time.process_time()
-        run.step()
-        if k >= 3:
-            ts.append(time.process_time() - t)
-    return statistics.median(ts)
+        for i, run in enumerate(runs):
+            t = time.process_time()
+            run.step()
+            if k >= 3:
+                ts[i].append(time.process_time() - t)
+    return [statistics.median(t) for t in ts]
 
 
 def main(argv=None):
@@ -37,22 +47,24 @@ def main(argv=None):
     ap.add_argument("--light", default="simple")
     args = ap.parse_args(argv)
     train = load_nerf(args.data_dir, "train", args.train_res)
-    rows = []
-    for material in ("vertex", "field"):
+    materials = ("vertex", "field")
+    runs = []
+    for material in materials:
         torch.manual_seed(0)
         cfg = ReconConfig(material=material, light=args.light, train_res=args.train_res)
         run = _Run(cfg, train, "/tmp/bench_material")
         # skip into the middle of the pass so the mesh is the one the loop spends its time on
         for _ in range(40):
             run.step()
-        t_dmtet = _time_steps(run, args.steps)
+        runs.append(run)
+    t_dmtet = _interleaved(runs, args.steps)
+    for run in runs:
         run.start_refine()
-        t_refine = _time_steps(run, args.steps)
-        rows.append((material, t_dmtet, t_refine, int(run.mesh_faces.shape[0])))
+    t_refine = _interleaved(runs, args.steps)
     print(f"{'material':10s} {'dmtet s/it':>11s} {'refine s/it':>12s} {'faces':>7s}")
-    for m, a, b, f in rows:
-        print(f"{m:10s} {a:11.3f} {b:12.3f} {f:7d}")
-    print(f"ratio field/vertex: dmtet {rows[1][1] / rows[0][1]:.2f}x, refine {rows[1][2] / rows[0][2]:.2f}x")
+    for m, a, b, run in zip(materials, t_dmtet, t_refine, runs):
+        print(f"{m:10s} {a:11.3f} {b:12.3f} {int(run.mesh_faces.shape[0]):7d}")
+    print(f"ratio field/vertex: dmtet {t_dmtet[1] / t_dmtet[0]:.2f}x, refine {t_refine[1] / t_refine[0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -318,3 +318,27 @@ def test_bad_input(kw, err, match):
     args.update(kw)
     with pytest.raises(err, match=match):
         rasterize(**args)
+
+
+def test_interpolate_constant_attr_skips_its_scatter_and_keeps_the_other_gradients():
+    """A constant attribute (UV coordinates) takes the backward that skips the g_attr scatter: the
+    (u, v) and footprint gradients must equal those of the same attribute with requires_grad."""
+    from taichi_dr import interpolate
+
+    g = torch.Generator().manual_seed(3)
+    pos = torch.cat([torch.rand(12, 2, generator=g, dtype=torch.float64) * 1.6 - 0.8,
+                     torch.rand(12, 1, generator=g, dtype=torch.float64) * 0.5, torch.ones(12, 1, dtype=torch.float64)], 1)
+    tri = torch.randint(0, 12, (10, 3), generator=g, dtype=torch.int32)
+    w = torch.rand(2, 16, 16, 2, generator=g, dtype=torch.float64)
+    wd = torch.rand(2, 16, 16, 4, generator=g, dtype=torch.float64)
+    grads = []
+    for attr_grad in (True, False):
+        p = pos.clone().requires_grad_(True)
+        rast, db = rasterize(torch.stack([p, p * 1.01]), tri, (16, 16))
+        attr = torch.rand(12, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        attr.requires_grad_(attr_grad)
+        out, da = interpolate(attr, rast, tri, db, diff_attrs="all")
+        ((out * w).sum() + (da * wd).sum()).backward()
+        grads.append(p.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

@@ -20,12 +20,13 @@ __all__ = ["kernels"]
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(real, F: int, serial_bwd: bool = True):
+def kernels(real, F: int, serial_bwd: bool = False):
     """``(fwd, bwd)`` for Taichi float type ``real`` and ``F`` features per level.
 
     Both loop over (point p, level l); ``meta[l] = (R_l, table size, row offset, dense)``.
     ``fwd(x [P, 3], table [S, F], meta [L, 4], out [P, L·F])``;
-    ``bwd(x, g_out [P, L·F], meta, g_table [S, F])`` accumulates into ``g_table`` (zeroed by the caller).
+    ``bwd(x, g_out [P, L·F], meta, g_table [S, F])`` accumulates into ``g_table`` (zeroed by the caller);
+    ``serial_bwd`` (the CPU's choice) runs it on one thread, a GPU keeps the parallel loop and its atomics.
     """
     nd = ti.types.ndarray
     SERIAL_BWD = serial_bwd
@@ -69,13 +70,16 @@ def kernels(real, F: int, serial_bwd: bool = True):
     @ti.kernel
     def bwd(x: nd(dtype=real, ndim=2), g_out: nd(dtype=real, ndim=2), meta: nd(dtype=meta_t, ndim=1),
             g_table: nd(dtype=real, ndim=2)):
-        # one thread: rows are shared by many taps, and on a CPU the contended atomic float adds of a
-        # parallel loop cost more than the whole serial loop (where Taichi demotes them to plain adds)
+        # CPU: one thread: rows are shared by many taps, and the contended atomic float adds of a
+        # parallel loop cost more than the whole serial loop with plain adds
         ti.loop_config(serialize=SERIAL_BWD)
         for l, p in ti.ndrange(meta.shape[0], x.shape[0]):
             for c in ti.static(range(8)):
                 row, w = tap(x, meta, p, l, c)
                 for f in ti.static(range(F)):
-                    ti.atomic_add(g_table[row, f], w * g_out[p, l * F + f])
+                    if ti.static(SERIAL_BWD):  # plain adds: a CPU atomic float add is a compare-and-swap loop
+                        g_table[row, f] = g_table[row, f] + w * g_out[p, l * F + f]
+                    else:
+                        ti.atomic_add(g_table[row, f], w * g_out[p, l * F + f])
 
     return fwd, bwd

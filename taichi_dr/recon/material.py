@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from taichi_dr.recon._hashgrid_kernels import kernels as _kernels
-from taichi_dr.runtime import ensure_init, ti_real
+from taichi_dr.runtime import current_arch, ensure_init, ti_real
 
 __all__ = ["HashGridEncoding", "MaterialField", "KS_MIN", "KS_MAX"]
 
@@ -111,7 +111,7 @@ class _HashGridFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, meta, F):
         ensure_init()
-        fwd, _ = _kernels(ti_real(table.dtype), F)
+        fwd, _ = _kernels(ti_real(table.dtype), F, current_arch() == "cpu")
         out = torch.empty((x.shape[0], meta.shape[0] * F), dtype=table.dtype, device=table.device)
         if x.shape[0]:
             fwd(x, table.detach().contiguous(), meta, out)
@@ -122,7 +122,7 @@ class _HashGridFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out):
         x, meta = ctx.saved_tensors
-        _, bwd = _kernels(ti_real(g_out.dtype), ctx.F)
+        _, bwd = _kernels(ti_real(g_out.dtype), ctx.F, current_arch() == "cpu")
         g_table = torch.zeros(ctx.shape, dtype=g_out.dtype, device=g_out.device)
         if x.shape[0]:
             bwd(x, g_out.contiguous(), meta, g_table)

@@ -137,9 +137,9 @@ def uv_tangents(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_
     d1, d2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
     det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
     tan = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) * torch.sign(det)[:, None]  # = T·|det|
+    # one scatter for the three corners (called every step of the texture pass)
     acc = torch.zeros((uvs.shape[0], 3), dtype=verts.dtype, device=verts.device)
-    for k in range(3):
-        acc = acc.index_add(0, uv_faces[:, k].long(), tan)
+    acc.index_add_(0, uv_faces.long().t().reshape(-1), tan.repeat(3, 1))
     return acc / acc.norm(dim=1, keepdim=True).clamp(min=1e-20)
 
 
@@ -182,7 +182,7 @@ class TexturedMaterial(nn.Module):
     @torch.no_grad()
     def clamp_(self) -> None:
         """Project the texels back into the material bounds (call after each optimiser step)."""
-        self.tex.data.copy_(torch.maximum(torch.minimum(self.tex.data, self.hi), self.lo))
+        self.tex.data.clamp_(min=self.lo, max=self.hi)  # in place: no texture-sized temporaries
 
     @torch.no_grad()
     def padded(self) -> torch.Tensor:

@@ -79,12 +79,13 @@ def kernels(real, seg: int):
     @ti.kernel
     def interp_bwd(attr: nd(dtype=real, ndim=3), rast: nd(dtype=vec4, ndim=1), tri: nd(dtype=ti.i32, ndim=2),
                    H: ti.i32, W: ti.i32, A: ti.template(), g_out: nd(dtype=real, ndim=2),
-                   g_attr: nd(dtype=real, ndim=3), g_rast: nd(dtype=vec4, ndim=1)):
+                   g_attr: nd(dtype=real, ndim=3), g_rast: nd(dtype=vec4, ndim=1), want_attr: ti.template()):
         # out = u·a0 + v·a1 + (1 − u − v)·a2  =>  dL/da0 += u·g, dL/da1 += v·g, dL/da2 += (1−u−v)·g,
         # dL/du = Σ_c g·(a0 − a2), dL/dv = Σ_c g·(a1 − a2).
         # The scatter to shared vertices needs atomic adds, the costliest part. Neighbouring pixels
         # usually show the same triangle, so each thread walks a row piece and sums a run of
         # pixels of one triangle in registers, flushing 3·A atomics only when the triangle changes.
+        # Without want_attr (constant attributes, e.g. UV coordinates) only dL/d(u, v) is computed.
         nseg = (W + seg - 1) // seg
         for it in range(ti.raw_div(rast.shape[0], H * W) * H * nseg):
             n, y, xs, xe = segment(it, nseg, H, W, seg)
@@ -98,10 +99,11 @@ def kernels(real, seg: int):
                 if x < xe:
                     tid = ti.cast(rast[p][3], ti.i32) - 1
                 if tid != cur:
-                    if cur >= 0:
-                        for k in ti.static(range(3)):
-                            for c in ti.static(range(A)):
-                                g_attr[na, tri[cur, k], c] += acc[k, c]
+                    if ti.static(want_attr):
+                        if cur >= 0:
+                            for k in ti.static(range(3)):
+                                for c in ti.static(range(A)):
+                                    g_attr[na, tri[cur, k], c] += acc[k, c]
                     cur = tid
                     acc = ti.Matrix.zero(real, 3, A)
                     if tid >= 0:
@@ -117,8 +119,9 @@ def kernels(real, seg: int):
                             g = g_out[p, c]
                             gu += g * (cor[0, c] - cor[2, c])
                             gv += g * (cor[1, c] - cor[2, c])
-                            for k in ti.static(range(3)):
-                                acc[k, c] += w[k] * g
+                            if ti.static(want_attr):
+                                for k in ti.static(range(3)):
+                                    acc[k, c] += w[k] * g
                     g_rast[p] = vec4(gu, gv, 0.0, 0.0)  # depth and triangle id: no gradient
 
     @ti.kernel

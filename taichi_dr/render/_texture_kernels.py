@@ -10,8 +10,9 @@ face is re-projected through its 3-D direction onto the neighbouring face.
 
 Why a hand-written adjoint: texel addresses depend on the data and the lookup loops over levels,
 which Taichi's reverse-mode autodiff does not handle (see docs/09_taichi_autodiff.md). ``bwd``
-recomputes the taps of ``fwd`` and scatters weighted output gradients to them (atomic adds), and
-returns dL/ds, dL/dt, and through the level of detail dL/d(footprint) and dL/dbias.
+recomputes the taps of ``fwd`` and scatters weighted output gradients to them (atomic adds; on the
+CPU one thread with plain adds, see ``bwd``), and returns dL/ds, dL/dt, and through the level of
+detail dL/d(footprint) and dL/dbias.
 """
 import functools
 import math
@@ -52,7 +53,7 @@ def cube_dir_func(real):
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(real, C: int):
+def kernels(real, C: int, serial_bwd: bool = False):
     """The texture sampling kernels ``(fwd, bwd)`` for the Taichi float type ``real`` and ``C`` channels.
 
     Both take the packed mip stack (``tex [N_tex, Σ texels, C]`` and per-level ``meta`` rows
@@ -60,7 +61,9 @@ def kernels(real, C: int):
     ``bias [P]``; 1-element dummies when absent) and compile-time switches: ``filt`` is the index
     in ``texture.FILTERS`` (0 nearest, 1 linear, 2 linear-mipmap-nearest, 3 linear-mipmap-linear),
     ``bmode`` the index in ``texture.BOUNDARIES`` (0 wrap, 1 clamp, 2 zero, 3 cube).
+    ``serial_bwd`` (the CPU's choice, see ``bwd``) runs the adjoint on one thread with plain adds.
     """
+    SERIAL = serial_bwd
     nd = ti.types.ndarray
     vec2 = ti.types.vector(2, real)
     vecC = ti.types.vector(C, real)  # one texel / pixel: loaded and stored as a whole
@@ -278,8 +281,17 @@ def kernels(real, C: int):
                             acc += w * tex[nt, a[q]]
             # the inputs are finite by now, so a non-finite result means a NaN/Inf texel was
             # sampled: flagged (bad[3]) for the wrapper to reject, at the cost of a bit test
-            bad[3] |= nonfinite(acc)
+            if nonfinite(acc):  # a plain store, rarely: an atomic OR on every pixel made 2 threads contend
+                bad[3] = 1
             out[p] = acc
+
+    @ti.func
+    def scatter(g_tex: ti.template(), nt, a, v):
+        """g_tex[nt, a] += v: a plain add in the serial (CPU) adjoint, an atomic one in parallel."""
+        if ti.static(SERIAL):
+            g_tex[nt, a] = g_tex[nt, a] + v
+        else:
+            g_tex[nt, a] += v
 
     @ti.kernel
     def bwd(tex: nd(dtype=vecC, ndim=2), meta: nd(dtype=meta_t, ndim=1), face: nd(dtype=ti.i32, ndim=1),
@@ -290,6 +302,11 @@ def kernels(real, C: int):
         # every pixel writes its g_st (and g_da, g_bias when present), so those need no zeroing
         nlev = meta.shape[0]
         H0, W0 = ti.cast(meta[0][1], real), ti.cast(meta[0][2], real)
+        # CPU: one thread and plain read-add-writes. x86 has no float atomic add (each is a
+        # compare-and-swap loop, ~20 cycles even without contention, 8·C per trilinear pixel), so the
+        # serial scatter is faster than two threads of atomics (measured: docs/04_texture_shading.md); a
+        # GPU keeps the parallel loop and its native atomics
+        ti.loop_config(serialize=SERIAL)
         for p in range(g_out.shape[0]):
             nt = batch_of(p, hw, tex.shape[0])
             L = ti.cast(0.0, real)
@@ -309,7 +326,7 @@ def kernels(real, C: int):
                 if ti.static(filt == 0):
                     a = nearest_tap(m, f, s_t, bmode)
                     if a >= 0:
-                        g_tex[nt, a] += g
+                        scatter(g_tex, nt, a, g)
                 else:
                     a, fx, fy = bilinear_taps(m, f, s_t, bmode)
                     for q in ti.static(range(4)):
@@ -318,7 +335,7 @@ def kernels(real, C: int):
                         wy = fy if dy else 1.0 - fy
                         if a[q] >= 0:
                             if wl > 0:
-                                g_tex[nt, a[q]] += wl * wx * wy * g
+                                scatter(g_tex, nt, a[q], wl * wx * wy * g)
                             tg = g.dot(tex[nt, a[q]])  # Σ_c g_c · texel_c
                             # bilinear weights move with the sample: d fx / d s = W, d fy / d t = H
                             gs += wl * (1.0 if dx else -1.0) * wy * m[2] * tg

@@ -64,21 +64,26 @@ class _Interpolate(torch.autograd.Function):
         k = _kernels(ti_real(attr3.dtype))
         N, H, W = rast.shape[:3]
         A = attr3.shape[2]
-        g_attr = torch.zeros_like(attr3)
+        # constant attributes (UV coordinates, tangents) and a rast_db without gradient (the mip
+        # level's footprint) need no scatter: the texture pass interpolates both every step
+        want_attr, want_db = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        da_bwd = bool(which.numel()) and g_da is not None and (want_attr or want_db)
+        # (the kernels below write g_attr unless told not to: a 1-element dummy only when none does)
+        g_attr = torch.zeros_like(attr3) if want_attr or A > 8 or da_bwd else attr3.new_zeros(1, 1, 1)
         g_rast = None
         if g_out is not None:
             g_rast = torch.empty_like(rast)
             g2 = g_out.contiguous().view(N * H * W, A)
             if A <= 8:  # channels unrolled at compile time (one kernel per channel count)
-                k.interp_bwd(attr3, rast.view(-1, 4), tri, H, W, A, g2, g_attr, g_rast.view(-1, 4))
+                k.interp_bwd(attr3, rast.view(-1, 4), tri, H, W, A, g2, g_attr, g_rast.view(-1, 4), want_attr)
             else:
                 k.interp_bwd_wide(attr3, rast.view(-1, 4), tri, H * W, g2, g_attr, g_rast.view(-1, 4))
         g_db = None
-        if which.numel() and g_da is not None:
+        if da_bwd:
             g_db = torch.empty_like(db)
             k.interp_da_bwd(attr3, rast.view(-1, 4), db.view(-1, 4), tri, which, H * W,
                           g_da.contiguous().view(N * H * W, -1), g_attr, g_db.view(-1, 4))
-        return g_attr, g_rast, None, g_db, None, None, None
+        return g_attr if want_attr else None, g_rast, None, g_db, None, None, None
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db: Optional[torch.Tensor] = None,

@@ -33,33 +33,65 @@ __all__ = ["SimpleLight", "render_mesh_views"]
 SimpleLight = DirectionalLight
 
 
-def _shade(light, pos: torch.Tensor, n: torch.Tensor, kd: torch.Tensor, ks: Optional[torch.Tensor],
-           campos: torch.Tensor) -> torch.Tensor:
-    """Radiance ``[N, H, W, 3]`` of surface points under ``light`` (see :func:`render_mesh_views`)."""
-    return light.shade(pos, n, kd, ks, campos)
+def _covered(rast: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """The covered pixels of ``rast`` ``[N, H, W, 4]`` and their packed layout.
 
-
-def _material_pixels(colors, attrs: torch.Tensor, rast: torch.Tensor, rast_db: torch.Tensor) -> torch.Tensor:
-    """Per-pixel material channels ``[N, H, W, C]`` of a callable or textured material.
-
-    Either is evaluated on the covered pixels only (typically 10-40 % of the image), then scattered
-    back; background pixels get zeros (they are composited away). For textures this also keeps the
-    background's (0, 0) coordinates from piling zero gradients onto one texel.
+    Returns:
+        idx ``[P]`` int64 flat pixel indices (view-major, as in ``rast.reshape(-1, 4)``), slot ``[P]``
+        int64 row of each in a ``[N·Pmax]`` per-view packing (view n owns rows n·Pmax ...), and Pmax,
+        the most covered pixels of one view.
     """
-    N, H, W = rast.shape[:3]
-    idx = (rast[..., 3] > 0).reshape(-1).nonzero().squeeze(1)
+    N = rast.shape[0]
+    mask = (rast[..., 3] > 0).reshape(N, -1)
+    counts = mask.sum(1)
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    pmax = int(counts.max()) if idx.numel() else 0
+    view = torch.div(idx, mask.shape[1], rounding_mode="floor")
+    start = torch.cumsum(counts, 0) - counts  # position in idx of each view's first pixel
+    rank = torch.arange(idx.numel(), device=idx.device) - start[view]
+    return idx, view * pmax + rank, pmax
+
+
+def _pack(x: torch.Tensor, slot: torch.Tensor, rows: int, pad: Optional[Tuple[float, ...]] = None) -> torch.Tensor:
+    """``[rows, C]`` with row ``slot[i]`` = ``x[i]`` (``x`` ``[P, C]``); the other rows are ``pad``
+    (default zeros). Differentiable in ``x`` (its backward is a gather)."""
+    base = x.new_zeros(rows, x.shape[1]) if pad is None else \
+        torch.tensor(pad, dtype=x.dtype, device=x.device).expand(rows, x.shape[1])
+    return base.index_put((slot,), x)
+
+
+def _wants_tangents(colors) -> bool:
+    """Whether a textured material carries a normal map (channels 6:9) and the tangents to apply it."""
+    tex = getattr(colors, "tex", None)
+    return hasattr(colors, "tangents") and (tex is None or tex.shape[-1] >= 9)
+
+
+def _material_pixels(colors, verts: torch.Tensor, faces: torch.Tensor, pos: torch.Tensor, rast_c: torch.Tensor,
+                     rast_db_c: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Material channels ``[P, C]`` of a callable or textured material on the P covered pixels
+    (world positions ``pos`` ``[P, 3]``; their rasterizer outputs ``rast_c``, ``rast_db_c``
+    ``[1, 1, P, 4]``), and for a normal-mapped texture the ``[P, 3]`` UV tangents there (else None).
+
+    Only the covered pixels (typically 10-40 % of the image) are evaluated; for textures this also
+    keeps the background's (0, 0) coordinates from piling zero gradients onto one texel.
+    """
+    tan = None
     if hasattr(colors, "uvs") and hasattr(colors, "sample"):
-        uv, uv_da = interpolate(colors.uvs.to(rast.dtype), rast, colors.uv_faces, rast_db, diff_attrs="all")
-        uv = uv.reshape(-1, 2).index_select(0, idx).view(1, 1, -1, 2)
-        uv_da = uv_da.reshape(-1, 4).index_select(0, idx).view(1, 1, -1, 4)
-        vals = colors.sample(uv, uv_da).reshape(idx.numel(), -1)
+        uvs = colors.uvs.to(rast_c.dtype)
+        if _wants_tangents(colors):
+            # one interpolation for the coordinates (with their footprint) and the tangent frame:
+            # both live on the UV vertices; the tangents follow verts but take no gradient
+            uvs = torch.cat([uvs, colors.tangents(verts, faces).detach().to(rast_c.dtype)], 1)
+        attr, uv_da = interpolate(uvs, rast_c, colors.uv_faces, rast_db_c, diff_attrs=[0, 1])
+        vals = colors.sample(attr[..., :2], uv_da).reshape(pos.shape[0], -1)
+        attr = attr.view(-1, attr.shape[-1])
+        tan = attr[:, 2:5] if attr.shape[1] >= 5 else None
     else:
-        vals = colors(attrs[..., :3].reshape(-1, 3).index_select(0, idx))
-    if vals.dim() != 2 or vals.shape[0] != idx.numel() or vals.shape[1] not in (3, 6, 9):
+        vals = colors(pos)
+    if vals.dim() != 2 or vals.shape[0] != pos.shape[0] or vals.shape[1] not in (3, 6, 9):
         raise ValueError(f"colors: a material callable must return [P, 3|6|9] for [P, 3] positions, got "
-                         f"{list(vals.shape)} for P = {idx.numel()}")
-    full = torch.zeros((N * H * W, vals.shape[1]), dtype=vals.dtype, device=vals.device)
-    return full.index_put((idx,), vals).view(N, H, W, -1).to(attrs.dtype)
+                         f"{list(vals.shape)} for P = {pos.shape[0]}")
+    return vals.to(pos.dtype), tan
 
 
 def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: torch.Tensor,
@@ -110,29 +142,39 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: tor
     rast, rast_db = rasterize(clip, faces, (H, W), grad_db=False)
     if normals is None:
         normals = vertex_normals(verts, faces)
-    attrs, _ = interpolate(torch.cat([verts, normals] + ([colors] if per_vertex else []), 1), rast, faces)
-    mat = attrs[..., 6:9] if per_vertex else _material_pixels(colors, attrs, rast, rast_db)
-    kd = mat[..., 0:3]
-    ks = mat[..., 3:6] if mat.shape[-1] >= 6 else None
-    n = safe_normalize(attrs[..., 3:6])
-    view = campos.to(verts.dtype).view(N, 1, 1, 3) - attrs[..., :3]
+    # everything per pixel from here on runs on the covered pixels only (typically 10-40 % of the
+    # image), gathered into a [1, 1, P, ·] "image" (interpolate and texture look at each pixel on
+    # its own): the interpolation, the material, the normal map and the shading. The shading gets
+    # them packed per view, [N, 1, Pmax, ·] (its camera is per view); padding rows are dropped.
+    idx, slot, pmax = _covered(rast)
+    cov = (rast[..., 3:] > 0).to(verts.dtype)
+    if idx.numel() == 0:
+        return antialias(torch.cat([background * (1 - cov), cov], -1), rast, clip, faces, topology_hash=topology_hash)
+    rast_c = rast.reshape(-1, 4).index_select(0, idx).view(1, 1, -1, 4)
+    a, _ = interpolate(torch.cat([verts, normals] + ([colors] if per_vertex else []), 1), rast_c, faces)
+    a = a.view(idx.numel(), -1)  # [P, 6 or 9]
+    pos = a[:, :3]
+    if per_vertex:
+        mat, tan = a[:, 6:9], None
+    else:
+        rast_db_c = rast_db.reshape(-1, 4).index_select(0, idx).view(1, 1, -1, 4)
+        mat, tan = _material_pixels(colors, verts, faces, pos, rast_c, rast_db_c)
+    n = safe_normalize(a[:, 3:6])
+    view_of = torch.div(idx, H * W, rounding_mode="floor")
+    view = campos.to(verts.dtype).index_select(0, view_of) - pos
     # two-sided: a surface seen from behind (open meshes, inner walls) is shaded like its front
     n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)
-    cov = (rast[..., 3:] > 0).to(verts.dtype)
-    if mat.shape[-1] >= 9 and hasattr(colors, "tangents"):
+    if mat.shape[-1] >= 9 and tan is not None:
         # tangent-space normal map: the UV tangent made orthogonal to n (Gram-Schmidt), then
-        # n' = T·x − B·y + N·z with B = T × N (perturb_normal, OpenGL convention); on the covered
-        # pixels only (the per-pixel cross products cost as much as the shading otherwise)
-        tan, _ = interpolate(colors.tangents(verts, faces).to(verts.dtype), rast, colors.uv_faces)
-        idx = (rast[..., 3] > 0).reshape(-1).nonzero().squeeze(1)
-        n_c, t_c = n.reshape(-1, 3).index_select(0, idx), tan.reshape(-1, 3).index_select(0, idx)
-        t_c = t_c - n_c * (t_c * n_c).sum(-1, keepdim=True)
-        n_ts = mat.reshape(-1, mat.shape[-1]).index_select(0, idx)[:, 6:9]
-        n = n.reshape(-1, 3).index_put((idx,), perturb_normal(n_c, t_c, n_ts)).view(n.shape)
-    if hasattr(light, "shade"):
-        # background pixels get a harmless normal (their result is masked out below)
-        n = torch.where(cov > 0, n, torch.tensor([0.0, 0.0, 1.0], dtype=n.dtype, device=n.device).expand_as(n))
-    shade = _shade(light, attrs[..., :3], n, kd, ks, campos)
-    img = torch.cat([shade * cov + background * (1 - cov), cov], -1)
+        # n' = T·x − B·y + N·z with B = T × N (perturb_normal, OpenGL convention)
+        tan = tan - n * (tan * n).sum(-1, keepdim=True)
+        n = perturb_normal(n, tan, mat[:, 6:9])
+    rows = N * pmax
+    packed = [_pack(pos, slot, rows), _pack(n, slot, rows, (0.0, 0.0, 1.0)), _pack(mat[:, 0:3], slot, rows),
+              _pack(mat[:, 3:6], slot, rows) if mat.shape[-1] >= 6 else None]
+    packed = [None if t is None else t.view(N, 1, pmax, 3) for t in packed]
+    shade = light.shade(*packed, campos).reshape(rows, 3).index_select(0, slot)
+    shade = shade.new_zeros(N * H * W, 3).index_put((idx,), shade).view(N, H, W, 3)
+    img = torch.cat([shade + background * (1 - cov), cov], -1)
     # None: antialias reuses the table it cached for this faces tensor (turntables, test views)
     return antialias(img, rast, clip, faces, topology_hash=topology_hash)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from taichi_dr._checks import (FLOATS, check_choice, check_finite, check_float, check_device, check_tensor,
                                shape_str)
 from taichi_dr.render._texture_kernels import kernels as _kernels
-from taichi_dr.runtime import ensure_init, ti_real
+from taichi_dr.runtime import current_arch, ensure_init, ti_real
 
 __all__ = ["texture", "texture_construct_mip", "MipStack", "cube_face_coords"]
 
@@ -154,7 +154,7 @@ class _Sample(torch.autograd.Function):
     def forward(ctx, flat, meta, face, st, da, bias, filt, bmode):
         N, H, W = st.shape[:3]
         C = flat.shape[2]
-        fwd, _ = _kernels(ti_real(flat.dtype), C)
+        fwd, _ = _kernels(ti_real(flat.dtype), C, current_arch() == "cpu")
         # .contiguous() returns the tensor itself when it already is (the usual case): no copy
         flat_c, st_c = flat.detach().contiguous(), st.detach().contiguous()
         da_c = None if da is None else da.detach().contiguous()
@@ -181,7 +181,7 @@ class _Sample(torch.autograd.Function):
     def backward(ctx, g_out):
         flat, meta, face, st, da, bias = ctx.saved_tensors
         C = flat.shape[2]
-        _, bwd = _kernels(ti_real(flat.dtype), C)
+        _, bwd = _kernels(ti_real(flat.dtype), C, current_arch() == "cpu")
         # the kernel writes every pixel of g_st, g_da and g_bias: only the scattered g_tex needs zeros
         g_tex, g_st = torch.zeros_like(flat), torch.empty_like(st)
         g_da = None if da is None else torch.empty_like(da)
