@@ -163,3 +163,32 @@ def test_default_grid_follows_the_training_size():
     assert ReconConfig().validate().grid_res is None  # resolved per dataset, recorded in metrics.json
     assert auto_grid_res((128, 128)) == 40 and auto_grid_res((160, 120)) == 40
     assert auto_grid_res((256, 256)) == 64 and auto_grid_res((200, 256)) == 64
+
+
+@pytest.mark.slow
+def test_refinement_pass_trains_at_its_own_resolution(dataset, tmp_path, monkeypatch):
+    """Large images: the DMTet pass at the train size, the texture pass at up to AUTO_REFINE_RES (here the
+    caps are lowered so that 32-px images are "large"); a user's train_res is used by both passes."""
+    from taichi_dr.recon import loop as recon_mod
+
+    root, _ = dataset
+    sizes = []
+    orig = recon_mod._batch
+
+    def spy(ds, idx, bg):
+        sizes.append(tuple(ds.images.shape[1:3]))
+        return orig(ds, idx, bg)
+    monkeypatch.setattr(recon_mod, "_batch", spy)
+    monkeypatch.setattr(recon_mod, "AUTO_TRAIN_RES", 16)
+    monkeypatch.setattr(recon_mod, "AUTO_REFINE_RES", 24)
+    cfg = ReconConfig(iters=3, refine_iters=2, grid_res=12, batch=2, turntable_frames=1, turntable_res=16,
+                      chamfer_samples=1000)
+    m = reconstruct(root, str(tmp_path / "auto"), cfg, progress=False)
+    assert m["train_res"] == [16, 16] and m["refine_res"] == [24, 24]
+    assert sizes == [(16, 16)] * 3 + [(24, 24)] * 2  # each pass drew its batches from its own images
+    sizes.clear()
+    m = reconstruct(root, str(tmp_path / "user"), ReconConfig(**{**cfg.to_dict(), "train_res": 20}), progress=False)
+    assert m["train_res"] == [20, 20] and m["refine_res"] == [20, 20] and sizes == [(20, 20)] * 5
+    sizes.clear()
+    m = reconstruct(root, str(tmp_path / "both"), ReconConfig(**{**cfg.to_dict(), "refine_res": 28}), progress=False)
+    assert m["train_res"] == [16, 16] and m["refine_res"] == [28, 28] and sizes[-1] == (28, 28)

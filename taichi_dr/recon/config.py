@@ -51,6 +51,11 @@ class ReconConfig:
     train_res: Optional[int] = field(default=None, metadata={
         "help": "resample training images to this size in pixels (none = as stored, but at most 256 px on the "
                 "longer side: the measured cost per iteration grows with the pixel count)", "min": 1})
+    refine_res: Optional[int] = field(default=None, metadata={
+        "help": "image size in pixels of the refinement (texture) pass and so of the textures (none = train_res "
+                "when that is given, else as stored but at most 512 px on the longer side: textures learned "
+                "from 256-px views look blurred in 800-px test views; the pass has fixed topology, so its cost "
+                "grows only with the pixel count)", "min": 1})
     batch: int = field(default=4, metadata={"help": "training views per iteration", "min": 1})
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     lr_geometry: float = field(default=0.01, metadata={
