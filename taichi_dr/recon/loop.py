@@ -368,6 +368,9 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         cfg.save(os.path.join(out_dir, "config.json"))  # the resolved settings: a run can be repeated
     auto_res = _auto_train_res(data_dir) if cfg.train_res is None else None
     train = load_nerf(data_dir, "train", cfg.train_res or auto_res)
+    if bool((train.images[..., 3] >= 0.999).all()):  # the masks drive the hull, the mask loss and the cleanup
+        raise ValueError(f"{data_dir}: every training pixel is opaque (RGB images, or alpha = 1 everywhere); "
+                         "expected RGBA images whose alpha is the object's mask (NeRF-synthetic layout)")
     # the refinement pass' views: refine_res, else train_res when the user gave it, else the stored size up
     # to AUTO_REFINE_RES (loaded only when it differs from the DMTet pass' size)
     refine_res = cfg.refine_res or cfg.train_res or _auto_train_res(data_dir, AUTO_REFINE_RES)
