@@ -45,8 +45,8 @@ from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
 from taichi_dr.recon.config import ReconConfig
-from taichi_dr.recon.distributed import (DistContext, GradSync, batch_layout, finish, init_distributed, local_batch,
-                                         share_state)
+from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
+from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -230,7 +230,7 @@ class _Run:
 
     def step(self):
         cfg = self.cfg
-        # views and backgrounds are a function of (seed, it), split over ranks (recon/distributed.py)
+        # views and backgrounds are a function of (seed, it), split over ranks (recon/data_parallel.py)
         data = self.train if self.phase == "dmtet" else self.refine_data
         part = local_batch(len(data), data.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
         target, alpha, bg, mvp, campos = _batch(data, part.idx, part.bg)
