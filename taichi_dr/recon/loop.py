@@ -9,12 +9,14 @@ Pass 1 (DMTet, topology free). Each iteration takes a batch of training views an
     L = image_loss(tonemapped L1) + mask_loss(L2) + λ(t)·sdf_reg_loss + hull hinge
         + 0.03·ramp(t)·kd smoothness,  λ: 0.2 -> 0.01 over 1/4, ramp: 0 -> 1 over 1/10
 
-The SDF starts as the visual hull's signed distance, carved first where the training views
-disagree about the hull's colour (recon/carve.py: concavities no silhouette shows).
+The SDF starts as the visual hull's signed distance (from the masks' sub-pixel silhouettes), carved
+first where the training views disagree about the hull's colour (recon/carve.py: concavities no
+silhouette shows).
 
-The backgrounds behind both the render and the target are random per pixel (as nvdiffrec
-does), so a pixel can only be matched by covering it with the right colour or by leaving it
-uncovered: the mask is learned, never taken for granted.
+The backgrounds behind both the render and the target are random, new every step (one colour
+per view by default; ``background='pixel'``: per pixel, as nvdiffrec), so a pixel can only be
+matched by covering it with the right colour or by leaving it uncovered: the mask is learned,
+never taken for granted.
 
 Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions and colours are
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
@@ -151,7 +153,7 @@ class _Run:
 
     def _dmtet_optimizer(self):
         m, cfg = self.model, self.cfg
-        # the SDF is in grid cells (model.hull_sdf) and the offsets in fractions of a cell, so a step
+        # the SDF is in grid cells (model.init_from_hull) and the offsets in fractions of a cell, so a step
         # moves the surface a fixed fraction of a cell: the world-space step (and the noise that
         # Adam's normalised steps put on every vertex) shrinks with the cell size, so a finer grid
         # is at least as precise. The MLP's weights take a smaller rate (each moves every vertex).
@@ -233,7 +235,10 @@ class _Run:
         # views and backgrounds are a function of (seed, it), split over ranks (recon/data_parallel.py)
         data = self.train if self.phase == "dmtet" else self.refine_data
         part = local_batch(len(data), data.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
-        target, alpha, bg, mvp, campos = _batch(data, part.idx, part.bg)
+        bg = part.bg
+        if cfg.background == "view":  # one colour per view: antialiasing blends a neighbour's background (docs/08)
+            bg = bg[:, :1, :1].expand_as(bg).contiguous()
+        target, alpha, bg, mvp, campos = _batch(data, part.idx, bg)
         light = self.model.light()
         if self.phase == "dmtet":
             sdf, offsets = self.model.dmtet()
