@@ -10,11 +10,12 @@ import torch
 __all__ = ["to_srgb_u8", "save_png"]
 
 
-def to_srgb_u8(img_linear: torch.Tensor) -> np.ndarray:
+def to_srgb_u8(img_linear: torch.Tensor, encoded: bool = False) -> np.ndarray:
     """Linear ``[H, W, 3]`` (or ``[H, W, 4]`` with alpha) float image, rows bottom-up -> uint8 array
     of the same shape, sRGB-encoded colour (alpha stays linear), top row first (as image files are).
 
-    Values are clamped to [0, 1] and rounded to nearest.
+    Values are clamped to [0, 1] and rounded to nearest. ``encoded=True``: the colour is sRGB-encoded
+    already (e.g. computed once for a metric), only quantised here.
     """
     from taichi_dr.losses import linear_to_srgb
 
@@ -22,7 +23,7 @@ def to_srgb_u8(img_linear: torch.Tensor) -> np.ndarray:
         raise ValueError(f"img_linear: expected a [H, W, 3|4] tensor, got "
                          f"{list(img_linear.shape) if isinstance(img_linear, torch.Tensor) else type(img_linear).__name__}")
     img = img_linear.detach().cpu().float()
-    out = linear_to_srgb(img[..., :3].clamp(0, 1))
+    out = img[..., :3].clamp(0, 1) if encoded else linear_to_srgb(img[..., :3].clamp(0, 1))
     if img.shape[-1] == 4:
         out = torch.cat([out, img[..., 3:].clamp(0, 1)], -1)
     return np.ascontiguousarray((out.numpy()[::-1] * 255 + 0.5).astype(np.uint8))

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["Mesh", "load_obj", "save_obj", "atomic_write", "atomic_write_text"]
+__all__ = ["Mesh", "load_obj", "save_obj", "obj_text", "atomic_write", "atomic_write_text"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -170,13 +170,13 @@ def _load_mtl_texture(mtl_path: str) -> Optional[torch.Tensor]:
     return None
 
 
-def save_obj(path: PathLike, mesh: Mesh) -> None:
-    """Write ``mesh`` as OBJ (+ MTL and ``<name>_kd.png`` when it has a texture), atomically."""
-    path = os.fspath(path)
-    base = os.path.splitext(os.path.basename(path))[0]
+def obj_text(mesh: Mesh, mtllib: Optional[str] = None) -> str:
+    """The Wavefront OBJ text of ``mesh``: ``v`` (with ``r g b`` when it has colours), ``vt``, ``vn``
+    and ``f`` lines (1-based ``v/vt/vn`` indices); with ``mtllib`` (an MTL file name) the faces use its
+    ``material0``. The one OBJ formatter: :func:`save_obj` and the reconstruction's export use it."""
     lines = [f"# taichi_dr mesh: {mesh.verts.shape[0]} vertices, {mesh.faces.shape[0]} faces"]
-    if mesh.texture is not None:
-        lines.append(f"mtllib {base}.mtl")
+    if mtllib is not None:
+        lines.append(f"mtllib {mtllib}")
     V = mesh.verts.detach().cpu().numpy()
     if mesh.colors is not None:
         C = mesh.colors.detach().cpu().numpy()
@@ -188,7 +188,7 @@ def save_obj(path: PathLike, mesh: Mesh) -> None:
         lines += [f"vt {a:.7g} {b:.7g}" for a, b in mesh.uvs.detach().cpu().numpy()]
     if has_n:
         lines += [f"vn {a:.7g} {b:.7g} {c:.7g}" for a, b, c in mesh.normals.detach().cpu().numpy()]
-    if mesh.texture is not None:
+    if mtllib is not None:
         lines.append("usemtl material0")
     F = mesh.faces.cpu().numpy() + 1
     Ft = mesh.uv_faces.cpu().numpy() + 1 if has_t else None
@@ -202,7 +202,14 @@ def save_obj(path: PathLike, mesh: Mesh) -> None:
             lines.append("f " + " ".join(f"{f[k]}//{Fn[i][k]}" for k in range(3)))
         else:
             lines.append(f"f {f[0]} {f[1]} {f[2]}")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def save_obj(path: PathLike, mesh: Mesh) -> None:
+    """Write ``mesh`` as OBJ (+ MTL and ``<name>_kd.png`` when it has a texture), atomically."""
+    path = os.fspath(path)
+    base = os.path.splitext(os.path.basename(path))[0]
+    text = obj_text(mesh, f"{base}.mtl" if mesh.texture is not None else None)
     if mesh.texture is not None:
         import imageio.v3 as iio
 

@@ -28,18 +28,23 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0, window:
         raise ValueError(f"target: expected shape {shape_str(pred.shape)} (same as pred), got {shape_str(target.shape)}")
     if pred.dim() != 3 or min(pred.shape[0], pred.shape[1]) < window:
         raise ValueError(f"pred: expected [H, W, C] with H, W >= {window}, got {shape_str(pred.shape)}")
-    import torch.nn.functional as F
-
-    x = pred.detach().double().permute(2, 0, 1).unsqueeze(1)  # [C, 1, H, W]
-    y = target.detach().double().permute(2, 0, 1).unsqueeze(1)
+    x = pred.detach().double().permute(2, 0, 1)  # [C, H, W]
+    y = target.detach().double().permute(2, 0, 1)
     k = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma ** 2))
-    k = (k / k.sum()).to(x.device)
+    k = (k / k.sum()).tolist()
 
-    # the five blurred maps of every channel in one separable convolution (valid positions only):
-    # one batched call instead of ten per-map ones is what keeps an 800² evaluation cheap
+    # the five blurred maps of every channel, blurred together by the separable window as sums of shifted
+    # slices ("valid" positions only): 2.5x less CPU than conv2d (which has no fast single-channel f64
+    # path) and what keeps a 200-view 800² evaluation at minutes
     C = x.shape[0]
     b = torch.cat([x, y, x * x, y * y, x * y])
-    b = F.conv2d(F.conv2d(b, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    Hv, Wv = b.shape[1] - window + 1, b.shape[2] - window + 1
+    rows = b[:, 0:Hv] * k[0]
+    for i in range(1, window):
+        rows.add_(b[:, i:i + Hv], alpha=k[i])
+    b = rows[:, :, 0:Wv] * k[0]
+    for i in range(1, window):
+        b.add_(rows[:, :, i:i + Wv], alpha=k[i])
     mx, my, bxx, byy, bxy = b.split(C)
     vx, vy, cxy = bxx - mx * mx, byy - my * my, bxy - mx * my
     c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2

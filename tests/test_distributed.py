@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from taichi_dr.recon import ReconConfig
-from taichi_dr.recon.distributed import DistContext, GradSync, batch_layout, local_batch, torchrun_env
+from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
+from taichi_dr.recon.distributed import DistContext, torchrun_env
 from taichi_dr.recon.demo import make_demo_dataset
 
 TINY = dict(iters=10, refine_iters=2, grid_res=16, batch=4, checkpoint_every=4, turntable_frames=2,

@@ -68,6 +68,15 @@ def test_bad_datasets_give_clear_errors(dataset, tmp_path):
     iio.imwrite(os.path.join(d, "train", "r_4.png"), np.zeros((20, 20, 4), np.uint8))
     with pytest.raises(ValueError, match="r_4.png: image size"):
         load_nerf(d)
+    # RGB images load (alpha = 1), but a reconstruction needs masks: one clear error before any work
+    d = _copy(root, tmp_path / "f")
+    for name in os.listdir(os.path.join(d, "train")):
+        path = os.path.join(d, "train", name)
+        iio.imwrite(path, np.asarray(iio.imread(path))[..., :3])
+    assert bool((load_nerf(d).images[..., 3] == 1).all())
+    from taichi_dr import reconstruct
+    with pytest.raises(ValueError, match="every training pixel is opaque"):
+        reconstruct(d, str(tmp_path / "out"), progress=False)
 
 
 def test_other_radius_fov_and_non_square_images_round_trip(dataset, tmp_path):

@@ -25,7 +25,7 @@ import torch
 
 from taichi_dr.losses import linear_to_srgb, srgb_to_linear
 from taichi_dr.image import save_png, to_srgb_u8
-from taichi_dr.mesh import Mesh, atomic_write, atomic_write_text, load_obj, save_obj
+from taichi_dr.mesh import Mesh, atomic_write, atomic_write_text, load_obj, obj_text, save_obj
 from taichi_dr.recon.texture_pass import TexturedMaterial, dilate, make_textured_material
 
 __all__ = ["export_mesh", "load_textured_obj", "save_light", "load_light"]
@@ -115,19 +115,13 @@ def export_mesh(out_dir: str, verts: torch.Tensor, faces: torch.Tensor, material
         nrm = _u8(((tex[..., 6:9] + 1) / 2).numpy()[::-1])
         save_png(os.path.join(out_dir, "texture_n.png"), nrm)
     uvs, uvf = material.uvs.cpu(), material.uv_faces.cpu()
-    V, Fc, U, Fu = verts.detach().float().cpu().numpy(), faces.cpu().numpy() + 1, uvs.numpy(), uvf.numpy() + 1
-    lines = [f"# taichi_dr textured mesh: {V.shape[0]} vertices, {U.shape[0]} uvs, {Fc.shape[0]} faces",
-             "mtllib mesh.mtl"]
-    lines += [f"v {a:.7g} {b:.7g} {c:.7g}" for a, b, c in V]
-    lines += [f"vt {a:.7g} {b:.7g}" for a, b in U]
-    lines.append("usemtl material0")
-    lines += [f"f {f[0]}/{t[0]} {f[1]}/{t[1]} {f[2]}/{t[2]}" for f, t in zip(Fc, Fu)]
-    atomic_write_text(os.path.join(out_dir, "mesh.obj"), "\n".join(lines) + "\n")
+    obj = Mesh(verts.detach().float().cpu(), faces.cpu(), uvs=uvs, uv_faces=uvf)
+    atomic_write_text(os.path.join(out_dir, "mesh.obj"), obj_text(obj, "mesh.mtl"))
     # illum 2: diffuse + specular; Ks/map_Ks hold the ORM texture (nvdiffrec's convention)
     atomic_write_text(os.path.join(out_dir, "mesh.mtl"), "newmtl material0\nillum 2\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\n"
                 "map_Kd texture_kd.png\nmap_Ks texture_ks.png\n" + ("norm texture_n.png\n" if nrm is not None else ""))
     pos_uv = _uv_vertices(verts, faces, uvf, uvs.shape[0]).numpy()
-    _write_glb(os.path.join(out_dir, "mesh.glb"), pos_uv, uvf.numpy(), uvs=U, kd=kd, ks=ks, nrm=nrm)
+    _write_glb(os.path.join(out_dir, "mesh.glb"), pos_uv, uvf.numpy(), uvs=uvs.numpy(), kd=kd, ks=ks, nrm=nrm)
     written.update(mtl="mesh.mtl", texture_kd="texture_kd.png", texture_ks="texture_ks.png")
     if nrm is not None:
         written["texture_n"] = "texture_n.png"

@@ -9,12 +9,14 @@ Pass 1 (DMTet, topology free). Each iteration takes a batch of training views an
     L = image_loss(tonemapped L1) + mask_loss(L2) + λ(t)·sdf_reg_loss + hull hinge
         + 0.03·ramp(t)·kd smoothness,  λ: 0.2 -> 0.01 over 1/4, ramp: 0 -> 1 over 1/10
 
-The SDF starts as the visual hull's signed distance, carved first where the training views
-disagree about the hull's colour (recon/carve.py: concavities no silhouette shows).
+The SDF starts as the visual hull's signed distance (from the masks' sub-pixel silhouettes), carved
+first where the training views disagree about the hull's colour (recon/carve.py: concavities no
+silhouette shows).
 
-The backgrounds behind both the render and the target are random per pixel (as nvdiffrec
-does), so a pixel can only be matched by covering it with the right colour or by leaving it
-uncovered: the mask is learned, never taken for granted.
+The backgrounds behind both the render and the target are random, new every step (one colour
+per view by default; ``background='pixel'``: per pixel, as nvdiffrec), so a pixel can only be
+matched by covering it with the right colour or by leaving it uncovered: the mask is learned,
+never taken for granted.
 
 Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions and colours are
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
@@ -45,8 +47,8 @@ from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
 from taichi_dr.recon.config import ReconConfig
-from taichi_dr.recon.distributed import (DistContext, GradSync, batch_layout, finish, init_distributed, local_batch,
-                                         share_state)
+from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
+from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -64,6 +66,9 @@ def _raise_interrupt(signum, frame):
 
 
 AUTO_TRAIN_RES = 256  # default training size cap in pixels (measured cost table: docs/08)
+# default size cap of the refinement (texture) pass: its topology is fixed, so it costs per pixel, not per grid
+# cell, and textures learned from 256-px views are blurred in 800-px test views (README: 800² scenes)
+AUTO_REFINE_RES = 512
 # default grid per training size (longer side, pixels): measured on Mitsuba renders (README): at 256 px
 # grid 64 keeps 4-px rods that grid 40 loses (gadget 800²: 22.4 -> 23.7 dB, Chamfer 1.7e-3 -> 8.6e-4;
 # Spot: Chamfer 4.1e-5 -> 3.0e-5); at 128 px grid 40 is as good and 1.6x cheaper
@@ -100,10 +105,11 @@ def _batch(ds, idx: torch.Tensor, bg: torch.Tensor):
     return target, a, bg, ds.proj.unsqueeze(0) @ mv, camera_position(mv)
 
 
-def _auto_train_res(data_dir: str) -> Optional[Tuple[int, int]]:
-    """``train_res`` when the user left it unset: the stored size, or ``AUTO_TRAIN_RES`` when the
-    longer side of the first training image is larger (the cost of an iteration grows with the
-    pixel count, the geometry a 2-core CPU can resolve in minutes does not; see docs/08)."""
+def _auto_train_res(data_dir: str, cap: Optional[int] = None) -> Optional[Tuple[int, int]]:
+    """``train_res`` when the user left it unset: ``None`` (the stored size), or ``cap`` (default
+    ``AUTO_TRAIN_RES``) pixels on the longer side when the first training image is larger (the cost of
+    an iteration grows with the pixel count, the geometry a 2-core CPU can resolve in minutes does
+    not; see docs/08)."""
     import json
 
     import imageio.v3 as iio
@@ -113,17 +119,20 @@ def _auto_train_res(data_dir: str) -> Optional[Tuple[int, int]]:
     with open(os.path.join(data_dir, "transforms_train.json"), encoding="utf-8") as fh:
         first = json.load(fh)["frames"][0]["file_path"]
     h, w = iio.improps(_resolve(data_dir, first)).shape[:2]
-    if max(h, w) <= AUTO_TRAIN_RES:
+    cap = AUTO_TRAIN_RES if cap is None else cap
+    if max(h, w) <= cap:
         return None
-    k = AUTO_TRAIN_RES / max(h, w)  # keep the aspect ratio (the field of view follows W / H)
+    k = cap / max(h, w)  # keep the aspect ratio (the field of view follows W / H)
     return max(1, round(h * k)), max(1, round(w * k))
 
 
 class _Run:
     """State of one reconstruction; a class only so that checkpointing sees everything in one place."""
 
-    def __init__(self, cfg: ReconConfig, train, out_dir: str, dist: Optional[DistContext] = None):
+    def __init__(self, cfg: ReconConfig, train, out_dir: str, dist: Optional[DistContext] = None, refine_data=None):
         self.cfg, self.train, self.out_dir = cfg, train, out_dir
+        # the refinement pass' views: the same cameras, possibly at a higher resolution (ReconConfig.refine_res)
+        self.refine_data = train if refine_data is None else refine_data
         self.dist = dist or DistContext()  # this process's rank; one process by default
         self.sync = GradSync(self.dist)
         mvp_all = train.proj.unsqueeze(0) @ train.mv
@@ -144,7 +153,7 @@ class _Run:
 
     def _dmtet_optimizer(self):
         m, cfg = self.model, self.cfg
-        # the SDF is in grid cells (model.hull_sdf) and the offsets in fractions of a cell, so a step
+        # the SDF is in grid cells (model.init_from_hull) and the offsets in fractions of a cell, so a step
         # moves the surface a fixed fraction of a cell: the world-space step (and the noise that
         # Adam's normalised steps put on every vertex) shrinks with the cell size, so a finer grid
         # is at least as precise. The MLP's weights take a smaller rate (each moves every vertex).
@@ -184,7 +193,7 @@ class _Run:
             v, f = collapse_short_edges(v, f, SLIVER_FRACTION * self.model.dmtet.cell)
             v, f = compact(v, f, self._clean(v, f)[0])
         # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
-        f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.train.images.shape[1:3])
+        f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3])
         self.mesh_colors.to(v.device)  # its buffers (bounds, uv atlas) next to the parameters
         self.mesh_faces = f
         self.mesh_verts = torch.nn.Parameter(v.detach().clone())
@@ -223,9 +232,13 @@ class _Run:
 
     def step(self):
         cfg = self.cfg
-        # views and backgrounds are a function of (seed, it), split over ranks (recon/distributed.py)
-        part = local_batch(len(self.train), self.train.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
-        target, alpha, bg, mvp, campos = _batch(self.train, part.idx, part.bg)
+        # views and backgrounds are a function of (seed, it), split over ranks (recon/data_parallel.py)
+        data = self.train if self.phase == "dmtet" else self.refine_data
+        part = local_batch(len(data), data.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
+        bg = part.bg
+        if cfg.background == "view":  # one colour per view: antialiasing blends a neighbour's background (docs/08)
+            bg = bg[:, :1, :1].expand_as(bg).contiguous()
+        target, alpha, bg, mvp, campos = _batch(data, part.idx, bg)
         light = self.model.light()
         if self.phase == "dmtet":
             sdf, offsets = self.model.dmtet()
@@ -321,7 +334,7 @@ def _evaluate(run: _Run, test, out_dir: str) -> Dict[str, float]:
         psnrs.append(psnr(pred_s, target_s))
         ssims.append(ssim(pred_s, target_s))
         ious.append(mask_iou(pred[..., 3], a[..., 0]))
-        save_side_by_side(os.path.join(out_dir, "renders", f"test_{i:03d}.png"), target, pred[..., :3])
+        save_side_by_side(os.path.join(out_dir, "renders", f"test_{i:03d}.png"), target_s, pred_s, encoded=True)
     return {"test_psnr": sum(psnrs) / len(psnrs), "test_ssim": sum(ssims) / len(ssims),
             "test_mask_iou": sum(ious) / len(ious), "test_psnr_per_view": psnrs, "test_ssim_per_view": ssims,
             "test_mask_iou_per_view": ious}
@@ -360,6 +373,17 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         cfg.save(os.path.join(out_dir, "config.json"))  # the resolved settings: a run can be repeated
     auto_res = _auto_train_res(data_dir) if cfg.train_res is None else None
     train = load_nerf(data_dir, "train", cfg.train_res or auto_res)
+    if bool((train.images[..., 3] >= 0.999).all()):  # the masks drive the hull, the mask loss and the cleanup
+        raise ValueError(f"{data_dir}: every training pixel is opaque (RGB images, or alpha = 1 everywhere); "
+                         "expected RGBA images whose alpha is the object's mask (NeRF-synthetic layout)")
+    # the refinement pass' views: refine_res, else train_res when the user gave it, else the stored size up
+    # to AUTO_REFINE_RES (loaded only when it differs from the DMTet pass' size)
+    refine_res = cfg.refine_res or cfg.train_res or _auto_train_res(data_dir, AUTO_REFINE_RES)
+    if refine_res is None:  # the stored size (not above AUTO_REFINE_RES)
+        refine_data = train if auto_res is None else load_nerf(data_dir, "train")
+    else:
+        hw = (refine_res, refine_res) if isinstance(refine_res, int) else tuple(refine_res)
+        refine_data = train if hw == tuple(train.images.shape[1:3]) else load_nerf(data_dir, "train", hw)
     test = None
     for split in ("test", "val"):
         if os.path.isfile(os.path.join(data_dir, f"transforms_{split}.json")):
@@ -369,9 +393,10 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     # data, models and optimiser state live where the Taichi arch reads them without copies
     device = torch_device_for_arch()
     train = _to_device(train, device)
+    refine_data = train if refine_data is train else _to_device(refine_data, device)
     test = None if test is None else _to_device(test, device)
     t0 = time.time()
-    run = _Run(cfg, train, out_dir, ctx)
+    run = _Run(cfg, train, out_dir, ctx, refine_data)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
 
     def checkpoint():
@@ -423,10 +448,11 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         verts, faces, colors = run.current_mesh()
         verts = verts.detach().clone()
     # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
-    export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(train.images.shape[1:3]))
+    export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
                      "vertices": int(verts.shape[0]), "grid_res": run.grid_res,
-                     "train_res": list(train.images.shape[1:3]), "train_views": len(train),
+                     "train_res": list(train.images.shape[1:3]), "refine_res": list(refine_data.images.shape[1:3]),
+                     "train_views": len(train),
                      **batch_layout(len(train), cfg.batch, ctx),
                      "cleanup": run.cleanup, **getattr(run.model, "carve_report", {}),
                      "removed_invisible_faces": sum(r["invisible_faces"] for r in run.cleanup.values()),

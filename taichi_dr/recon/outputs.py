@@ -58,9 +58,9 @@ def save_loss_plot(path: str, history: Dict[str, List[float]]) -> None:
     plt.close(fig)
 
 
-def save_side_by_side(path: str, target: torch.Tensor, ours: torch.Tensor) -> None:
-    """``[H, W, 3]`` linear target | ours as one sRGB PNG."""
-    save_png(path, np.concatenate([to_srgb_u8(target), to_srgb_u8(ours)], 1), compress_level=1)
+def save_side_by_side(path: str, target: torch.Tensor, ours: torch.Tensor, encoded: bool = False) -> None:
+    """``[H, W, 3]`` linear target | ours as one sRGB PNG (``encoded``: both are sRGB-encoded already)."""
+    save_png(path, np.concatenate([to_srgb_u8(target, encoded), to_srgb_u8(ours, encoded)], 1), compress_level=1)
 
 
 def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors, light, res: int = 192,
