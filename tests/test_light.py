@@ -38,7 +38,7 @@ def test_constant_environment_gives_furnace_shading():
     ks = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64).expand(1, 2, 2, 3)
     # constant radiance 1: irradiance/π = 1 for the diffuse term; prefiltered maps are 1 too
     assert torch.allclose(env.irradiance(), torch.ones(6, 8, 8, 3, dtype=torch.float64), atol=1e-6)
-    out = env.shade(pos, n, kd, ks, cam)
+    out = env.shade(pos, n, kd, ks, cam).detach()
     lut = brdf_lut()
     assert float(out.min()) > 0.5 and float(out.max()) < 0.5 + float(lut.sum(-1).max()) + 1e-3
 
@@ -57,6 +57,36 @@ def test_env_kernel_matches_torch_reference(dtype, tol, with_ks):
         return env.shade(*x[:3], x[3] if with_ks else None, cam)
     compare(fast, lambda b, *x: ref.shade_env(b, env.roughness_levels, *x[:3], x[3] if with_ks else None, cam),
             [base, pos, n, kd] + ([ks] if with_ks else []), tol, f"EnvironmentLight with_ks={with_ks}")
+
+
+def test_env_shades_each_view_with_its_camera_and_empty_batches():
+    """A batch of many 2-pixel views (CPU: the backward's pixel blocks span several views, the
+    forward's blocks are cut at every view) equals each view shaded alone, values and gradients;
+    an empty batch returns an empty image and zero map gradients (it used to divide by zero)."""
+    pos, n, kd, ks, cam = pixels(torch.float64, N=40, H=1, W=2, seed=5)
+    env = EnvironmentLight(8).double()
+    with torch.no_grad():
+        env.base.copy_(torch.rand(6, 8, 8, 3, dtype=torch.float64, generator=GEN))
+    w = torch.rand(pos.shape, dtype=torch.float64, generator=GEN)
+    x = [t.clone().requires_grad_(True) for t in (pos, n, kd, ks)]
+    out = env.shade(*x, cam)
+    (out * w).sum().backward()
+    g_env = env.base.grad.clone()
+    env.base.grad = None
+    for i in range(pos.shape[0]):
+        xi = [t[i:i + 1].clone().requires_grad_(True) for t in (pos, n, kd, ks)]
+        oi = env.shade(*xi, cam[i:i + 1])
+        (oi * w[i:i + 1]).sum().backward()
+        assert torch.allclose(oi.detach(), out.detach()[i:i + 1], rtol=0, atol=1e-13)
+        for a, b in zip(xi, x):
+            assert torch.allclose(a.grad, b.grad[i:i + 1], rtol=0, atol=1e-12)
+    assert torch.allclose(env.base.grad, g_env, rtol=0, atol=1e-11)
+    env.base.grad = None
+    e = [t[:, :0].clone().requires_grad_(True) for t in (pos, n, kd, ks)]
+    out = env.shade(*e, cam)
+    assert out.shape == (40, 0, 2, 3)
+    out.sum().backward()
+    assert env.base.grad is not None and float(env.base.grad.abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -105,7 +135,7 @@ def test_latlong_roundtrip_and_files(tmp_path):
     lat = env.to_latlong(32)
     env2 = EnvironmentLight(16).double()
     env2.load_latlong(lat)
-    assert float((env2.base - env.base).abs().max()) < 0.03
+    assert float((env2.base - env.base).detach().abs().max()) < 0.03
     env.save(str(tmp_path / "env.npy"))
     env3 = EnvironmentLight(16).double()
     env3.load(str(tmp_path / "env.npy"))

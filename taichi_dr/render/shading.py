@@ -38,6 +38,7 @@ __all__ = ["face_normals", "vertex_normals", "lambert", "ggx_ndf", "smith_g", "f
 
 _EPS = 1e-4
 _ENV_BLOCKS = 32  # CPU: pixel blocks of the environment backward, each with its own gradient maps
+_ENV_PIXEL_BLOCK = 64  # CPU: pixels of one view per iteration of the environment forward (one camera read)
 
 
 def safe_normalize(x: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
@@ -288,7 +289,7 @@ class _EnvShade(torch.autograd.Function):
         args = _pixel_args(pos, normal, kd, ks, campos) + [env.detach().contiguous(), meta, knots, lut.reshape(-1, 2),
                                                            lut.shape[0], ks is not None]
         out = torch.empty_like(pos)
-        kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3))
+        kernels(ti_real(pos.dtype)).fwd(*args, out.view(-1, 3), _ENV_PIXEL_BLOCK if current_arch() == "cpu" else 1)
         ctx.args, ctx.has_ks = args, ks is not None
         return out
 
@@ -304,7 +305,7 @@ class _EnvShade(torch.autograd.Function):
         private = current_arch() == "cpu"
         g_env = env.new_zeros(_ENV_BLOCKS if private else 1, *env.shape)
         kernels(ti_real(pos.dtype)).bwd(*ctx.args, g_out.detach().reshape(-1, 3).contiguous(), g_pos, g_nrm, g_kd,
-                                        g_ks, g_env, private)
+                                        g_ks, g_env.view(-1, 3), private)
         g_env = g_env.sum(0)
         shape = g_out.shape
         return (g_env, g_pos.view(shape), g_nrm.view(shape), g_kd.view(shape),
