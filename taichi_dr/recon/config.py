@@ -80,6 +80,12 @@ class ReconConfig:
     normal_weight: float = field(default=0.0, metadata={
         "help": "weight of the normal-consistency regulariser (1 - cos between neighbouring faces) in the "
                 "refinement pass: smooths one-pixel bumps without shrinking", "min": 0})
+    sdf_reg_scale: Optional[float] = field(default=None, metadata={
+        "help": "multiplier of nvdiffrec's SDF regulariser (BCE of the signs across sign-changing grid edges, "
+                "weight 0.2 -> 0.01 over the first quarter of the DMTet pass); none = 1 in direct mode, 0 in mlp "
+                "mode: the MLP's shared weights already keep its SDF free of stray sign flips, and the term's "
+                "gradient on them moved the whole torus surface (measured, mlp torus Chamfer 1.27e-4 with it, "
+                "3.4e-5 without; docs/08)", "min": 0})
     carve: bool = field(default=True, metadata={
         "help": "carve the visual hull where the training views disagree about its colour before the DMTet "
                 "pass (photo-consistency: concavities no silhouette shows; assumes diffuse surfaces)"})
