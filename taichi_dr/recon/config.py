@@ -65,7 +65,9 @@ class ReconConfig:
     lr_refine: float = field(default=2e-3, metadata={
         "help": "learning rate of vertex positions in the refinement pass", "gt": 0})
     sdf_mode: str = field(default="direct", metadata={
-        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp",
+        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP: better on "
+                "smooth shapes, torus Chamfer 6.6e-5 -> 3.4e-5, but its smooth SDF loses thin parts, 800² gadget "
+                "27.8 -> 23.7 dB; 1.6-2x the time)",
         "choices": ("direct", "mlp"), "frozen": True})
     light: str = field(default="env", metadata={
         "help": "light model: env (learnable environment map, split-sum GGX; measured +0.8 dB on "
