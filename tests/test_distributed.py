@@ -59,6 +59,14 @@ def test_batch_is_a_function_of_seed_and_iteration_not_of_ranks():
         not torch.equal(local_batch(10, (6, 5), 3, 8, 5).bg, whole.bg)  # a new iteration draws anew
     with pytest.raises(ValueError, match="batch"):
         local_batch(10, (4, 4), 0, 0, 2, DistContext(rank=0, world_size=3))
+    # one colour per view: the first colour of the per-pixel draw, split over ranks the same way
+    view = local_batch(10, (6, 5), 3, 7, 5, background="view")
+    assert torch.equal(view.idx, whole.idx) and view.bg.shape == whole.bg.shape
+    assert torch.equal(view.bg, whole.bg[:, :1, :1].expand_as(whole.bg))
+    parts = [local_batch(10, (6, 5), 3, 7, 5, DistContext(rank=r, world_size=2), "view") for r in range(2)]
+    assert torch.equal(torch.cat([p.bg for p in parts]), view.bg)
+    with pytest.raises(ValueError, match="background"):
+        local_batch(10, (6, 5), 3, 7, 5, background="white")
 
 
 def test_torchrun_env_parsing():

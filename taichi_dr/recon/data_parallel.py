@@ -54,17 +54,20 @@ def _iteration_seed(seed: int, it: int) -> int:
 
 
 def local_batch(n_views: int, hw: Sequence[int], seed: int, it: int, batch: int,
-                ctx: Optional[DistContext] = None) -> LocalBatch:
+                ctx: Optional[DistContext] = None, background: str = "pixel") -> LocalBatch:
     """Views and backgrounds of iteration ``it`` for this rank: a function of ``(seed, it)`` only.
 
     A generator seeded by ``(seed, it)`` draws the global batch (``min(batch, n_views)`` distinct
     views) and one seed per batch slot; each slot's background comes from its own generator, so a
     rank draws only the backgrounds of its own views and the union over ranks equals what one
-    process draws.
+    process draws. ``background``: ``"pixel"`` (a random colour per pixel) or ``"view"`` (one random
+    colour per view: only its 3 numbers are drawn, the first 3 the per-pixel draw would give).
 
     Raises:
-        ValueError: fewer views in the global batch than ranks.
+        ValueError: fewer views in the global batch than ranks, or an unknown ``background``.
     """
+    if background not in ("pixel", "view"):
+        raise ValueError(f"background: expected 'pixel' or 'view', got {background!r}")
     ctx = ctx or DistContext()
     g = torch.Generator().manual_seed(_iteration_seed(seed, it))
     views = torch.randperm(n_views, generator=g)[:batch]
@@ -75,7 +78,8 @@ def local_batch(n_views: int, hw: Sequence[int], seed: int, it: int, batch: int,
                          f"of {B} (batch={batch}, {n_views} training views)")
     a, b = rank_slice(B, ctx)
     H, W = int(hw[0]), int(hw[1])
-    bg = torch.stack([torch.rand((H, W, 3), generator=torch.Generator().manual_seed(int(s)))
+    shape = (H, W, 3) if background == "pixel" else (1, 1, 3)
+    bg = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(int(s))).expand(H, W, 3)
                       for s in slot_seeds[a:b]]) if b > a else torch.zeros((0, H, W, 3))
     return LocalBatch(views[a:b], bg, (b - a) / B, 1.0 if ctx.is_main else 0.0, B)
 

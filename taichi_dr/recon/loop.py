@@ -244,11 +244,10 @@ class _Run:
         cfg = self.cfg
         # views and backgrounds are a function of (seed, it), split over ranks (recon/data_parallel.py)
         data = self.train if self.phase == "dmtet" else self.refine_data
-        part = local_batch(len(data), data.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist)
-        bg = part.bg
-        if cfg.background == "view":  # one colour per view: antialiasing blends a neighbour's background (docs/08)
-            bg = bg[:, :1, :1].expand_as(bg).contiguous()
-        target, alpha, bg, mvp, campos = _batch(data, part.idx, bg)
+        # one colour per view by default: antialiasing blends a neighbour's background (docs/08)
+        part = local_batch(len(data), data.images.shape[1:3], cfg.seed, self.it, cfg.batch, self.dist,
+                           cfg.background)
+        target, alpha, bg, mvp, campos = _batch(data, part.idx, part.bg)
         light = self.model.light()
         if self.phase == "dmtet":
             sdf, offsets = self.model.dmtet()
