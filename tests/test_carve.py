@@ -1,4 +1,5 @@
-"""Photo-consistency carving (recon/carve.py): digs a concavity the visual hull fills, never the object."""
+"""Photo-consistency and stereo carving (recon/carve.py, recon/stereo.py): dig a concavity the visual hull
+fills, never the object."""
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.recon.carve import colour_ranges, photo_carve
 from taichi_dr.recon.model import visual_hull
+from taichi_dr.recon.stereo import stereo_carve
 from taichi_dr.render.light import DirectionalLight
 from taichi_dr.render.pipeline import render_mesh_views
 
@@ -21,9 +23,9 @@ def bowl_sdf(p):
     return torch.maximum(box, -dish)
 
 
-def render_dataset(n=16, res=96):
+def render_dataset(n=16, res=96, shape=bowl_sdf):
     grid = TetGrid.create(48, 2.2)
-    v, f = marching_tets(grid.verts, bowl_sdf(grid.verts), grid)
+    v, f = marching_tets(grid.verts, shape(grid.verts), grid)
     proj = perspective(math.radians(40.0), 1.0, 0.1, 20.0)
     mv = []
     for i in range(n):
@@ -73,3 +75,38 @@ def test_photo_carve_digs_the_dish_and_never_the_object():
     assert int((excess & removed).sum()) >= 0.08 * int(excess.sum())
     with pytest.raises(ValueError, match="inside"):
         photo_carve(hull[:-1], grid, images, mvp, campos)
+
+
+@pytest.mark.slow
+def test_stereo_carve_digs_deeper_than_photo_carving_and_fuses_a_subcell_surface():
+    images, mvp, campos = render_dataset()
+    grid = TetGrid.create(20, 2.2)
+    cell = 2.2 / 20
+    hull = visual_hull(grid.verts, mvp, images[..., 3]) >= 0.5
+    photo, _ = photo_carve(hull, grid, images, mvp, campos)
+    carved, fused, rep = stereo_carve(photo, grid, images, mvp, campos)
+    sdf = bowl_sdf(grid.verts)
+    removed = photo & ~carved
+    assert rep["stereo_carved_points"] == int(removed.sum()) > 0
+    assert not (carved & ~photo).any()  # it only removes
+    assert not (removed & (sdf < -0.5 * cell)).any()  # nothing of the object
+    excess = hull & (sdf > 0.5 * cell)
+    # measured: photo carving alone removes 11 % of the dish's excess, with stereo 72 %
+    assert int((excess & carved).sum()) <= 0.5 * int(excess.sum())
+    # the fused stereo surface is sub-cell where two views know it (measured median 0.23 cells)
+    known = fused.isfinite()
+    assert int(known.sum()) > 100
+    assert float((fused[known] - sdf[known] / cell).abs().median()) < 0.4
+    with pytest.raises(ValueError, match="inside"):
+        stereo_carve(hull[:-1], grid, images, mvp, campos)
+    with pytest.raises(ValueError, match="images"):
+        stereo_carve(photo, grid, images[..., :3], mvp, campos)
+
+
+def test_stereo_carve_leaves_a_convex_object_alone():
+    """A sphere has no concavity: every depth behind its hull is worse, nothing may go."""
+    images, mvp, campos = render_dataset(n=8, res=48, shape=lambda p: p.norm(dim=-1) - 0.6)
+    grid = TetGrid.create(12, 2.2)
+    hull = visual_hull(grid.verts, mvp, images[..., 3]) >= 0.5
+    carved, fused, rep = stereo_carve(hull, grid, images, mvp, campos, iterations=1)
+    assert rep["stereo_carved_points"] == 0 and torch.equal(carved, hull) and not fused.isfinite().any()

@@ -151,7 +151,7 @@ class _Run:
         self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material)
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
-                                  campos=camera_position(train.mv))
+                                  campos=camera_position(train.mv), stereo=cfg.stereo)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.sdf_reg_scale = sdf_reg_scale(cfg)

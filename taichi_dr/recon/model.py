@@ -24,6 +24,7 @@ from taichi_dr.camera import transform_pos
 from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.recon.carve import photo_carve
+from taichi_dr.recon.stereo import stereo_carve
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
@@ -155,7 +156,8 @@ class ReconModel(nn.Module):
         return self.color if self.material_mode == "field" else self.color(verts)
 
     def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400,
-                       images: Optional[torch.Tensor] = None, campos: Optional[torch.Tensor] = None) -> float:
+                       images: Optional[torch.Tensor] = None, campos: Optional[torch.Tensor] = None,
+                       stereo: bool = True) -> float:
         """Set the SDF to the signed distance of the visual hull, in grid cells (clamped to ±4).
 
         A true distance (rather than a ±1 step) makes the surface move by the same amount for the
@@ -163,7 +165,9 @@ class ReconModel(nn.Module):
         stores ``outside_hull [V] bool``: vertices at least one cell outside the hull, where the
         object cannot be (used by the hull loss of the DMTet pass). With ``images [N, H, W, 4]``
         (linear RGBA) and ``campos [N, 3]`` the hull is first carved where the views disagree about
-        its colour (:func:`~taichi_dr.recon.carve.photo_carve`: concavities no silhouette shows);
+        its colour (:func:`~taichi_dr.recon.carve.photo_carve`: concavities no silhouette shows)
+        and then, with ``stereo``, in front of multi-view stereo depths
+        (:func:`~taichi_dr.recon.stereo.stereo_carve`: the rest of a deep concavity);
         ``carve_report`` holds what was carved. Returns the fit's MSE (cells²).
         """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
@@ -178,9 +182,19 @@ class ReconModel(nn.Module):
         self.carve_report = {"carved_points": 0, "carve_sweeps": 0, "carve_window_px": 0}
         if images is not None and campos is not None:
             inside, self.carve_report = photo_carve(occ >= 0.5, self.dmtet.grid(), images, mvp, campos)
+            fused = None
+            if stereo:
+                inside, fused, rep = stereo_carve(inside, self.dmtet.grid(), images, mvp, campos)
+                self.carve_report.update(rep)
             carved = hull_sdf(inside.float(), self.dmtet.resolution)
             # where carving moved the surface, its lattice distance; elsewhere the silhouettes'
-            sdf = torch.where(carved > lattice, carved, sdf)
+            moved = carved > lattice
+            sdf = torch.where(moved, carved, sdf)
+            if fused is not None:
+                # near the carved surface, the stereo depths' sub-cell distance where two views know it
+                n = self.dmtet.resolution + 1
+                near = F.max_pool3d(moved.float().view(1, 1, n, n, n), 5, stride=1, padding=2).view(-1) > 0
+                sdf = torch.where(near & fused.isfinite(), fused.to(sdf.device), sdf)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
 
