@@ -2,8 +2,9 @@
 
 For each dataset folder (NeRF-synthetic layout plus ``gt.obj`` or ``gt_mesh.obj``) it runs
 :func:`taichi_dr.reconstruct` and prints Chamfer-L2, normal consistency, test mask IoU, test PSNR,
-time, the number of connected components of the output mesh and the number of its faces that no
-training view sees (rasterized at twice the training resolution).
+time, the number of connected components of the output mesh, its edges not shared by exactly two
+faces (0: closed) and the number of its faces that own no pixel in any training view, rasterized at
+the training resolution and at twice it.
 
 Usage::
 
@@ -26,11 +27,13 @@ import typing
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads (see README, Benchmarks)
 
+import torch  # noqa: E402
+
 from taichi_dr.data.nerf import load_nerf  # noqa: E402
 from taichi_dr.mesh import load_obj  # noqa: E402
 from taichi_dr.metrics import normal_consistency  # noqa: E402
 from taichi_dr.recon import ReconConfig, reconstruct  # noqa: E402
-from taichi_dr.recon.cleanup import face_components, face_visibility  # noqa: E402
+from taichi_dr.recon.cleanup import face_components, face_pixels  # noqa: E402
 
 TINY = dict(iters=20, refine_iters=6, grid_res=12, batch=2, turntable_frames=2, turntable_res=16,
             chamfer_samples=2000, checkpoint_every=1000)
@@ -74,13 +77,17 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
     mesh, gt = load_obj(os.path.join(out, "mesh.obj")), load_obj(gt_file)
     train = load_nerf(data, "train", cfg.train_res)
     H, W = train.images.shape[1:3]
-    pix, _ = face_visibility(mesh.verts, mesh.faces, train.proj.unsqueeze(0) @ train.mv, (2 * H, 2 * W))
+    pix = face_pixels(mesh.verts, mesh.faces, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)])
     ncomp, _ = face_components(mesh.faces)
+    f = mesh.faces.long()
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
+    _, uses = torch.unique(edges, dim=0, return_counts=True)
     row = {"dataset": os.path.basename(os.path.normpath(data)), "chamfer_l2": m.get("chamfer_l2", float("nan")),
            "normal_consistency": normal_consistency(mesh.verts, mesh.faces, gt.verts, gt.faces)
            if mesh.faces.shape[0] else 0.0,
            "test_iou": m.get("test_mask_iou", float("nan")), "test_psnr": m.get("test_psnr", float("nan")),
-           "seconds": seconds, "components": ncomp, "invisible_faces": int((pix == 0).sum()),
+           "seconds": seconds, "components": ncomp, "open_edges": int((uses != 2).sum()),
+           "invisible_1x": int((pix[0] == 0).sum()), "invisible_2x": int((pix[1] == 0).sum()),
            "faces": int(mesh.faces.shape[0])}
     for k in ("removed_invisible_faces", "removed_components"):
         if k in m:
@@ -112,11 +119,11 @@ def cost_table(data: str, steps: int = 4, grids=(40, 64, 96, 128), sizes=(128, 2
 
 def print_table(rows) -> None:
     print(f"{'dataset':14s} {'chamfer':>9s} {'normals':>7s} {'IoU':>6s} {'PSNR':>6s} {'time s':>7s} "
-          f"{'comps':>5s} {'invis':>6s} {'faces':>7s}")
+          f"{'comps':>5s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s}")
     for r in rows:
         print(f"{r['dataset']:14s} {r['chamfer_l2']:9.2e} {r['normal_consistency']:7.4f} {r['test_iou']:6.4f} "
-              f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['invisible_faces']:6d} "
-              f"{r['faces']:7d}", flush=True)
+              f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['open_edges']:5d} "
+              f"{r['invisible_1x']:5d} {r['invisible_2x']:5d} {r['faces']:7d}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
-"""Mesh cleanup (recon/cleanup.py): hidden faces, floaters, separate objects, slivers; smoothness loss."""
+"""Mesh cleanup (recon/cleanup.py, recon/collapse.py): hidden faces, floaters, separate objects, slivers;
+smoothness loss."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +11,8 @@ from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.losses import face_pairs, normal_consistency_loss
 from taichi_dr.recon.cleanup import (clean_faces, clean_mesh, collapse_short_edges, compact, face_components,
-                                     face_visibility)
+                                     face_pixels, face_visibility)
+from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 
 
 def sphere(center, radius, res=10, slivers=False):
@@ -130,3 +133,102 @@ def test_cleanup_rejects_bad_input():
         face_visibility(v, f, torch.eye(4), (8, 8))
     with pytest.raises(ValueError, match="keep"):
         compact(v, f, torch.ones(3, dtype=torch.bool))
+
+
+def closed_edges(f):
+    """Whether every edge of ``f`` is shared by exactly two faces."""
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long().sort(dim=1)[0]
+    return bool((torch.unique(e, dim=0, return_counts=True)[1] == 2).all())
+
+
+def with_needles(v, f, n, frac=2e-3):
+    """Split ``n`` vertex-disjoint edges next to one end (``frac`` of the way): each split adds two
+    needle faces that own no pixel, and the mesh stays closed."""
+    v, f = v.clone(), f.long().tolist()
+    used, done = set(), 0
+    for k in range(len(f)):
+        a, b, c = f[k]
+        if done == n or used & {a, b, c}:
+            continue
+        d_face = next(j for j, g in enumerate(f) if j != k and a in g and b in g)
+        g = f[d_face]
+        d = next(x for x in g if x not in (a, b))
+        used |= {a, b, c, d}
+        m = v.shape[0]
+        v = torch.cat([v, (v[a] + frac * (v[b] - v[a]))[None]])
+        f[k] = [a, m, c]
+        f.append([m, b, c])
+        i = g.index(b)  # the neighbour is (b, a, d) up to rotation
+        f[d_face] = [b, m, d]
+        f.append([m, a, d])
+        assert g[(i + 1) % 3] == a
+        done += 1
+    return v, torch.tensor(f, dtype=torch.int32)
+
+
+def test_collapse_invisible_keeps_the_mesh_closed_and_every_face_visible():
+    res = [(64, 64), (128, 128)]
+    mvp = cameras(8, dist=2.5)
+    (va, fa), (vb, fb) = (with_needles(*sphere((-0.45, 0.0, 0.0), 0.4, res=6), 6),
+                          with_needles(*sphere((0.45, 0.05, 0.0), 0.35, res=6), 6))
+    v, f, owner = merge((va, fa), (vb, fb))
+    assert closed_edges(f) and face_components(f)[0] == 2
+    pix = face_pixels(v, f, mvp, res)
+    assert int((pix == 0).any(0).sum()) >= 12  # at least the needles own no pixel
+    v2, f2, vmap, rows, rep = collapse_invisible(v, f, mvp, res)
+    assert bool((face_pixels(v2, f2, mvp, res) > 0).all())  # every face is seen at both sizes
+    assert closed_edges(f2) and face_components(f2)[0] == 2  # no hole, no part lost or fused
+    assert rep.invisible_left == {"64x64": 0, "128x128": 0} and rep.collapsed_edges >= 12
+    assert rep.collapsed_faces == f.shape[0] - f2.shape[0] and rep.faces_out == f2.shape[0]
+    # per-face data follows `rows`, per-vertex data follows `vmap`
+    assert torch.equal(vmap[f[rows].long()], f2.long())
+    assert torch.equal(owner[rows], face_components(f2)[1])  # each face stays on its own sphere
+    assert int((vmap < 0).sum()) == 0 and int(vmap.max()) == v2.shape[0] - 1
+    # every merged position lies on a collapsed edge, so inside the box of the vertices merged into it
+    idx = vmap[:, None].expand(-1, 3)
+    lo = torch.full_like(v2, math.inf).scatter_reduce(0, idx, v, "amin")
+    hi = torch.full_like(v2, -math.inf).scatter_reduce(0, idx, v, "amax")
+    assert bool(((v2 >= lo - 1e-6) & (v2 <= hi + 1e-6)).all())
+    data = torch.randn(v.shape[0], 2, generator=torch.Generator().manual_seed(0))
+    merged = merge_vertex_data(data, vmap, v2.shape[0])
+    groups = torch.bincount(vmap)
+    assert int(groups.max()) > 1  # some vertices were merged ...
+    for j in torch.nonzero(groups > 1)[:, 0].tolist():  # ... and take the mean of their data
+        assert torch.allclose(merged[j], data[vmap == j].mean(0), atol=1e-6)
+    assert torch.equal(merged[groups == 1], data[(groups[vmap] == 1)][torch.argsort(vmap[groups[vmap] == 1])])
+
+
+def test_collapse_never_turns_a_face_over():
+    from taichi_dr.recon.collapse import _apply_collapses, _collapse_candidates, _select_collapses
+    v, f = sphere((0.0, 0.0, 0.0), 0.7, res=8)
+    g = torch.Generator().manual_seed(3)
+    v = (v + 0.06 * torch.randn(v.shape, generator=g)).double().numpy()  # a crumpled surface
+    f = f.long().numpy()
+    cand = np.ones(len(f), dtype=bool)
+
+    def turned(pairs, t):
+        v2, f2, _, rows = _apply_collapses(v, f, pairs, t)
+        n_old = np.cross(v[f[rows, 1]] - v[f[rows, 0]], v[f[rows, 2]] - v[f[rows, 0]])
+        n_new = np.cross(v2[f2[:, 1]] - v2[f2[:, 0]], v2[f2[:, 2]] - v2[f2[:, 0]])
+        return int(((n_old * n_new).sum(1) <= 0).sum())
+
+    a, b, t_any, _, _ = _collapse_candidates(v, f, cand, min_cos=-2.0)  # every manifold collapse allowed
+    _, _, t_ok, _, _ = _collapse_candidates(v, f, cand, min_cos=0.0)
+    flipping = ~np.isnan(t_any) & np.isnan(t_ok)
+    assert flipping.sum() > 0  # the crumpled sphere has collapses that would turn a face over ...
+    # ... and they really would: each one alone turns at least one face
+    for k in np.nonzero(flipping)[0][:5]:
+        assert turned(np.array([[a[k], b[k]]]), np.array([0.5])) > 0
+    pairs, t = _select_collapses(v, f, cand, min_cos=0.0)  # the selected set, applied at once: none turns
+    assert len(pairs) > 0 and turned(pairs, t) == 0
+    assert not (flipping & np.isin(a * len(v) + b, pairs[:, 0] * len(v) + pairs[:, 1])).any()
+
+
+def test_collapse_invisible_rejects_bad_input():
+    v, f = box((0, 0, 0), 0.5)
+    with pytest.raises(ValueError, match="resolutions"):
+        collapse_invisible(v, f, cameras(2), [])
+    with pytest.raises(TypeError, match="resolutions"):
+        collapse_invisible(v, f, cameras(2), 64)
+    with pytest.raises(ValueError, match="vmap"):
+        merge_vertex_data(v, torch.arange(3), 3)

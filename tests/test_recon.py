@@ -167,9 +167,11 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     assert runpy.run_path(bench)["main"](["--tiny", "--json", out, "--out", str(tmp_path / "runs")]) == 0
     row = json.load(open(out))["rows"][0]
     assert row["faces"] > 0 and np.isfinite(row["chamfer_l2"]) and 0 < row["test_iou"] <= 1
-    assert row["components"] >= 1 and row["invisible_faces"] >= 0
+    assert row["components"] >= 1 and row["invisible_1x"] >= 0 and row["invisible_2x"] >= 0
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
+    for rep in metrics["cleanup"].values():  # with the collapse of invisible faces, at 1x and 2x
+        assert set(rep["invisible_left"]) == {"24x24", "48x48"} and rep["collapsed_faces"] >= 0
 
 
 def test_default_grid_follows_the_training_size():
@@ -295,3 +297,41 @@ def test_training_background_is_one_random_colour_per_view_by_default(dataset, t
         assert float(per_view_spread) > 0.5
     with pytest.raises(ValueError, match="background"):
         ReconConfig(background="white").validate()
+
+
+def _open_edges(f):
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long().sort(dim=1)[0]
+    return int((torch.unique(e, dim=0, return_counts=True)[1] != 2).sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("material", ["vertex", "field"])
+def test_final_cleanup_collapses_invisible_faces_and_the_material_follows(dataset, tmp_path, material):
+    """After the refinement, faces owning no pixel are collapsed (the mesh stays closed) and the
+    per-vertex colours / the UV atlas's face rows follow the mesh; metrics report what is left."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.cleanup import face_pixels
+    from taichi_dr.recon.loop import _Run
+
+    root, _ = dataset
+    train = load_nerf(root, "train")
+    run = _Run(ReconConfig(iters=2, refine_iters=2, grid_res=16, batch=3, material=material, carve=False),
+               train, str(tmp_path))
+    run.step()
+    run.start_refine()
+    run.step()
+    faces_before, open_before = run.mesh_faces.shape[0], _open_edges(run.mesh_faces)
+    run.finish_cleanup()
+    v, f, mat = run.mesh_verts.detach(), run.mesh_faces, run.mesh_colors
+    rep = run.cleanup["refine"]
+    assert rep["collapsed_faces"] > 0 and rep["invisible_faces"] == 0  # collapsed, nothing deleted
+    assert f.shape[0] == faces_before - rep["collapsed_faces"]
+    if material == "vertex":
+        assert mat.logits.shape == (v.shape[0], 3)
+    else:
+        assert mat.uv_faces.shape == f.shape and int(mat.uv_faces.max()) < mat.uvs.shape[0]
+    assert _open_edges(f) <= open_before  # collapses open nothing (they may close a rim)
+    H, W = train.images.shape[1:3]
+    left = (face_pixels(v, f, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)]) == 0).sum(1)
+    assert rep["invisible_left"] == {f"{H}x{W}": int(left[0]), f"{2 * H}x{2 * W}": int(left[1])}
+    assert int(left.sum()) <= 0.01 * f.shape[0]

@@ -20,10 +20,12 @@ So the output is cleaned with the same evidence the optimisation used, the train
    visible surface: slivers that fall between pixel centres, which would leave holes), then
    connected components that the images do not support: too few pixels compared with the largest
    component, or mostly outside the target masks (floaters).
+3. :func:`~taichi_dr.recon.collapse.collapse_invisible` (recon/collapse.py) then makes those small
+   invisible patches disappear by edge collapse (deleting them would open the surface).
 """
 import dataclasses
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,13 +35,20 @@ from scipy.sparse.csgraph import connected_components
 from taichi_dr.camera import transform_pos
 from taichi_dr.render.rasterize import rasterize
 
-__all__ = ["face_visibility", "face_components", "clean_faces", "compact", "clean_mesh", "collapse_short_edges",
-           "CleanupReport"]
+__all__ = ["face_visibility", "face_pixels", "face_components", "clean_faces", "compact", "clean_mesh",
+           "collapse_short_edges", "CleanupReport"]
 
 
 @dataclass
 class CleanupReport:
-    """What :func:`clean_mesh` removed (counts are of the input mesh)."""
+    """What :func:`clean_faces` removed and :func:`~taichi_dr.recon.collapse.collapse_invisible`
+    collapsed (counts of faces).
+
+    ``invisible_faces``: faces deleted as invisible (patches of more than ``keep_patch``);
+    ``collapsed_edges`` / ``collapsed_faces``: edge collapses and the faces they removed;
+    ``invisible_left``: faces owning no pixel afterwards, per resolution (``"HxW"`` -> count);
+    ``faces_out``: faces after the last step that filled the report.
+    """
 
     faces_in: int = 0
     invisible_faces: int = 0
@@ -47,8 +56,11 @@ class CleanupReport:
     removed_components: int = 0
     removed_component_faces: int = 0
     faces_out: int = 0
+    collapsed_edges: int = 0
+    collapsed_faces: int = 0
+    invisible_left: Dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self, prefix: str = "") -> Dict[str, int]:
+    def as_dict(self, prefix: str = "") -> Dict[str, object]:
         return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -251,3 +263,29 @@ def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: f
     nf = nf[counts[inv] == 1]
     out_v, out_f = compact(new_v, nf.to(torch.int32), torch.ones(nf.shape[0], dtype=torch.bool))
     return out_v.to(verts.device, verts.dtype), out_f.to(faces.device)
+
+
+@torch.no_grad()
+def face_pixels(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
+                resolutions: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Pixels each face owns over all views, at each of several raster sizes.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int; mvp: ``[N, 4, 4]`` float.
+        resolutions: ``(H, W)`` raster sizes, e.g. the training resolution and twice it.
+
+    Returns:
+        ``[R, F]`` int64 (R = ``len(resolutions)``): see :func:`face_visibility`.
+    """
+    res = _check_resolutions(resolutions)
+    return torch.stack([face_visibility(verts, faces, mvp, r)[0] for r in res])
+
+
+def _check_resolutions(resolutions) -> list:
+    try:
+        res = [(int(h), int(w)) for h, w in resolutions]
+    except (TypeError, ValueError):
+        raise TypeError(f"resolutions: expected a sequence of (H, W) pairs, got {resolutions!r}") from None
+    if not res or any(h < 1 or w < 1 for h, w in res):
+        raise ValueError(f"resolutions: expected at least one (H, W) with positive sizes, got {resolutions!r}")
+    return res

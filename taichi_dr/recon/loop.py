@@ -22,7 +22,8 @@ Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions 
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
 which recovers detail finer than the tet grid. Before it and at the end, slivers are collapsed and
 faces no training view sees, and components the images do not support, are removed
-(recon/cleanup.py; docs/08 says why DMTet leaves them).
+(recon/cleanup.py; docs/08 says why DMTet leaves them), and what still owns no pixel (slivers
+between pixel centres) is collapsed away, keeping the surface closed (recon/collapse.py).
 
 Both passes use Adam with an exponentially decaying learning rate (×0.1 over a pass). A
 checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``resume=True``
@@ -46,6 +47,7 @@ from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
+from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
@@ -184,6 +186,15 @@ class _Run:
         self.cleanup[self.phase] = rep.as_dict()
         return keep, rep
 
+    def _collapse_invisible(self, verts, faces, rep):
+        """:func:`~taichi_dr.recon.collapse.collapse_invisible` at the training resolution and twice it
+        (what a scorer rasterizes); the collapses and what stays invisible go into ``rep``."""
+        H, W = self.train.images.shape[1:3]
+        out = collapse_invisible(verts.detach(), faces, self.train.proj.unsqueeze(0) @ self.train.mv,
+                                 [(H, W), (2 * H, 2 * W)], report=rep)
+        self.cleanup[self.phase] = rep.as_dict()
+        return out[:4]
+
     def _kd_smoothness(self, verts: torch.Tensor) -> torch.Tensor:
         """nvdiffrec's albedo smoothness on up to ``KD_SMOOTH_POINTS`` random surface points of the
         DMTet mesh: without it the per-pixel field paints shading (a filled dish's, say) into kd, and
@@ -201,7 +212,10 @@ class _Run:
             # slivers (vertices a fraction of a cell apart) first, then hidden surfaces and floaters:
             # the refinement should not spend its time on geometry no image constrains
             v, f = collapse_short_edges(v, f, SLIVER_FRACTION * self.model.dmtet.cell)
-            v, f = compact(v, f, self._clean(v, f)[0])
+            keep, rep = self._clean(v, f)
+            v, f = compact(v, f, keep)
+            # what still owns no pixel (slivers between pixel centres) goes by edge collapse: no holes
+            v, f = self._collapse_invisible(v, f, rep)[:2]
         # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
         f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3])
         self.mesh_colors.to(v.device)  # its buffers (bounds, uv atlas) next to the parameters
@@ -222,17 +236,19 @@ class _Run:
         if self.phase == "dmtet":
             self.start_refine()
             return
-        keep, _ = self._clean(self.mesh_verts, self.mesh_faces)
-        if bool(keep.all()):
-            return
+        keep, rep = self._clean(self.mesh_verts, self.mesh_faces)
         mat = self.mesh_colors
-        if hasattr(mat, "uv_faces"):  # textured material: its row k is the mesh's triangle k
-            mat.uv_faces = mat.uv_faces[keep]
+        uv_faces = getattr(mat, "uv_faces", None)  # textured material: its row k is the mesh's triangle k
         per_vertex = [mat.logits.data] if hasattr(mat, "logits") else []  # per-vertex colours
         out = compact(self.mesh_verts.data, self.mesh_faces, keep, *per_vertex)
-        self.mesh_verts, self.mesh_faces, self._topo, self._pairs = torch.nn.Parameter(out[0]), out[1], None, None
-        if per_vertex:
-            mat.logits = torch.nn.Parameter(out[2])
+        v, f, vmap, rows = self._collapse_invisible(out[0], out[1], rep)
+        if bool(keep.all()) and rep.collapsed_edges == 0 and v.shape[0] == self.mesh_verts.shape[0]:
+            return  # nothing removed, nothing collapsed
+        if uv_faces is not None:
+            mat.uv_faces = uv_faces[keep][rows.to(uv_faces.device)]
+        self.mesh_verts, self.mesh_faces, self._topo, self._pairs = torch.nn.Parameter(v), f, None, None
+        if per_vertex:  # merged vertices take the mean of their colours
+            mat.logits = torch.nn.Parameter(merge_vertex_data(out[2], vmap, v.shape[0]))
 
     def current_mesh(self):
         if self.phase == "refine":

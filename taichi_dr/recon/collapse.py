@@ -1,0 +1,249 @@
+"""Edge collapses that remove the faces no training view sees without opening the surface.
+
+Marching tets puts a vertex on every sign-changing grid edge, so where the surface passes near a
+grid vertex the triangles around it are needles and caps far smaller than a pixel: they fall
+between pixel centres of every view and own no pixel, although they lie in the visible surface.
+:func:`~taichi_dr.recon.cleanup.collapse_short_edges` merges the closest vertices (< 0.2 cells);
+what still owns no pixel afterwards is removed here by collapsing one of its edges (deleting it,
+as :func:`~taichi_dr.recon.cleanup.clean_faces` does with hidden surfaces, would punch a hole).
+Topology is checked with the link condition, geometry by refusing collapses that turn a face over,
+and the vertex map and surviving face rows are returned so that per-vertex colours and the UV
+atlas's ``uv_faces`` follow the mesh.
+"""
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+
+from taichi_dr.recon.cleanup import CleanupReport, _check_resolutions, _face_adjacency, face_pixels
+
+__all__ = ["collapse_invisible", "merge_vertex_data"]
+
+
+def merge_vertex_data(x: torch.Tensor, vmap: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-vertex data after a collapse: each new vertex takes the mean of the old ones merged into it.
+
+    Args:
+        x: ``[V, ...]`` float per-vertex data of the old mesh; vmap: ``[V]`` int64 old -> new vertex
+            (``-1``: the vertex is gone), as returned by :func:`collapse_invisible`; n: new vertex count.
+
+    Returns:
+        ``[n, ...]`` like ``x``.
+    """
+    if vmap.shape != (x.shape[0],):
+        raise ValueError(f"vmap: expected shape [{x.shape[0]}] (one entry per row of x), got {list(vmap.shape)}")
+    vm = vmap.to(x.device).long()
+    ok = vm >= 0
+    acc = torch.zeros((n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device).index_add_(0, vm[ok], x[ok])
+    cnt = torch.bincount(vm[ok], minlength=n).clamp(min=1).to(x.dtype)
+    return acc / cnt.reshape((n,) + (1,) * (x.dim() - 1))
+
+
+def _stars(f: np.ndarray, V: int, vs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Faces around each vertex of ``vs``: ``(owner [P] index into vs, face [P])``."""
+    inc_v = f.reshape(-1)
+    order = np.argsort(inc_v, kind="stable")
+    inc_f = order // 3  # row-major [F, 3]: flat position // 3 is the face
+    start = np.searchsorted(inc_v[order], np.arange(V + 1))
+    deg = start[vs + 1] - start[vs]
+    owner = np.repeat(np.arange(len(vs)), deg)
+    pos = np.arange(int(deg.sum())) - np.repeat(np.cumsum(deg) - deg, deg) + np.repeat(start[vs], deg)
+    return owner, inc_f[pos]
+
+
+def _normals(p: np.ndarray) -> np.ndarray:
+    return np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+
+
+def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float):
+    """The edges of the faces ``cand [F] bool`` and whether (and where) each may be collapsed.
+
+    An edge qualifies if its collapse keeps the mesh manifold and turns no surviving face over.
+
+    Returns:
+        ``(a [E], b [E], t [E], own [P], star [P])``: the edges' end vertices (``a < b``), the
+        merged position ``a + t (b - a)`` (``nan``: no collapse allowed), and the faces around
+        either end of each edge (``star``; edge ``own``; a face of both ends appears twice).
+    """
+    V = v.shape[0]
+    e_all = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    k_all, n_all = np.unique(e_all[:, 0] * V + e_all[:, 1], return_counts=True)
+    fc = f[cand]
+    ck = np.unique(np.sort(np.concatenate([fc[:, [0, 1]], fc[:, [1, 2]], fc[:, [2, 0]]]), axis=1) @ [V, 1])
+    a, b = ck // V, ck % V
+    nface = n_all[np.searchsorted(k_all, ck)]
+    # link condition: a closed surface stays a 2-manifold iff the endpoints' only common neighbours
+    # are the two vertices opposite the edge (another one would fuse two edges into a 4-face edge)
+    adj = coo_matrix((np.ones(2 * len(e_all)), (np.r_[e_all[:, 0], e_all[:, 1]], np.r_[e_all[:, 1], e_all[:, 0]])),
+                     shape=(V, V)).tocsr()
+    adj.data[:] = 1.0
+    common = np.asarray(adj[a].multiply(adj[b]).sum(axis=1)).reshape(-1)
+    # (on a hole's rim: an inner edge may have one end on the rim, a rim edge only its one opposite
+    # vertex in common; never near a non-manifold edge)
+    rim, nonman = np.zeros(V, dtype=bool), np.zeros(V, dtype=bool)
+    rim[np.r_[k_all[n_all == 1] // V, k_all[n_all == 1] % V]] = True
+    nonman[np.r_[k_all[n_all > 2] // V, k_all[n_all > 2] % V]] = True
+    ok = ((nface == 2) & (common == 2) & ~(rim[a] & rim[b])) | ((nface == 1) & (common == 1))
+    ok &= ~(nonman[a] | nonman[b])
+    # where the merged vertex goes: of the point of the edge closest to the planes of the faces
+    # around it (least squares), the midpoint and either end, the one closest to those planes
+    # (area-weighted quadric error, as in Garland & Heckbert's simplification) that turns no
+    # surviving face over. For a sliver all are within its tiny size; for a face seen only at
+    # grazing angles (the inside of a hole) the midpoint would cut a chord into a curved surface.
+    (own_a, sf_a), (own_b, sf_b) = _stars(f, V, a), _stars(f, V, b)
+    own, sf = np.r_[own_a, own_b], np.r_[sf_a, sf_b]  # (edge, face of its star); shared faces twice
+    E = len(ck)
+    tri = f[sf]
+    is_ab = (tri == a[own, None]) | (tri == b[own, None])
+    surv = is_ab.sum(1) == 1
+    p_old = v[tri]
+    n_old = _normals(p_old)
+    l_old = np.linalg.norm(n_old, axis=1)  # twice the area: the quadric's weight
+    unit = n_old / np.maximum(l_old, 1e-300)[:, None]
+    d_a = (unit * (v[a][own] - p_old[:, 0])).sum(1)  # a's distance to each plane ...
+    k = (unit * (v[b] - v[a])[own]).sum(1)  # ... and its rate of change along the edge
+    t_best = np.clip(-np.bincount(own, l_old * d_a * k, E) / np.maximum(np.bincount(own, l_old * k * k, E), 1e-300),
+                     0.0, 1.0)
+    t, best = np.full(E, np.nan), np.full(E, np.inf)  # merged position a + t (b - a); nan: none is valid
+    for t_try in (t_best, np.full(E, 0.5), np.zeros(E), np.ones(E)):
+        p_new = p_old.copy()
+        target = v[a] + t_try[:, None] * (v[b] - v[a])
+        p_new[is_ab] = np.broadcast_to(target[own, None, :], p_old.shape)[is_ab]
+        n_new = _normals(p_new)
+        cos = (n_old * n_new).sum(1) / np.maximum(l_old * np.linalg.norm(n_new, axis=1), 1e-300)
+        # a face of exactly zero area has no orientation to lose (it is itself a sliver)
+        flips = surv & (cos <= min_cos) & (l_old > 0)
+        err = np.bincount(own, l_old * (d_a + t_try[own] * k) ** 2, E)
+        good = (np.bincount(own[flips], minlength=E) == 0) & (err < best)
+        t[good], best[good] = t_try[good], err[good]
+    t[~ok] = np.nan
+    return a, b, t, own, sf
+
+
+def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Edges of the faces ``cand [F] bool`` to collapse this round: ``[K, 2]`` int64 vertex pairs
+    ``(a, b)`` and ``[K]`` float where on the edge they merge (``a + t (b - a)``).
+
+    Of the edges :func:`_collapse_candidates` allows, a maximal set whose stars (faces around either
+    end) are disjoint is taken, shortest first, so that every check made on the current mesh stays
+    true when all of them are applied at once.
+    """
+    V = v.shape[0]
+    a, b, t, own, sf = _collapse_candidates(v, f, cand, min_cos)
+    ok = ~np.isnan(t)
+    # independent set, shortest first: an edge wins when no active edge touching its star is shorter
+    big = np.iinfo(np.int64).max
+    rank = np.full(len(a), big)
+    idx = np.nonzero(ok)[0]
+    rank[idx[np.argsort(np.linalg.norm(v[a[idx]] - v[b[idx]], axis=1), kind="stable")]] = np.arange(len(idx))
+    active, chosen = ok.copy(), np.zeros(len(a), dtype=bool)
+    while active.any():
+        vmin = np.full(V, big)
+        np.minimum.at(vmin, a[active], rank[active])
+        np.minimum.at(vmin, b[active], rank[active])
+        emin = np.full(len(a), big)
+        np.minimum.at(emin, own, vmin[f[sf]].min(axis=1))
+        win = active & (emin == rank)
+        chosen |= win
+        locked = np.zeros(V, dtype=bool)
+        locked[f[sf[win[own]]].reshape(-1)] = True  # every vertex of a winner's star
+        active &= ~(locked[a] | locked[b])
+    return np.stack([a[chosen], b[chosen]], axis=1), t[chosen]
+
+
+def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndarray):
+    """Merge each pair ``[K, 2]`` at ``a + t (b - a)``; drop degenerate faces, duplicate-face pairs and
+    unused vertices. Returns ``(v', f', vmap [V] old -> new or -1, rows [F'] surviving face rows)``."""
+    V = v.shape[0]
+    v = v.copy()
+    a, b = pairs[:, 0], pairs[:, 1]
+    v[a] = v[a] + t[:, None] * (v[b] - v[a])
+    lab = np.arange(V)
+    lab[b] = a
+    nf = lab[f]
+    rows = np.nonzero((nf[:, 0] != nf[:, 1]) & (nf[:, 1] != nf[:, 2]) & (nf[:, 2] != nf[:, 0]))[0]
+    # two faces on the same three vertices enclose nothing: drop both (as collapse_short_edges does)
+    _, inv, cnt = np.unique(np.sort(nf[rows], axis=1), axis=0, return_inverse=True, return_counts=True)
+    rows = rows[cnt[inv.reshape(-1)] == 1]
+    used = np.zeros(V, dtype=bool)
+    used[nf[rows].reshape(-1)] = True
+    remap = np.full(V, -1)
+    remap[used] = np.arange(int(used.sum()))
+    return v[used], remap[nf[rows]], remap[lab], rows
+
+
+@torch.no_grad()
+def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
+                       resolutions: Sequence[Tuple[int, int]], keep_patch: int = 8, rounds: int = 16,
+                       min_cos: float = 0.0, report: Optional[CleanupReport] = None):
+    """Collapse the small patches of faces that own no pixel, so that the mesh stays closed.
+
+    Each round rasterizes the mesh from every view at every raster size in ``resolutions``; a face
+    is visible only if it owns at least one pixel at each of them. The invisible faces (outside
+    patches of more than ``keep_patch`` faces that no resolution sees: hidden surfaces, which
+    :func:`~taichi_dr.recon.cleanup.clean_faces` deletes) propose their edges, shortest first; an
+    edge is collapsed (both ends -> the point of the edge with the least quadric error, else the
+    midpoint or either end) unless that would make the surface non-manifold (link condition) or
+    turn a surviving face around it over (cosine between its old and new normal ``<= min_cos``),
+    and at most one collapse touches any face per round. Collapsing removes the face (and its
+    neighbour across the edge) instead of deleting it, which would leave a hole. Rounds repeat (the
+    faces around a collapse change) until no invisible face is left, none can be collapsed, or
+    ``rounds`` ran.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int, a manifold (on a hole's rim, an inner edge
+            with both ends on the rim is never collapsed; near a non-manifold edge, nothing is).
+        mvp: ``[N, 4, 4]`` float cameras; resolutions: ``(H, W)`` raster sizes (the training size
+            and twice it: a scorer may rasterize at either).
+        keep_patch: edge-connected patches of faces hidden at every resolution that are larger than
+            this are left alone (hidden surfaces: :func:`~taichi_dr.recon.cleanup.clean_faces`).
+        rounds: most collapse rounds (each costs one visibility pass per resolution).
+        min_cos: a collapse that leaves a face's normal at or below this cosine to its old one is refused.
+        report: a :class:`CleanupReport` to fill (``collapsed_edges``, ``collapsed_faces``,
+            ``invisible_left``, ``faces_out``); a new one by default.
+
+    Returns:
+        ``(verts [V', 3], faces [F', 3] int32, vmap [V] int64, rows [F'] int64, report)``: ``vmap``
+        maps each input vertex to its output vertex (``-1`` if it is gone; per-vertex data follows
+        with :func:`merge_vertex_data`), ``rows`` gives each output face's row in ``faces`` (per-face
+        data follows as ``data[rows]``). Output vertices keep the input's dtype and device.
+    """
+    res = _check_resolutions(resolutions)
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    if rounds < 0 or keep_patch < 0:
+        raise ValueError(f"rounds, keep_patch: expected >= 0, got {rounds}, {keep_patch}")
+    rep = report if report is not None else CleanupReport(faces_in=int(faces.shape[0]))
+    v = verts.detach().cpu().double().numpy()
+    f = faces.detach().cpu().long().numpy()
+    vmap, rows = np.arange(v.shape[0]), np.arange(f.shape[0])
+    for r in range(rounds + 1):
+        if f.shape[0] == 0:
+            zero = np.zeros((len(res), 0), dtype=bool)
+            break
+        pix = face_pixels(torch.from_numpy(v).to(verts.device, verts.dtype),
+                          torch.from_numpy(f).to(faces.device, torch.int32), mvp, res)
+        zero = (pix == 0).numpy()
+        cand = zero.any(axis=0)
+        hidden = zero.all(axis=0)
+        if hidden.any():  # big hidden patches are surfaces behind surfaces, not slivers
+            idx, lab = _face_adjacency(f, hidden, by_edge=True)
+            cand[idx[np.bincount(lab)[lab] > keep_patch]] = False
+        if r == rounds or not cand.any():
+            break
+        pairs, t = _select_collapses(v, f, cand, min_cos)
+        if len(pairs) == 0:
+            break
+        n_before = f.shape[0]
+        v, f, vm, rw = _apply_collapses(v, f, pairs, t)
+        vmap = np.where(vmap >= 0, vm[np.maximum(vmap, 0)], -1)
+        rows = rows[rw]
+        rep.collapsed_edges += len(pairs)
+        rep.collapsed_faces += n_before - f.shape[0]
+    rep.invisible_left = {f"{h}x{w}": int(z.sum()) for (h, w), z in zip(res, zero)}
+    rep.faces_out = int(f.shape[0])
+    out_v = torch.from_numpy(v).to(verts.device, verts.dtype)
+    out_f = torch.from_numpy(f).to(faces.device, torch.int32)
+    return out_v, out_f, torch.from_numpy(vmap.astype(np.int64)), torch.from_numpy(rows.astype(np.int64)), rep
