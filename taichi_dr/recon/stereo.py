@@ -28,6 +28,7 @@ Mitsuba bowl (grid 40, 24 views at 128²), Chamfer of the starting mesh: hull 6.
 import math
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -190,8 +191,8 @@ def stereo_depths(verts: torch.Tensor, faces: torch.Tensor, images: torch.Tensor
 @torch.no_grad()
 def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: torch.Tensor,
                  campos: torch.Tensor, iterations: int = 2, votes: int = 2, margin: float = 1.0,
-                 depth_cells: float = 10.0, max_size: int = 128, max_views: int = 32
-                 ) -> Tuple[torch.Tensor, Dict[str, int]]:
+                 depth_cells: float = 10.0, max_size: int = 128, max_views: int = 32, min_points: int = 8
+                 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int]]:
     """Remove lattice points of ``inside`` in front of the stereo depths of ``votes`` views.
 
     Args:
@@ -207,11 +208,14 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
             on the lattice, and the cost grows with the pixel count: Spot at 256² took 128 s).
         max_views: at most this many (evenly spaced) views are swept; all serve as neighbours.
             Another iteration runs only if this one carved ≥ 0.1 % of the points.
+        min_points: the smallest connected set of carved points that counts as a concavity for
+            ``fused``.
 
     Returns:
         ``(inside' [V] bool, fused [V] float, {"stereo_carved_points": int})``: ``fused`` is the
         signed distance (grid cells, > 0 outside) to the sweeps' stereo surface where at least
-        two views estimated it within ±2 cells, NaN elsewhere (all NaN if nothing was carved).
+        two views estimated it within ±2 cells, within 2 cells of a carved concavity (a connected
+        set of ≥ ``min_points`` points this function removed), NaN elsewhere.
     """
     from taichi_dr.recon.model import hull_sdf  # model imports this module
 
@@ -254,9 +258,28 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
         if k < 1e-3 * cand.numel():  # a few stray points (a textured object): the next sweep would find no more
             break
     fused = torch.full((pts.shape[0],), math.nan, device=pts.device)
-    if total and est is not None:
+    region = _concavities(inside & ~cur, n, min_points)
+    if bool(region.any()) and est is not None:
         fused = _fuse(est, refs, mvp_d, cam_d, pts, band=2.0 * cell) / cell
+        fused = torch.where(region, fused, torch.full_like(fused, math.nan))
     return cur, fused, {"stereo_carved_points": total}
+
+
+def _concavities(removed: torch.Tensor, n: int, min_points: int) -> torch.Tensor:
+    """Lattice points ``[n³]`` bool within 2 cells of a connected set of ≥ ``min_points`` removed
+    points: a concavity the sweep found, not a few scattered points near a convex surface (the
+    demo's knot: 9 points, each ≤ 0.54 cells inside; its fused SDF there was 0.42 cells off
+    (median), worse than the silhouettes', Chamfer 4.9e-5 → 7.5e-5)."""
+    from scipy import ndimage
+
+    rm = removed.view(n, n, n).cpu().numpy()
+    lab, k = ndimage.label(rm, structure=ndimage.generate_binary_structure(3, 3))
+    if k == 0:
+        return torch.zeros_like(removed)
+    sizes = ndimage.sum(rm, lab, range(1, k + 1))
+    big = np.concatenate([[False], sizes >= min_points])[lab]
+    near = ndimage.binary_dilation(big, structure=np.ones((5, 5, 5), dtype=bool))
+    return torch.from_numpy(near.reshape(-1)).to(removed.device)
 
 
 def _lookup(depth: torch.Tensor, mvp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
