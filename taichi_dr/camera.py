@@ -8,14 +8,14 @@
   PNG files (top row first) are flipped once, by the loader.
 """
 import math
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
 from taichi_dr._checks import check_tensor, FLOATS, shape_str
 
 __all__ = ["perspective", "look_at", "orbit_views", "frame_sphere", "bounding_sphere", "nerf_c2w_to_mv",
-           "fovy_from_fovx", "transform_pos", "camera_position"]
+           "fovy_from_fovx", "transform_pos", "camera_position", "nearest_pixel"]
 
 Number = Union[float, int]
 
@@ -165,3 +165,26 @@ def transform_pos(mvp: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
     mvp = mvp if mvp.dim() == 3 else mvp.unsqueeze(0)
     homo = torch.cat([verts, torch.ones_like(verts[:, :1])], 1)
     return torch.einsum("nij,vj->nvi", mvp.to(verts.dtype), homo).contiguous()
+
+
+def nearest_pixel(mvp: torch.Tensor, points: torch.Tensor, hw: Tuple[int, int]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixel whose centre is nearest to each point's projection under one camera.
+
+    Args:
+        mvp: ``[4, 4]``; points: ``[P, 3]`` float; hw: ``(H, W)`` image size (rows bottom-up, as
+            :func:`~taichi_dr.render.rasterize.rasterize` writes them).
+
+    Returns:
+        ``(iy, ix, ok)`` ``[P]``: row and column (int64, clamped into the image) and whether the
+        point is in front of the camera and projects inside the image.
+    """
+    H, W = hw
+    c = transform_pos(mvp, points)[0]
+    w = c[:, 3]
+    ok = w > 1e-6
+    ndc = c[:, :2] / torch.where(ok, w, torch.ones_like(w)).unsqueeze(1)
+    ix = ((ndc[:, 0] + 1) * 0.5 * W - 0.5).round().long()
+    iy = ((ndc[:, 1] + 1) * 0.5 * H - 0.5).round().long()
+    ok &= (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
+    return iy.clamp(0, H - 1), ix.clamp(0, W - 1), ok

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from taichi_dr import look_at, perspective
-from taichi_dr.camera import camera_position, nerf_c2w_to_mv, orbit_views
+from taichi_dr.camera import camera_position, nearest_pixel, nerf_c2w_to_mv, orbit_views, transform_pos
 
 
 def test_look_at_perspective_and_nerf_conventions():
@@ -39,3 +39,22 @@ def test_frame_sphere_keeps_the_whole_sphere_in_view(view):
     assert float(ndc[:, :2].abs().max()) > 0.8  # ... and not lost in the middle either
     assert bool((ndc[:, 2].abs() < 1).all())  # between the near and far planes
     torch.testing.assert_close(camera_position(mv[None])[0], eye)
+
+
+def test_nearest_pixel_matches_the_raster_convention():
+    """Pixel (iy, ix) has its centre at NDC ((ix + 0.5)/W·2 − 1, (iy + 0.5)/H·2 − 1), rows bottom-up."""
+    mvp = perspective(math.radians(60.0), 1.0, 0.1, 10.0) @ look_at((0, 0, 3), (0, 0, 0))
+    H, W = 6, 8
+    # points placed exactly on pixel centres on the plane z = 0, one behind the camera, one off-image
+    inv = torch.linalg.inv(mvp)
+    pts = []
+    for iy, ix in ((0, 0), (5, 7), (2, 3)):
+        ndc_z = transform_pos(mvp, torch.zeros(1, 3))[0, 0]
+        ndc = torch.tensor([(ix + 0.5) / W * 2 - 1, (iy + 0.5) / H * 2 - 1, ndc_z[2] / ndc_z[3], 1.0])
+        w = inv @ ndc
+        pts.append(w[:3] / w[3])
+    pts += [torch.tensor([0.0, 0.0, 5.0]), torch.tensor([50.0, 0.0, 0.0])]
+    iy, ix, ok = nearest_pixel(mvp, torch.stack(pts), (H, W))
+    assert ok.tolist() == [True, True, True, False, False]
+    assert iy[:3].tolist() == [0, 5, 2] and ix[:3].tolist() == [0, 7, 3]
+    assert (iy >= 0).all() and (iy < H).all() and (ix >= 0).all() and (ix < W).all()  # clamped

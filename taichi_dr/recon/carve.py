@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from taichi_dr.camera import transform_pos
+from taichi_dr.camera import nearest_pixel, transform_pos
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.render.interpolate import interpolate
@@ -130,14 +130,7 @@ def photo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: 
             pos, _ = interpolate(verts.float(), rast, faces)  # [n, H, W, 3] world position per pixel
             for j in range(m.shape[0]):
                 v = s0 + j
-                c = transform_pos(m[j:j + 1], p)[0]
-                w = c[:, 3]
-                ok = w > 1e-6
-                ndc = c[:, :2] / torch.where(ok, w, torch.ones_like(w)).unsqueeze(1)
-                ix = ((ndc[:, 0] + 1) * 0.5 * W - 0.5).round().long()
-                iy = ((ndc[:, 1] + 1) * 0.5 * H - 0.5).round().long()
-                ok &= (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-                ixc, iyc = ix.clamp(0, W - 1), iy.clamp(0, H - 1)
+                iyc, ixc, ok = nearest_pixel(m[j], p, (H, W))
                 covered = rast[j, iyc, ixc, 3] > 0
                 to_cam = campos[v].float() - p
                 d_pt = to_cam.norm(dim=1)

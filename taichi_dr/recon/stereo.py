@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from taichi_dr.camera import transform_pos
+from taichi_dr.camera import nearest_pixel, transform_pos
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.render.interpolate import interpolate
@@ -285,15 +285,8 @@ def _concavities(removed: torch.Tensor, n: int, min_points: int) -> torch.Tensor
 def _lookup(depth: torch.Tensor, mvp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``depth [H, W]`` at the nearest pixel of each point ``p [P, 3]`` in camera ``mvp [4, 4]``
     (``inf`` off the image, behind the camera, or where ``depth`` is 0 = no estimate)."""
-    H, W = depth.shape
-    c = transform_pos(mvp.unsqueeze(0), p)[0]
-    w = c[:, 3]
-    ok = w > 1e-6
-    ndc = c[:, :2] / torch.where(ok, w, torch.ones_like(w)).unsqueeze(1)
-    ix = ((ndc[:, 0] + 1) * 0.5 * W - 0.5).round().long()
-    iy = ((ndc[:, 1] + 1) * 0.5 * H - 0.5).round().long()
-    ok &= (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-    t = depth[iy.clamp(0, H - 1), ix.clamp(0, W - 1)]
+    iy, ix, ok = nearest_pixel(mvp, p, tuple(depth.shape))
+    t = depth[iy, ix]
     return torch.where(ok & (t > 0), t, torch.full_like(t, math.inf))
 
 
