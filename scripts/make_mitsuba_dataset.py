@@ -12,6 +12,8 @@ Each shape is an analytic signed distance function inside [-1, 1]³:
 * ``bowl``    — a rounded box with a spherical dish carved into its top (a concavity that the
   visual hull fills and only shading can recover);
 * ``boxhole`` — a rounded box with a cylindrical hole through it (genus 1, sharp-ish rims).
+* ``cup``     — a rounded cylinder with a deep flat-bottomed well in its top, tilted (a concavity
+  deeper and steeper than the bowl's dish: held out while the stereo carving was tuned on the bowl).
 
 The ground-truth mesh is extracted with this project's own marching tets on a fine grid and then
 projected onto the exact zero level set (a few Newton steps along the SDF gradient), so ``gt.obj``
@@ -54,7 +56,8 @@ TEST_ELEVATION_DEG = 25.0
 TEST_AZIMUTH_OFFSET = 0.2
 # (direction the light travels, irradiance): a key light, a fill light and two weaker rim lights
 LIGHTS = [((-1.0, -0.6, -1.4), 2.4), ((1.0, 1.0, -0.8), 0.7), ((1.0, -1.0, 1.0), 0.45), ((-1.0, 1.0, 1.0), 0.3)]
-ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65)}
+ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65),
+          "cup": (0.55, 0.4, 0.5)}
 
 
 # ----------------------------------------------------------------------------- shapes (SDFs, torch, [P, 3] -> [P])
@@ -102,7 +105,20 @@ def sdf_boxhole(p):
     return torch.maximum(box, -hole)
 
 
-SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole}
+def _round_cylinder(p, radius, half_height, r):
+    """A z-axis cylinder with its rims rounded by ``r``."""
+    d = torch.stack([p[:, :2].norm(dim=-1) - (radius - r), p[:, 2].abs() - (half_height - r)], -1)
+    return d.clamp(min=0).norm(dim=-1) + d.max(-1)[0].clamp(max=0) - r
+
+
+def sdf_cup(p):
+    q = _rot(p, 20.0, 10.0)
+    body = _round_cylinder(q, 0.65, 0.45, 0.08)
+    well = _round_cylinder(q - torch.tensor([0.0, 0.0, 0.5], dtype=p.dtype), 0.42, 0.75, 0.06)  # bottom at z = -0.25
+    return torch.maximum(body, -well)
+
+
+SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole, "cup": sdf_cup}
 
 
 def shape_mesh(fn, resolution: int = 128, newton: int = 4):
