@@ -36,7 +36,7 @@ from taichi_dr.camera import transform_pos
 from taichi_dr.render.rasterize import rasterize
 
 __all__ = ["face_visibility", "face_pixels", "face_components", "clean_faces", "compact", "clean_mesh",
-           "collapse_short_edges", "CleanupReport"]
+           "collapse_short_edges", "surviving_faces", "CleanupReport"]
 
 
 @dataclass
@@ -256,11 +256,7 @@ def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: f
     cnt = torch.zeros(n, dtype=v.dtype).index_add_(0, lab_t, torch.ones(V, dtype=v.dtype))
     new_v = torch.zeros(n, 3, dtype=v.dtype).index_add_(0, lab_t, v) / cnt.unsqueeze(1)
     nf = lab_t[f]
-    ok = (nf[:, 0] != nf[:, 1]) & (nf[:, 1] != nf[:, 2]) & (nf[:, 2] != nf[:, 0])
-    nf = nf[ok]
-    # two faces on the same three vertices enclose nothing: drop both
-    _, inv, counts = torch.unique(nf.sort(dim=1)[0], dim=0, return_inverse=True, return_counts=True)
-    nf = nf[counts[inv] == 1]
+    nf = nf[torch.from_numpy(surviving_faces(nf.numpy()))]
     out_v, out_f = compact(new_v, nf.to(torch.int32), torch.ones(nf.shape[0], dtype=torch.bool))
     return out_v.to(verts.device, verts.dtype), out_f.to(faces.device)
 
@@ -289,3 +285,15 @@ def _check_resolutions(resolutions) -> list:
     if not res or any(h < 1 or w < 1 for h, w in res):
         raise ValueError(f"resolutions: expected at least one (H, W) with positive sizes, got {resolutions!r}")
     return res
+
+
+def surviving_faces(faces: np.ndarray) -> np.ndarray:
+    """Rows ``[F']`` int64 of ``faces [F, 3]`` that are still triangles after vertices were merged:
+    not degenerate (two corners on one vertex) and not one of two faces on the same three vertices
+    (such a pair encloses nothing, so both go and the surface stays closed). Shared by
+    :func:`collapse_short_edges` and :func:`~taichi_dr.recon.collapse.collapse_invisible`."""
+    rows = np.nonzero((faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0]))[0]
+    if rows.size == 0:
+        return rows
+    _, inv, cnt = np.unique(np.sort(faces[rows], axis=1), axis=0, return_inverse=True, return_counts=True)
+    return rows[cnt[inv.reshape(-1)] == 1]

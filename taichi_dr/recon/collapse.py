@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 
-from taichi_dr.recon.cleanup import CleanupReport, _check_resolutions, _face_adjacency, face_pixels
+from taichi_dr.recon.cleanup import CleanupReport, _check_resolutions, _face_adjacency, face_pixels, surviving_faces
 
 __all__ = ["collapse_invisible", "merge_vertex_data"]
 
@@ -163,10 +163,7 @@ def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndar
     lab = np.arange(V)
     lab[b] = a
     nf = lab[f]
-    rows = np.nonzero((nf[:, 0] != nf[:, 1]) & (nf[:, 1] != nf[:, 2]) & (nf[:, 2] != nf[:, 0]))[0]
-    # two faces on the same three vertices enclose nothing: drop both (as collapse_short_edges does)
-    _, inv, cnt = np.unique(np.sort(nf[rows], axis=1), axis=0, return_inverse=True, return_counts=True)
-    rows = rows[cnt[inv.reshape(-1)] == 1]
+    rows = surviving_faces(nf)
     used = np.zeros(V, dtype=bool)
     used[nf[rows].reshape(-1)] = True
     remap = np.full(V, -1)

@@ -94,7 +94,7 @@ class ReconConfig:
     stereo: bool = field(default=True, metadata={
         "help": "with --carve: then also carve the free space in front of multi-view stereo depths (plane sweep "
                 "behind the carved hull, 3x3 patches, confident pixels only): the deep part of a concavity that "
-                "colour-range carving leaves filled (Mitsuba bowl: starting Chamfer 2.8e-3 -> 7e-4; docs/08)"})
+                "colour-range carving leaves filled (Mitsuba bowl: Chamfer 2.3e-3 -> 2.1e-4; docs/08)"})
     kd_smooth_weight: float = field(default=0.03, metadata={
         "help": "weight of nvdiffrec's albedo smoothness term (mean |kd(x+ε) − kd(x)| on surface points, ramped "
                 "in over the first tenth of the DMTet pass; material=field only): shading must come from the "

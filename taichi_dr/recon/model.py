@@ -188,13 +188,11 @@ class ReconModel(nn.Module):
                 self.carve_report.update(rep)
             carved = hull_sdf(inside.float(), self.dmtet.resolution)
             # where carving moved the surface, its lattice distance; elsewhere the silhouettes'
-            moved = carved > lattice
-            sdf = torch.where(moved, carved, sdf)
+            sdf = torch.where(carved > lattice, carved, sdf)
             if fused is not None:
-                # near the carved surface, the stereo depths' sub-cell distance where two views know it
-                n = self.dmtet.resolution + 1
-                near = F.max_pool3d(moved.float().view(1, 1, n, n, n), 5, stride=1, padding=2).view(-1) > 0
-                sdf = torch.where(near & fused.isfinite(), fused.to(sdf.device), sdf)
+                # around a carved concavity, the stereo depths' sub-cell distance where two views know
+                # it (stereo_carve leaves ``fused`` NaN everywhere else)
+                sdf = torch.where(fused.isfinite(), fused.to(sdf.device), sdf)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
 

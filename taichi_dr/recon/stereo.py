@@ -71,8 +71,8 @@ def _entry_depths(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, c
 def _pixel_rays(mvp: torch.Tensor, campos: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Unit ray directions ``[H, W, 3]`` through the pixel centres of one camera ``mvp [4, 4]``."""
     H, W = hw
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=mvp.device),
+                            torch.arange(W, dtype=torch.float64, device=mvp.device), indexing="ij")
     ndc = torch.stack([(xs + 0.5) / W * 2 - 1, (ys + 0.5) / H * 2 - 1, torch.ones_like(xs), torch.ones_like(xs)], -1)
     w = ndc.view(-1, 4) @ torch.linalg.inv(mvp.double()).T
     w = w[:, :3] / w[:, 3:]
@@ -134,7 +134,10 @@ def stereo_depths(verts: torch.Tensor, faces: torch.Tensor, images: torch.Tensor
     dev = verts.device
     imgs = images.to(dev).float()
     mvp, campos = mvp.to(dev).float(), campos.to(dev).float()
-    t_in = _entry_depths(verts, faces, mvp, campos, (H, W))
+    refs = list(range(N)) if references is None else list(references)
+    # entry depths of the swept views only (the others serve as neighbours: their colours are read)
+    t_in = torch.zeros(N, H, W, device=dev)
+    t_in[refs] = _entry_depths(verts, faces, mvp[refs], campos[refs], (H, W))
     # a light blur: the 3×3 patches then see a 5×5 footprint, robust to the 1/4-px misregistration
     g = torch.tensor([1.0, 2.0, 1.0], device=dev)
     g = (g[:, None] * g[None]) / 16
@@ -146,7 +149,7 @@ def stereo_depths(verts: torch.Tensor, faces: torch.Tensor, images: torch.Tensor
     nb_count = min(neighbours, N - 1)
     if nb_count < 2:
         return out
-    for r in (range(N) if references is None else references):
+    for r in refs:
         sel = (alpha[r] > 0.99) & (t_in[r] > 0)
         iy, ix = torch.nonzero(sel, as_tuple=True)
         P = iy.numel()
@@ -155,7 +158,7 @@ def stereo_depths(verts: torch.Tensor, faces: torch.Tensor, images: torch.Tensor
         cos = dirs @ dirs[r]
         cos[r] = -2.0
         nbs = cos.argsort(descending=True)[:nb_count].tolist()
-        ray = _pixel_rays(mvp[r], campos[r], (H, W)).to(dev)[iy, ix]
+        ray = _pixel_rays(mvp[r], campos[r], (H, W))[iy, ix]
         t0 = t_in[r][iy, ix]
         ref = torch.stack([blur[r, :, (iy + int(o[1])).clamp(0, H - 1), (ix + int(o[0])).clamp(0, W - 1)]
                            for o in _PATCH], 1)  # [3, 9, P]
