@@ -2,7 +2,9 @@
 
 For each dataset folder (NeRF-synthetic layout plus ``gt.obj`` or ``gt_mesh.obj``) it runs
 :func:`taichi_dr.reconstruct` and prints Chamfer-L2, normal consistency, test mask IoU, test PSNR,
-time, the number of connected components of the output mesh, its edges not shared by exactly two
+time, the number of connected components of the output mesh, its genus (from the Euler
+characteristic; compare with the object's: a spurious handle is a fold no camera sees), its
+non-manifold vertices (two sheets pinched together), its edges not shared by exactly two
 faces (0: closed) and the number of its faces that own no pixel in any training view, rasterized at
 the training resolution and at twice it.
 
@@ -33,7 +35,7 @@ from taichi_dr.data.nerf import load_nerf  # noqa: E402
 from taichi_dr.mesh import load_obj  # noqa: E402
 from taichi_dr.metrics import normal_consistency  # noqa: E402
 from taichi_dr.recon import ReconConfig, reconstruct  # noqa: E402
-from taichi_dr.recon.cleanup import face_components, face_pixels  # noqa: E402
+from taichi_dr.recon.cleanup import face_components, face_pixels, nonmanifold_vertices  # noqa: E402
 
 TINY = dict(iters=20, refine_iters=6, grid_res=12, batch=2, turntable_frames=2, turntable_res=16,
             chamfer_samples=2000, checkpoint_every=1000)
@@ -88,7 +90,10 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
            "test_iou": m.get("test_mask_iou", float("nan")), "test_psnr": m.get("test_psnr", float("nan")),
            "seconds": seconds, "components": ncomp, "open_edges": int((uses != 2).sum()),
            "invisible_1x": int((pix[0] == 0).sum()), "invisible_2x": int((pix[1] == 0).sum()),
-           "faces": int(mesh.faces.shape[0])}
+           "faces": int(mesh.faces.shape[0]),
+           # a closed surface's genus from Euler: chi = V - E + F = 2 (components - genus)
+           "genus": (2 * ncomp - (int(torch.unique(f).numel()) - int(uses.numel()) + int(f.shape[0]))) / 2,
+           "nonmanifold_vertices": int(nonmanifold_vertices(f.numpy(), mesh.verts.shape[0]).sum())}
     for k in ("removed_invisible_faces", "removed_components"):
         if k in m:
             row[k] = m[k]
@@ -119,10 +124,11 @@ def cost_table(data: str, steps: int = 4, grids=(40, 64, 96, 128), sizes=(128, 2
 
 def print_table(rows) -> None:
     print(f"{'dataset':14s} {'chamfer':>9s} {'normals':>7s} {'IoU':>6s} {'PSNR':>6s} {'time s':>7s} "
-          f"{'comps':>5s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s}")
+          f"{'comps':>5s} {'genus':>5s} {'nonm':>4s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s}")
     for r in rows:
         print(f"{r['dataset']:14s} {r['chamfer_l2']:9.2e} {r['normal_consistency']:7.4f} {r['test_iou']:6.4f} "
-              f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['open_edges']:5d} "
+              f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['genus']:5g} "
+              f"{r['nonmanifold_vertices']:4d} {r['open_edges']:5d} "
               f"{r['invisible_1x']:5d} {r['invisible_2x']:5d} {r['faces']:7d}", flush=True)
 
 

@@ -11,6 +11,7 @@ from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.losses import face_pairs, normal_consistency_loss
 from taichi_dr.recon.cleanup import (clean_faces, clean_mesh, collapse_short_edges, compact, face_components,
+                                     nonmanifold_vertices, surviving_faces,
                                      face_pixels, face_visibility)
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 
@@ -164,6 +165,47 @@ def with_needles(v, f, n, frac=2e-3):
         assert g[(i + 1) % 3] == a
         done += 1
     return v, torch.tensor(f, dtype=torch.int32)
+
+
+def _hourglass(waist: float, k: int = 6):
+    """Two cones joined by a ring of radius ``waist`` (a closed genus-0 surface with a neck)."""
+    ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    ring = lambda r, z: torch.stack([r * torch.cos(ang), r * torch.sin(ang), torch.full_like(ang, z)], 1)
+    v = torch.cat([torch.tensor([[0.0, 0, 1]], dtype=torch.float64), ring(0.5, 0.5), ring(waist, 0.0),
+                   ring(0.5, -0.5), torch.tensor([[0.0, 0, -1]], dtype=torch.float64)])
+    f = []
+    for i in range(k):
+        j = (i + 1) % k
+        f.append([0, 1 + i, 1 + j])
+        for r in range(2):  # bands between rings r and r + 1
+            a, b = 1 + r * k, 1 + (r + 1) * k
+            f += [[a + i, b + i, b + j], [a + i, b + j, a + j]]
+        f.append([1 + 2 * k + i, 3 * k + 1, 1 + 2 * k + j])
+    return v, torch.tensor(f, dtype=torch.int32)
+
+
+def test_nonmanifold_vertices_finds_pinches():
+    v, f = _hourglass(0.2)
+    assert not nonmanifold_vertices(f.numpy(), v.shape[0]).any()
+    pinched = f.clone()
+    pinched[pinched >= 7] = torch.where(pinched[pinched >= 7] < 13, 7, pinched[pinched >= 7])  # waist -> one vertex
+    keep = surviving_faces(pinched.numpy())
+    bad = nonmanifold_vertices(pinched.numpy()[keep], v.shape[0])
+    assert bad.nonzero()[0].tolist() == [7]
+
+
+def test_collapse_short_edges_never_pinches_a_neck():
+    """A neck thinner than the sliver length must not collapse into one vertex (two cones touching
+    at a point: a non-manifold vertex); slivers elsewhere still go."""
+    v, f = _hourglass(1e-3)
+    v2, f2 = collapse_short_edges(v, f, 0.01)
+    assert not nonmanifold_vertices(f2.numpy(), v2.shape[0]).any()
+    assert f2.shape[0] == f.shape[0] and v2.shape[0] == v.shape[0]  # the neck and its ring stay
+    # without a neck, a short edge still collapses (the apex into the ring below it)
+    v3 = _hourglass(0.2)[0]
+    v3[0] = v3[1] + torch.tensor([0.0, 0.0, 0.004], dtype=torch.float64)
+    _, f3 = collapse_short_edges(v3, f, 0.01)
+    assert f3.shape[0] < f.shape[0]
 
 
 def test_collapse_invisible_keeps_the_mesh_closed_and_every_face_visible():

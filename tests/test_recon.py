@@ -56,6 +56,39 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert len(torch.load(os.path.join(out2, "checkpoint.pt"), weights_only=False)["history"]["total"]) == 40
 
 
+def test_refinement_pass_resumes_with_its_smooth_step_state(dataset, tmp_path):
+    """Interrupted inside the refinement pass (smooth steps, recon/large_steps.py), a resumed run ends
+    where an uninterrupted one does: the parameters u = (I + λL) x and AdamUniform's moments survive."""
+    root, _ = dataset
+    cfg = ReconConfig(iters=20, refine_iters=12, grid_res=16, batch=3, checkpoint_every=100, turntable_frames=2,
+                      turntable_res=16, refine_smoothing=10.0)
+    ref = reconstruct(root, str(tmp_path / "ref"), cfg, progress=False)
+    from taichi_dr.mesh import load_obj
+    from taichi_dr.recon import loop as recon_mod
+    orig, calls = recon_mod._Run.step, {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 27:  # the 7th refinement step
+            raise KeyboardInterrupt
+        return orig(self)
+    out = str(tmp_path / "cut")
+    recon_mod._Run.step = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reconstruct(root, out, cfg, progress=False)
+    finally:
+        recon_mod._Run.step = orig
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert saved["phase"] == "refine" and saved["it"] == 26
+    assert all(s.get("step") == 6 for s in saved["opt"]["state"].values())  # AdamUniform's moments
+    m = reconstruct(root, out, cfg, resume=True, progress=False)
+    assert m["iterations"] == ref["iterations"] == 32
+    a, b = load_obj(os.path.join(tmp_path, "ref", "mesh.obj")), load_obj(os.path.join(out, "mesh.obj"))
+    assert torch.equal(a.faces, b.faces)
+    assert torch.allclose(a.verts, b.verts, atol=1e-4)  # the same path (float atomics may reorder sums)
+
+
 def test_env_light_renders_and_gets_gradients():
     from taichi_dr.recon.model import LearnedEnvLight
     from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
@@ -168,6 +201,7 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     row = json.load(open(out))["rows"][0]
     assert row["faces"] > 0 and np.isfinite(row["chamfer_l2"]) and 0 < row["test_iou"] <= 1
     assert row["components"] >= 1 and row["invisible_1x"] >= 0 and row["invisible_2x"] >= 0
+    assert row["genus"] == int(row["genus"]) and row["nonmanifold_vertices"] == 0 and row["open_edges"] == 0
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
     for rep in metrics["cleanup"].values():  # with the collapse of invisible faces, at 1x and 2x

@@ -36,7 +36,7 @@ from taichi_dr.camera import transform_pos
 from taichi_dr.render.rasterize import rasterize
 
 __all__ = ["face_visibility", "face_pixels", "face_components", "clean_faces", "compact", "clean_mesh",
-           "collapse_short_edges", "surviving_faces", "CleanupReport"]
+           "collapse_short_edges", "surviving_faces", "nonmanifold_vertices", "CleanupReport"]
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CleanupReport:
     """What :func:`clean_faces` removed and :func:`~taichi_dr.recon.collapse.collapse_invisible`
     collapsed (counts of faces).
 
-    ``invisible_faces``: faces deleted as invisible (patches of more than ``keep_patch``);
+    ``invisible_faces``: faces deleted as invisible (closed patches bordering no visible face);
     ``collapsed_edges`` / ``collapsed_faces``: edge collapses and the faces they removed;
     ``invisible_left``: faces owning no pixel afterwards, per resolution (``"HxW"`` -> count);
     ``faces_out``: faces after the last step that filled the report.
@@ -107,15 +107,19 @@ def face_visibility(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
     return pixels[1:], inside[1:]
 
 
+def _edge_keys(faces: np.ndarray, n_verts: int) -> np.ndarray:
+    """``[3F]`` int64 key of each face edge (all first edges, then all second, then all third)."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1).astype(np.int64)
+    return e[:, 0] * n_verts + e[:, 1]
+
+
 def _face_adjacency(faces: np.ndarray, mask: Optional[np.ndarray] = None, by_edge: bool = False):
     """Sparse face graph: faces sharing a vertex (or an edge with ``by_edge``), among ``mask`` faces."""
     F_ = faces.shape[0]
     idx = np.arange(F_) if mask is None else np.nonzero(mask)[0]
     f = faces[idx]
     if by_edge:
-        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-        keys = e[:, 0].astype(np.int64) * (int(faces.max()) + 1) + e[:, 1]
-        _, node = np.unique(keys, return_inverse=True)
+        _, node = np.unique(_edge_keys(f, int(faces.max()) + 1), return_inverse=True)
     else:
         node = f.reshape(-1)
     owner = np.tile(np.arange(len(idx)), 3) if by_edge else np.repeat(np.arange(len(idx)), 3)
@@ -160,7 +164,7 @@ def compact(verts: torch.Tensor, faces: torch.Tensor, keep: torch.Tensor, *extra
 
 @torch.no_grad()
 def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
-                alpha: Optional[torch.Tensor] = None, keep_patch: int = 8, min_component_fraction: float = 0.002,
+                alpha: Optional[torch.Tensor] = None, min_component_fraction: float = 0.002,
                 min_mask_support: float = 0.5) -> Tuple[torch.Tensor, CleanupReport]:
     """Which faces to keep: those some training view sees, in components the images support.
 
@@ -169,8 +173,6 @@ def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, res
         mvp: ``[N, 4, 4]`` training cameras; resolution: ``(H, W)`` raster size (use ≥ the
             training resolution).
         alpha: optional ``[N, h, w]`` training masks (enables the mask-support test).
-        keep_patch: an edge-connected patch of at most this many invisible faces is kept (slivers
-            between pixel centres on the visible surface; removing them would punch holes).
         min_component_fraction: a component owning fewer pixels than this fraction of the most
             visible component's pixels is removed (floaters, dust). Small on purpose: a thin
             separate part (a rod, an antenna, a spoke) owns only ~1-3 % of a scene's pixels and is
@@ -188,11 +190,17 @@ def clean_faces(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, res
     f_np = faces.detach().cpu().long().numpy()
     visible = (pix > 0).numpy()
     keep = visible.copy()
-    if (~visible).any() and keep_patch > 0:
+    if (~visible).any():
+        # an edge-connected patch of invisible faces that borders a visible face is part of the seen
+        # surface (slivers between pixel centres, a wall no camera looks into): deleting it would
+        # open the mesh, so it stays for collapse_invisible. A patch bordering none is a closed
+        # surface behind the seen one (DMTet's inner shells) and goes.
         idx, lab = _face_adjacency(f_np, ~visible, by_edge=True)
-        sizes = np.bincount(lab)
-        small = sizes[lab] <= keep_patch
-        keep[idx[small]] = True
+        n_v = int(f_np.max()) + 1
+        seen_edges = np.unique(_edge_keys(f_np[visible], n_v))
+        borders = np.isin(_edge_keys(f_np[idx], n_v), seen_edges).reshape(3, -1).any(axis=0)
+        attached = np.bincount(lab, weights=borders.astype(np.float64)) > 0
+        keep[idx[attached[lab]]] = True
     rep.invisible_faces = int((~keep).sum())
     # components of what is left, judged by the pixels they own and by the masks
     kept = np.nonzero(keep)[0]
@@ -225,6 +233,32 @@ def clean_mesh(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, reso
     return compact(verts, faces, keep, *extra) + (rep,)
 
 
+def nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
+    """``[n_verts]`` bool: vertices whose faces do not form one fan (two sheets pinched together), or
+    that end an edge with more than two faces. ``faces``: ``[F, 3]`` int (numpy)."""
+    f = np.asarray(faces, dtype=np.int64)
+    bad = np.zeros(n_verts, dtype=bool)
+    if f.size == 0:
+        return bad
+    keys = _edge_keys(f, n_verts)
+    uk, cnt = np.unique(keys, return_counts=True)
+    over = uk[cnt > 2]
+    bad[np.r_[over // n_verts, over % n_verts]] = True
+    # wedges (vertex, neighbour); the face (a, b, c) joins a's wedges to b and c (likewise for b, c):
+    # a vertex in one fan has all its wedges in one component of that graph
+    a, b, c = f[:, 0], f[:, 1], f[:, 2]
+    centre = np.r_[a, b, c]
+    w1, w2 = centre * n_verts + np.r_[b, c, a], centre * n_verts + np.r_[c, a, b]
+    ids, inv = np.unique(np.r_[w1, w2], return_inverse=True)
+    m = len(w1)
+    g = coo_matrix((np.ones(m), (inv[:m], inv[m:])), shape=(len(ids), len(ids)))
+    _, comp = connected_components(g, directed=False)
+    owner = ids // n_verts
+    fans = np.bincount(np.unique(np.stack([owner, comp], 1), axis=0)[:, 0], minlength=n_verts)
+    bad |= fans > 1
+    return bad
+
+
 @torch.no_grad()
 def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: float
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +285,23 @@ def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: f
     V = v.shape[0]
     g = coo_matrix((np.ones(len(short)), (short[:, 0], short[:, 1])), shape=(V, V))
     _, lab = connected_components(g, directed=False)
-    lab_t = torch.from_numpy(lab.astype(np.int64))
+    f_np = f.numpy()
+    # a cluster can span two sheets that pass close to one grid vertex (a thin wall, a narrow gap):
+    # merging it pinches them into a non-manifold vertex. Such clusters, and those around them, are
+    # left unmerged (a few rounds, each undoing more, until the result is a manifold again).
+    for _ in range(8):
+        nf_np = lab[f_np]
+        bad_new = nonmanifold_vertices(nf_np[surviving_faces(nf_np)], int(lab.max()) + 1)
+        if not bad_new.any():
+            break
+        near = bad_new.copy()  # the bad vertices and their neighbours in the merged mesh
+        hit = bad_new[nf_np].any(axis=1)
+        near[nf_np[hit].reshape(-1)] = True
+        undo = near[lab]
+        lab = lab.copy()
+        lab[undo] = lab.max() + 1 + np.arange(int(undo.sum()))
+        _, lab = np.unique(lab, return_inverse=True)
+    lab_t = torch.from_numpy(lab.astype(np.int64).reshape(-1))
     n = int(lab_t.max()) + 1
     cnt = torch.zeros(n, dtype=v.dtype).index_add_(0, lab_t, torch.ones(V, dtype=v.dtype))
     new_v = torch.zeros(n, 3, dtype=v.dtype).index_add_(0, lab_t, v) / cnt.unsqueeze(1)

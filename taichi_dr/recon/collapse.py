@@ -173,14 +173,14 @@ def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndar
 
 @torch.no_grad()
 def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
-                       resolutions: Sequence[Tuple[int, int]], keep_patch: int = 8, rounds: int = 16,
+                       resolutions: Sequence[Tuple[int, int]], keep_patch: Optional[int] = None, rounds: int = 16,
                        min_cos: float = 0.0, report: Optional[CleanupReport] = None):
     """Collapse the small patches of faces that own no pixel, so that the mesh stays closed.
 
     Each round rasterizes the mesh from every view at every raster size in ``resolutions``; a face
     is visible only if it owns at least one pixel at each of them. The invisible faces (outside
-    patches of more than ``keep_patch`` faces that no resolution sees: hidden surfaces, which
-    :func:`~taichi_dr.recon.cleanup.clean_faces` deletes) propose their edges, shortest first; an
+    patches of more than ``keep_patch`` faces that no resolution sees, if given) propose their
+    edges, shortest first; an
     edge is collapsed (both ends -> the point of the edge with the least quadric error, else the
     midpoint or either end) unless that would make the surface non-manifold (link condition) or
     turn a surviving face around it over (cosine between its old and new normal ``<= min_cos``),
@@ -195,7 +195,9 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
         mvp: ``[N, 4, 4]`` float cameras; resolutions: ``(H, W)`` raster sizes (the training size
             and twice it: a scorer may rasterize at either).
         keep_patch: edge-connected patches of faces hidden at every resolution that are larger than
-            this are left alone (hidden surfaces: :func:`~taichi_dr.recon.cleanup.clean_faces`).
+            this are left alone; ``None``: none is (after :func:`~taichi_dr.recon.cleanup.clean_faces`,
+            every hidden patch borders the seen surface, e.g. a wall no camera looks into, and
+            collapsing it keeps the mesh closed where deleting it would not).
         rounds: most collapse rounds (each costs one visibility pass per resolution).
         min_cos: a collapse that leaves a face's normal at or below this cosine to its old one is refused.
         report: a :class:`CleanupReport` to fill (``collapsed_edges``, ``collapsed_faces``,
@@ -210,7 +212,7 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
     res = _check_resolutions(resolutions)
     if faces.dim() != 2 or faces.shape[-1] != 3:
         raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
-    if rounds < 0 or keep_patch < 0:
+    if rounds < 0 or (keep_patch is not None and keep_patch < 0):
         raise ValueError(f"rounds, keep_patch: expected >= 0, got {rounds}, {keep_patch}")
     rep = report if report is not None else CleanupReport(faces_in=int(faces.shape[0]))
     v = verts.detach().cpu().double().numpy()
@@ -225,7 +227,7 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
         zero = (pix == 0).numpy()
         cand = zero.any(axis=0)
         hidden = zero.all(axis=0)
-        if hidden.any():  # big hidden patches are surfaces behind surfaces, not slivers
+        if hidden.any() and keep_patch is not None:  # the caller's limit on hidden patches
             idx, lab = _face_adjacency(f, hidden, by_edge=True)
             cand[idx[np.bincount(lab)[lab] > keep_patch]] = False
         if r == rounds or not cand.any():

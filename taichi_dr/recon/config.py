@@ -64,6 +64,10 @@ class ReconConfig:
     lr_color: float = field(default=0.01, metadata={"help": "learning rate of the colour MLP and light", "gt": 0})
     lr_refine: float = field(default=2e-3, metadata={
         "help": "learning rate of vertex positions in the refinement pass", "gt": 0})
+    refine_smoothing: float = field(default=20.0, metadata={
+        "help": "λ of the refinement pass' smooth steps: vertices move by (I + λL)⁻¹ times Adam's step (L: the "
+                "mesh's graph Laplacian; Nicolet et al. 2021), so bulges many vertices wide move as fast as "
+                "one-vertex noise; 0 = plain per-vertex steps", "min": 0})
     sdf_mode: str = field(default="direct", metadata={
         "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP: better on "
                 "smooth shapes, torus Chamfer 6.6e-5 -> 3.4e-5, but its smooth SDF loses thin parts, 800² gadget "

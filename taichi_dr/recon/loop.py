@@ -49,6 +49,7 @@ from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
+from taichi_dr.recon.large_steps import AdamUniform, SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds
@@ -160,7 +161,7 @@ class _Run:
         self.it, self.phase = 0, "dmtet"
         self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian")}
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.mesh_verts = self.mesh_faces = self.mesh_colors = self.verts0 = None
+        self.mesh_param = self.smoother = self.mesh_faces = self.mesh_colors = self.verts0 = None
         self.cleanup: Dict[str, Dict[str, int]] = {}  # phase -> clean_faces report
 
     def _dmtet_optimizer(self):
@@ -220,14 +221,33 @@ class _Run:
         f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3])
         self.mesh_colors.to(v.device)  # its buffers (bounds, uv atlas) next to the parameters
         self.mesh_faces = f
-        self.mesh_verts = torch.nn.Parameter(v.detach().clone())
+        self._set_refine_mesh(v, f, smooth=True)
         self.verts0 = v.detach().clone()
-        self.opt = torch.optim.Adam([{"params": [self.mesh_verts], "lr": self.cfg.lr_refine},
-                                     {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
-                                     {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
+        self.opt = self._refine_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.phase = "refine"
         self.history.setdefault("refine_start", []).append(self.it)
+
+    def _set_refine_mesh(self, verts: torch.Tensor, faces: torch.Tensor, smooth: bool) -> None:
+        """The refinement pass' vertex parameters: ``u = (I + λL) x`` with smooth steps
+        (``refine_smoothing`` = λ > 0; recon/large_steps.py), else the positions themselves."""
+        lam = self.cfg.refine_smoothing if smooth else 0.0
+        self.smoother = SmoothParametrization(faces, verts.shape[0], lam) if lam > 0 else None
+        u = verts.detach().clone() if self.smoother is None else self.smoother.to_param(verts)
+        self.mesh_param = torch.nn.Parameter(u)
+
+    @property
+    def mesh_verts(self) -> Optional[torch.Tensor]:
+        """``[V, 3]`` the refinement pass' vertex positions (differentiable in its parameters)."""
+        p = getattr(self, "mesh_param", None)
+        return p if p is None or self.smoother is None else self.smoother(p)
+
+    def _refine_optimizer(self) -> torch.optim.Optimizer:
+        # smooth steps need Adam's uniform denominator: a per-coordinate one would undo their smoothness
+        return AdamUniform([{"params": [self.mesh_param], "lr": self.cfg.lr_refine,
+                             "uniform": self.smoother is not None},
+                            {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
+                            {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
 
     @torch.no_grad()
     def finish_cleanup(self):
@@ -246,7 +266,8 @@ class _Run:
             return  # nothing removed, nothing collapsed
         if uv_faces is not None:
             mat.uv_faces = uv_faces[keep][rows.to(uv_faces.device)]
-        self.mesh_verts, self.mesh_faces, self._topo, self._pairs = torch.nn.Parameter(v), f, None, None
+        self.mesh_faces, self._topo, self._pairs = f, None, None
+        self._set_refine_mesh(v, f, smooth=False)  # the pass is over: no optimiser will step these
         if per_vertex:  # merged vertices take the mean of their colours
             mat.logits = torch.nn.Parameter(merge_vertex_data(out[2], vmap, v.shape[0]))
 
@@ -331,11 +352,9 @@ class _Run:
             self.phase = "refine"
             dev = self.train.images.device  # checkpoints load on the CPU; the run lives on the arch's device
             self.mesh_faces, self.verts0 = s["mesh_faces"].to(dev), s["verts0"].to(dev)
-            self.mesh_verts = torch.nn.Parameter(s["mesh_verts"].to(dev).clone())
+            self._set_refine_mesh(s["mesh_verts"].to(dev), self.mesh_faces, smooth=True)
             self.mesh_colors = s["mesh_colors"].to(dev)  # the pass-2 material module (recon/texture_pass.py)
-            self.opt = torch.optim.Adam([{"params": [self.mesh_verts], "lr": self.cfg.lr_refine},
-                                         {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
-                                         {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
+            self.opt = self._refine_optimizer()
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])

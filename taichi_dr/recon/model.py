@@ -25,11 +25,15 @@ from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.recon.carve import photo_carve
 from taichi_dr.recon.stereo import stereo_carve
+from taichi_dr.recon.topology import carve_keeping_topology
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds", "hull_sdf",
            "silhouette_sdf"]
+
+# cells: how far from zero the stereo SDF is pushed at a lattice point whose sign topology fixed
+TOPOLOGY_EPS = 0.05
 
 
 class ColorField(nn.Module):
@@ -181,18 +185,28 @@ class ReconModel(nn.Module):
         self.outside_hull = sdf >= 1.0  # of the uncarved hull: the passes may refill a carved point
         self.carve_report = {"carved_points": 0, "carve_sweeps": 0, "carve_window_px": 0}
         if images is not None and campos is not None:
-            inside, self.carve_report = photo_carve(occ >= 0.5, self.dmtet.grid(), images, mvp, campos)
+            hull = occ >= 0.5
+            inside, self.carve_report = photo_carve(hull, self.dmtet.grid(), images, mvp, campos)
             fused = None
             if stereo:
                 inside, fused, rep = stereo_carve(inside, self.dmtet.grid(), images, mvp, campos)
                 self.carve_report.update(rep)
+            # no tunnel, handle or cavity the silhouettes do not show (recon/topology.py); the stereo
+            # surface's sub-cell distance may move lattice points out too, under the same rule
+            if fused is not None:
+                inside = inside & ~(fused.isfinite() & (fused > 0)).to(inside.device)
+            inside, kept = carve_keeping_topology(hull, inside, self.dmtet.resolution)
+            self.carve_report["topology_kept_points"] = kept
             carved = hull_sdf(inside.float(), self.dmtet.resolution)
             # where carving moved the surface, its lattice distance; elsewhere the silhouettes'
             sdf = torch.where(carved > lattice, carved, sdf)
             if fused is not None:
                 # around a carved concavity, the stereo depths' sub-cell distance where two views know
-                # it (stereo_carve leaves ``fused`` NaN everywhere else)
-                sdf = torch.where(fused.isfinite(), fused.to(sdf.device), sdf)
+                # it (stereo_carve leaves ``fused`` NaN everywhere else), with the sign of ``inside``
+                # at the lattice points: marching tets takes its topology from those signs
+                f = fused.to(sdf.device)
+                f = torch.where(inside.to(sdf.device), f.clamp(max=-TOPOLOGY_EPS), f.clamp(min=TOPOLOGY_EPS))
+                sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
 

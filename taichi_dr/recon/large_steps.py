@@ -1,0 +1,139 @@
+"""Smooth ("large") steps for the refinement pass: vertex positions through a Laplacian preconditioner.
+
+Why: the refinement pass moves vertices by the image loss's gradient, which reaches a vertex mostly
+through the normals of the faces around it. A gradient step on positions then acts like one Jacobi
+sweep of a Poisson problem: it fixes one-vertex noise quickly and a bump ten vertices wide hardly at
+all, so the wide bulges that a visual hull leaves on flat walls survive a whole pass (measured on the
+Mitsuba bowl: Chamfer 2.2e-4 at the start of the pass, 2.2e-4 at its end), while the per-vertex steps
+add new one-pixel lumps. Nicolet et al., "Large Steps in Inverse Rendering of Geometry" (SIGGRAPH
+Asia 2021) optimise ``u = (I + λL) x`` instead of ``x`` (``L``: the mesh's graph Laplacian): a step on
+``u`` moves ``x`` by ``(I + λL)⁻¹`` times it, a smooth field whose wide components are as large as
+its narrow ones, i.e. a Sobolev gradient. Their Adam variant divides by one scalar (the largest
+second moment) instead of per coordinate, so that the step keeps that smoothness.
+
+Here: :class:`SmoothParametrization` (the sparse factorisation, made once per topology, and the
+differentiable solve) and :class:`AdamUniform` (Adam with an optional uniform denominator per
+parameter group, so that one optimiser serves positions and textures).
+"""
+from typing import Iterable, Tuple
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix, identity
+from scipy.sparse.linalg import splu
+
+__all__ = ["graph_laplacian", "SmoothParametrization", "AdamUniform"]
+
+
+def graph_laplacian(faces: torch.Tensor, num_verts: int):
+    """The combinatorial Laplacian ``L = D − A`` of a triangle mesh's edge graph.
+
+    Args:
+        faces: ``[F, 3]`` int triangles; num_verts: ``V`` (vertices without a face get a zero row).
+
+    Returns:
+        ``scipy.sparse.csc_matrix`` ``[V, V]`` float64, symmetric positive semi-definite.
+    """
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    f = faces.detach().cpu().long().numpy()
+    if f.size and (f.min() < 0 or f.max() >= num_verts):
+        raise ValueError(f"faces: expected indices in [0, {num_verts}), got [{f.min()}, {f.max()}]")
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    e = np.unique(np.sort(e, axis=1), axis=0)  # each undirected edge once
+    i, j = np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]]
+    adj = coo_matrix((np.ones(len(i)), (i, j)), shape=(num_verts, num_verts)).tocsr()
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    return (coo_matrix((deg, (np.arange(num_verts), np.arange(num_verts))), shape=adj.shape) - adj).tocsc()
+
+
+class _Solve(torch.autograd.Function):
+    """``x = M⁻¹ u`` with a prefactorised symmetric ``M``; its adjoint is the same solve."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, lu) -> torch.Tensor:
+        ctx.lu = lu
+        x = lu.solve(u.detach().cpu().double().numpy())
+        return torch.from_numpy(x).to(u.device, u.dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return torch.from_numpy(ctx.lu.solve(g.detach().cpu().double().numpy())).to(g.device, g.dtype), None
+
+
+class SmoothParametrization:
+    """``x = (I + λL)⁻¹ u``: vertex positions from smooth-step parameters (Nicolet et al. 2021).
+
+    Args:
+        faces: ``[F, 3]`` int triangles (the topology is fixed for the object's lifetime).
+        num_verts: ``V``.
+        lam: ``λ ≥ 0``, the smoothing strength (``0``: ``x = u``). The step ``(I + λL)⁻¹ g`` spreads
+            over about ``√λ`` edges.
+
+    The factorisation (SuperLU, once) and the solves run on the CPU in float64: the systems are as
+    small as the mesh (a few thousand vertices) and a solve costs ~1 ms per thousand vertices.
+    """
+
+    def __init__(self, faces: torch.Tensor, num_verts: int, lam: float):
+        if not (lam >= 0 and np.isfinite(lam)):
+            raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
+        self.lam = float(lam)
+        self.matrix = (identity(num_verts, format="csc") + self.lam * graph_laplacian(faces, num_verts)).tocsc()
+        self._lu = splu(self.matrix)
+
+    def to_param(self, verts: torch.Tensor) -> torch.Tensor:
+        """``u = (I + λL) x`` for ``verts [V, 3]`` float (no gradient; same dtype and device)."""
+        x = verts.detach().cpu().double().numpy()
+        return torch.from_numpy(self.matrix @ x).to(verts.device, verts.dtype)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """``x = (I + λL)⁻¹ u`` for ``u [V, 3]`` float, differentiable with respect to ``u``."""
+        if u.dim() != 2 or u.shape[0] != self.matrix.shape[0]:
+            raise ValueError(f"u: expected shape [{self.matrix.shape[0]}, C], got {list(u.shape)}")
+        return _Solve.apply(u, self._lu)
+
+
+class AdamUniform(torch.optim.Optimizer):
+    """Adam whose parameter groups may use one denominator per tensor (``uniform=True``).
+
+    A ``uniform`` group divides the first moment by the square root of the *largest* bias-corrected
+    second moment of the tensor instead of each coordinate's own (Nicolet et al. 2021): per-coordinate
+    normalisation would undo the smoothness of a preconditioned gradient. Other groups are plain Adam.
+
+    Args:
+        params: tensors or parameter groups (dicts; a group may set ``lr``, ``betas``, ``eps``,
+            ``uniform``).
+        lr, betas, eps: as :class:`torch.optim.Adam`; uniform: the groups' default.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, uniform: bool = False):
+        if not lr > 0:
+            raise ValueError(f"lr: expected > 0, got {lr!r}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, uniform=uniform))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+                t = st["step"]
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                m = st["exp_avg"] / (1 - b1 ** t)
+                v = st["exp_avg_sq"] / (1 - b2 ** t)
+                denom = (v.max() if group.get("uniform", False) else v).sqrt() + group["eps"]
+                p.sub_(group["lr"] * m / denom)
+        return loss

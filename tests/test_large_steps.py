@@ -1,0 +1,79 @@
+"""Smooth-step parametrisation and uniform Adam of the refinement pass (taichi_dr/recon/large_steps.py)."""
+import numpy as np
+import pytest
+import torch
+
+from taichi_dr.recon.large_steps import AdamUniform, SmoothParametrization, graph_laplacian
+
+
+def _octahedron():
+    v = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    return v, f
+
+
+def test_graph_laplacian_is_degree_minus_adjacency():
+    _, f = _octahedron()
+    L = graph_laplacian(f, 7).toarray()  # vertex 6 has no face: a zero row
+    assert np.allclose(L, L.T)
+    assert np.allclose(L.sum(axis=1), 0)
+    assert np.allclose(np.diag(L)[:6], 4) and L[6, 6] == 0
+    assert L[0, 1] == 0 and L[0, 2] == -1  # opposite vertices share no edge; neighbours do
+
+
+def test_round_trip_and_identity_at_zero_lambda():
+    v, f = _octahedron()
+    sp = SmoothParametrization(f, 6, lam=5.0)
+    assert torch.allclose(sp(sp.to_param(v)), v, atol=1e-12)
+    assert torch.equal(SmoothParametrization(f, 6, lam=0.0).to_param(v), v)
+
+
+def test_solve_gradient_matches_finite_differences():
+    v, f = _octahedron()
+    sp = SmoothParametrization(f, 6, lam=3.0)
+    u = sp.to_param(v).requires_grad_(True)
+    w = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(lambda x: (sp(x) * w).sum() + sp(x).pow(2).sum(), (u,), eps=1e-6, atol=1e-7)
+
+
+def test_smooth_step_spreads_a_one_vertex_gradient():
+    """A gradient on one vertex moves its neighbours too (the point of the preconditioner), and a
+    step that is constant over the mesh passes unchanged (L has constants in its null space)."""
+    v, f = _octahedron()
+    sp = SmoothParametrization(f, 6, lam=2.0)
+    g = torch.zeros(6, 3, dtype=torch.float64)
+    g[4, 2] = 1.0
+    dx = sp(g)
+    assert dx[4, 2] > 0 and (dx[[0, 1, 2, 3], 2] > 0).all() and dx[4, 2] < 1
+    assert torch.allclose(sp(torch.ones(6, 3, dtype=torch.float64)), torch.ones(6, 3, dtype=torch.float64))
+
+
+def test_adam_uniform_matches_adam_per_coordinate_and_uses_one_denominator():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    ref, ours = torch.optim.Adam([a], lr=0.1), AdamUniform([b], lr=0.1, uniform=False)
+    for _ in range(5):
+        g = torch.randn(5, 3)
+        a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        ours.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    c = torch.nn.Parameter(torch.zeros(4))
+    opt = AdamUniform([{"params": [c], "uniform": True}], lr=0.1)
+    c.grad = torch.tensor([1.0, 2.0, -4.0, 0.5])
+    opt.step()
+    # first step: m̂ = g, v̂ = g², denominator max|g| = 4
+    assert torch.allclose(c, -0.1 * torch.tensor([1.0, 2.0, -4.0, 0.5]) / 4, atol=1e-6)
+
+
+def test_bad_input_raises():
+    _, f = _octahedron()
+    with pytest.raises(ValueError, match="lam"):
+        SmoothParametrization(f, 6, lam=-1.0)
+    with pytest.raises(ValueError, match="faces"):
+        graph_laplacian(f, 4)
+    with pytest.raises(ValueError, match="u"):
+        SmoothParametrization(f, 6, lam=1.0)(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="lr"):
+        AdamUniform([torch.nn.Parameter(torch.zeros(2))], lr=0.0)

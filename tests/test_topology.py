@@ -1,0 +1,112 @@
+"""Topology-preserving carving on the tet lattice (taichi_dr/recon/topology.py)."""
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from taichi_dr.geometry.marching_tets import marching_tets
+from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.recon.topology import carve_keeping_topology, link_offsets, simple_table
+
+
+def _betti(x: np.ndarray, grid: TetGrid):
+    """(b0, b1, b2) of the full subcomplex of ``grid`` spanned by the vertices ``x [V] bool``: an
+    independent reference (Euler characteristic of the simplices, components of the inside and of
+    the outside along grid edges; b1 from Euler-Poincaré)."""
+    n = grid.resolution + 1
+    tets, edges = grid.tets.numpy(), grid.edges.numpy()
+    tris = np.unique(np.sort(np.concatenate([tets[:, [0, 1, 2]], tets[:, [0, 1, 3]], tets[:, [0, 2, 3]],
+                                             tets[:, [1, 2, 3]]]), axis=1), axis=0)
+    chi = x.sum() - x[edges].all(1).sum() + x[tris].all(1).sum() - x[tets].all(1).sum()
+
+    def labels(mask):
+        e = edges[mask[edges].all(1)]
+        return connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n ** 3,) * 2),
+                                    directed=False)[1]
+    border = np.zeros((n, n, n), bool)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    border = border.reshape(-1)
+    b0 = len(np.unique(labels(x)[x]))
+    out = labels(~x)
+    b2 = len(set(out[~x]) - set(out[~x & border]))  # outside components that do not reach the border
+    return b0, b0 + b2 - int(chi), b2
+
+
+def test_link_is_the_kuhn_sphere():
+    off = link_offsets()
+    assert off.shape == (14, 3) and (np.abs(off) <= 1).all()
+    assert {tuple(o) for o in off} == {tuple(-o) for o in off}  # ± the grid's 7 edge directions
+    table = simple_table()
+    assert not table[0]                 # an isolated point: removing it deletes a component
+    assert not table[(1 << 14) - 1]     # a point inside the solid: removing it makes a cavity
+    assert table[1]                     # the tip of a spike
+    # two opposite neighbours only: the point joins a rod; removing it cuts it
+    k = [i for i, o in enumerate(off) if tuple(o) == (1, 0, 0) or tuple(o) == (-1, 0, 0)]
+    assert not table[(1 << k[0]) | (1 << k[1])]
+
+
+def test_simple_points_never_change_the_topology():
+    """Against the Betti numbers of the lattice subcomplex, on random neighbourhoods: removing a point
+    the table calls simple changes none of them; most points it calls not simple change one."""
+    grid = TetGrid.create(4, 2.0)
+    n = 5
+    centre = (2 * n + 2) * n + 2
+    off, table = link_offsets(), simple_table()
+    border = np.zeros((n, n, n), bool)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    border = border.reshape(-1)
+    rng = np.random.default_rng(1)
+    simple = changed_when_not_simple = not_simple = 0
+    for _ in range(400):
+        x = rng.random(n ** 3) < rng.uniform(0.2, 0.8)
+        x[border], x[centre] = False, True
+        code = sum(int(x[((2 + o[0]) * n + 2 + o[1]) * n + 2 + o[2]]) << k for k, o in enumerate(off))
+        y = x.copy()
+        y[centre] = False
+        same = _betti(x, grid) == _betti(y, grid)
+        if table[code]:
+            simple += 1
+            assert same
+        else:
+            not_simple += 1
+            changed_when_not_simple += not same
+    assert simple > 50 and changed_when_not_simple >= 0.95 * not_simple
+
+
+def _genus(inside: torch.Tensor, grid: TetGrid) -> int:
+    sdf = torch.where(inside, -0.5, 0.5).to(torch.float32)
+    v, f = marching_tets(grid.verts, sdf, grid)
+    return 1 - (v.shape[0] - f.shape[0] // 2) // 2  # closed surface: E = 3F/2, χ = V - F/2 = 2 - 2g
+
+
+def test_carving_keeps_the_hull_topology():
+    R = 12
+    grid = TetGrid.create(R, 2.0)
+    n = R + 1
+    i, j, l = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
+    block = torch.from_numpy(((i >= 2) & (i <= 10) & (j >= 2) & (j <= 10) & (l >= 2) & (l <= 10)).reshape(-1))
+    # a dent from the top face: a concavity, removed completely
+    dent = torch.from_numpy(((i >= 5) & (i <= 7) & (j >= 5) & (j <= 7) & (l >= 8)).reshape(-1)) & block
+    out, kept = carve_keeping_topology(block, block & ~dent, R)
+    assert kept == 0 and torch.equal(out, block & ~dent) and _genus(out, grid) == 0
+    # a shaft straight through the block would make a handle (genus 1): the carve stops short of it
+    shaft = torch.from_numpy(((i >= 5) & (i <= 7) & (j >= 5) & (j <= 7)).reshape(-1)) & block
+    assert _genus(block & ~shaft, grid) == 1
+    out, kept = carve_keeping_topology(block, block & ~shaft, R)
+    assert _genus(out, grid) == 0 and kept > 0
+    assert int((block & ~out).sum()) > 0.8 * int(shaft.sum())  # most of the shaft is still dug
+    # a hollow inside the block (a cavity, b2 = 1) is not made either
+    core = torch.from_numpy(((i >= 5) & (i <= 7) & (j >= 5) & (j <= 7) & (l >= 5) & (l <= 7)).reshape(-1))
+    out, kept = carve_keeping_topology(block, block & ~core, R)
+    assert torch.equal(out, block) and kept == int(core.sum())
+
+
+def test_carve_keeping_topology_rejects_bad_input():
+    hull = torch.ones(27, dtype=torch.bool)
+    with pytest.raises(ValueError, match="hull"):
+        carve_keeping_topology(hull[:26], hull[:26], 2)
+    with pytest.raises(ValueError, match="carved"):
+        carve_keeping_topology(hull, torch.zeros(27), 2)
+    with pytest.raises(ValueError, match="subset"):
+        carve_keeping_topology(torch.zeros(27, dtype=torch.bool), hull, 2)
