@@ -14,6 +14,8 @@ Each shape is an analytic signed distance function inside [-1, 1]³:
 * ``boxhole`` — a rounded box with a cylindrical hole through it (genus 1, sharp-ish rims).
 * ``cup``     — a rounded cylinder with a deep flat-bottomed well in its top, tilted (a concavity
   deeper and steeper than the bowl's dish: held out while the stereo carving was tuned on the bowl).
+* ``mug``     — a cylinder with a well and a ring handle (genus 1: the handle's hole shows in the
+  silhouettes, the well does not; held out while the topology-preserving carving was built).
 
 The ground-truth mesh is extracted with this project's own marching tets on a fine grid and then
 projected onto the exact zero level set (a few Newton steps along the SDF gradient), so ``gt.obj``
@@ -57,7 +59,7 @@ TEST_AZIMUTH_OFFSET = 0.2
 # (direction the light travels, irradiance): a key light, a fill light and two weaker rim lights
 LIGHTS = [((-1.0, -0.6, -1.4), 2.4), ((1.0, 1.0, -0.8), 0.7), ((1.0, -1.0, 1.0), 0.45), ((-1.0, 1.0, 1.0), 0.3)]
 ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65),
-          "cup": (0.55, 0.4, 0.5)}
+          "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5)}
 
 
 # ----------------------------------------------------------------------------- shapes (SDFs, torch, [P, 3] -> [P])
@@ -118,7 +120,17 @@ def sdf_cup(p):
     return torch.maximum(body, -well)
 
 
-SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole, "cup": sdf_cup}
+def sdf_mug(p):
+    q = _rot(p, 0.0, 30.0)
+    body = _round_cylinder(q, 0.5, 0.45, 0.06)
+    well = _round_cylinder(q - torch.tensor([0.0, 0.0, 0.5], dtype=p.dtype), 0.34, 0.75, 0.05)  # bottom at z = -0.25
+    h = q - torch.tensor([0.62, 0.0, 0.0], dtype=p.dtype)  # a ring handle in the xz-plane, through the wall
+    handle = torch.stack([h[:, [0, 2]].norm(dim=-1) - 0.22, h[:, 1]], -1).norm(dim=-1) - 0.055
+    return torch.minimum(torch.maximum(body, -well), handle)
+
+
+SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole, "cup": sdf_cup,
+          "mug": sdf_mug}
 
 
 def shape_mesh(fn, resolution: int = 128, newton: int = 4):

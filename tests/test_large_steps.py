@@ -1,9 +1,9 @@
-"""Smooth-step parametrisation and uniform Adam of the refinement pass (taichi_dr/recon/large_steps.py)."""
+"""Smooth-step parametrisation of the refinement pass (taichi_dr/recon/large_steps.py)."""
 import numpy as np
 import pytest
 import torch
 
-from taichi_dr.recon.large_steps import AdamUniform, SmoothParametrization, graph_laplacian
+from taichi_dr.recon.large_steps import SmoothParametrization, graph_laplacian
 
 
 def _octahedron():
@@ -48,25 +48,6 @@ def test_smooth_step_spreads_a_one_vertex_gradient():
     assert torch.allclose(sp(torch.ones(6, 3, dtype=torch.float64)), torch.ones(6, 3, dtype=torch.float64))
 
 
-def test_adam_uniform_matches_adam_per_coordinate_and_uses_one_denominator():
-    torch.manual_seed(0)
-    a = torch.nn.Parameter(torch.randn(5, 3))
-    b = torch.nn.Parameter(a.detach().clone())
-    ref, ours = torch.optim.Adam([a], lr=0.1), AdamUniform([b], lr=0.1, uniform=False)
-    for _ in range(5):
-        g = torch.randn(5, 3)
-        a.grad, b.grad = g.clone(), g.clone()
-        ref.step()
-        ours.step()
-    assert torch.allclose(a, b, atol=1e-6)
-    c = torch.nn.Parameter(torch.zeros(4))
-    opt = AdamUniform([{"params": [c], "uniform": True}], lr=0.1)
-    c.grad = torch.tensor([1.0, 2.0, -4.0, 0.5])
-    opt.step()
-    # first step: m̂ = g, v̂ = g², denominator max|g| = 4
-    assert torch.allclose(c, -0.1 * torch.tensor([1.0, 2.0, -4.0, 0.5]) / 4, atol=1e-6)
-
-
 def test_bad_input_raises():
     _, f = _octahedron()
     with pytest.raises(ValueError, match="lam"):
@@ -75,5 +56,3 @@ def test_bad_input_raises():
         graph_laplacian(f, 4)
     with pytest.raises(ValueError, match="u"):
         SmoothParametrization(f, 6, lam=1.0)(torch.zeros(5, 3))
-    with pytest.raises(ValueError, match="lr"):
-        AdamUniform([torch.nn.Parameter(torch.zeros(2))], lr=0.0)

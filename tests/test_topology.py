@@ -7,7 +7,7 @@ from scipy.sparse.csgraph import connected_components
 
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
-from taichi_dr.recon.topology import carve_keeping_topology, link_offsets, simple_table
+from taichi_dr.recon.topology import carve_keeping_topology, keep_topology, link_offsets, simple_table
 
 
 def _betti(x: np.ndarray, grid: TetGrid):
@@ -102,6 +102,29 @@ def test_carving_keeps_the_hull_topology():
     assert torch.equal(out, block) and kept == int(core.sum())
 
 
+def test_keep_topology_adds_and_removes_but_never_changes_the_topology():
+    """What the DMTet pass' end goes through: flips both ways toward a target, none that would make
+    a separate piece or a handle."""
+    R = 14
+    grid = TetGrid.create(R, 2.0)
+    n = R + 1
+    i, j, l = (a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij"))
+    box = lambda lo, hi: torch.from_numpy((i >= lo[0]) & (i <= hi[0]) & (j >= lo[1]) & (j <= hi[1])  # noqa: E731
+                                          & (l >= lo[2]) & (l <= hi[2]))
+    ref = box((3, 3, 3), (8, 8, 8))
+    bump = box((9, 5, 5), (10, 6, 6))       # grows out of the block: allowed
+    island = box((11, 11, 11), (12, 12, 12))  # a separate piece: refused
+    dent = box((5, 5, 7), (6, 6, 8))        # a dent from the top: allowed
+    target = (ref | bump | island) & ~dent
+    out, kept = keep_topology(ref, target, R)
+    assert torch.equal(out, (ref | bump) & ~dent) and kept == int(island.sum())
+    # an arch from the block's top back to it (a handle) is added only up to the last point
+    arch = box((4, 4, 9), (4, 4, 11)) | box((4, 4, 11), (7, 4, 11)) | box((7, 4, 9), (7, 4, 11))
+    out, kept = keep_topology(ref, ref | arch, R)
+    assert _genus(ref | arch, grid) == 1 and _genus(out, grid) == 0 and kept >= 1
+    assert int((out & arch).sum()) >= int(arch.sum()) - 2
+
+
 def test_carve_keeping_topology_rejects_bad_input():
     hull = torch.ones(27, dtype=torch.bool)
     with pytest.raises(ValueError, match="hull"):
@@ -110,3 +133,5 @@ def test_carve_keeping_topology_rejects_bad_input():
         carve_keeping_topology(hull, torch.zeros(27), 2)
     with pytest.raises(ValueError, match="subset"):
         carve_keeping_topology(torch.zeros(27, dtype=torch.bool), hull, 2)
+    with pytest.raises(ValueError, match="target"):
+        keep_topology(hull, hull[:26], 2)

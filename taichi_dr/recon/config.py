@@ -81,6 +81,8 @@ class ReconConfig:
         "help": "appearance: field (per-pixel kd/ks from a hash-grid field in the DMTet pass, 2-D textures "
                 "in the refinement pass; nvdiffrec) or vertex (one colour per vertex)",
         "choices": ("field", "vertex"), "frozen": True})
+    normal_map: bool = field(default=True, metadata={
+        "help": "learn a tangent-space normal map in the refinement pass (material=field; nvdiffrec)"})
     laplacian_weight: float = field(default=50.0, metadata={
         "help": "weight of the Laplacian regulariser in the refinement pass", "min": 0})
     normal_weight: float = field(default=0.0, metadata={

@@ -9,20 +9,20 @@ add new one-pixel lumps. Nicolet et al., "Large Steps in Inverse Rendering of Ge
 Asia 2021) optimise ``u = (I + λL) x`` instead of ``x`` (``L``: the mesh's graph Laplacian): a step on
 ``u`` moves ``x`` by ``(I + λL)⁻¹`` times it, a smooth field whose wide components are as large as
 its narrow ones, i.e. a Sobolev gradient. Their Adam variant divides by one scalar (the largest
-second moment) instead of per coordinate, so that the step keeps that smoothness.
+second moment of all vertices) so that the step keeps that smoothness; we measured it and kept
+Adam's per-coordinate denominator on ``u``: with one denominator, the few vertices with the largest
+gradients set every vertex's step and the rest (a thin rod's silhouette) barely moved (docs/08).
 
-Here: :class:`SmoothParametrization` (the sparse factorisation, made once per topology, and the
-differentiable solve) and :class:`AdamUniform` (Adam with an optional uniform denominator per
-parameter group, so that one optimiser serves positions and textures).
+Here: :class:`SmoothParametrization`, the sparse factorisation (once per topology) and the
+differentiable solve.
 """
-from typing import Iterable, Tuple
 
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix, identity
 from scipy.sparse.linalg import splu
 
-__all__ = ["graph_laplacian", "SmoothParametrization", "AdamUniform"]
+__all__ = ["graph_laplacian", "SmoothParametrization"]
 
 
 def graph_laplacian(faces: torch.Tensor, num_verts: int):
@@ -91,49 +91,3 @@ class SmoothParametrization:
         if u.dim() != 2 or u.shape[0] != self.matrix.shape[0]:
             raise ValueError(f"u: expected shape [{self.matrix.shape[0]}, C], got {list(u.shape)}")
         return _Solve.apply(u, self._lu)
-
-
-class AdamUniform(torch.optim.Optimizer):
-    """Adam whose parameter groups may use one denominator per tensor (``uniform=True``).
-
-    A ``uniform`` group divides the first moment by the square root of the *largest* bias-corrected
-    second moment of the tensor instead of each coordinate's own (Nicolet et al. 2021): per-coordinate
-    normalisation would undo the smoothness of a preconditioned gradient. Other groups are plain Adam.
-
-    Args:
-        params: tensors or parameter groups (dicts; a group may set ``lr``, ``betas``, ``eps``,
-            ``uniform``).
-        lr, betas, eps: as :class:`torch.optim.Adam`; uniform: the groups' default.
-    """
-
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, uniform: bool = False):
-        if not lr > 0:
-            raise ValueError(f"lr: expected > 0, got {lr!r}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, uniform=uniform))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                t = st["step"]
-                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
-                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                m = st["exp_avg"] / (1 - b1 ** t)
-                v = st["exp_avg_sq"] / (1 - b2 ** t)
-                denom = (v.max() if group.get("uniform", False) else v).sqrt() + group["eps"]
-                p.sub_(group["lr"] * m / denom)
-        return loss

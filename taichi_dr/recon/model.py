@@ -207,6 +207,8 @@ class ReconModel(nn.Module):
                 f = fused.to(sdf.device)
                 f = torch.where(inside.to(sdf.device), f.clamp(max=-TOPOLOGY_EPS), f.clamp(min=TOPOLOGY_EPS))
                 sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
+        # the topology the DMTet pass must end with (recon/topology.py: keep_topology)
+        self.start_inside = (sdf < 0).to(self.dmtet.verts.device)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
 

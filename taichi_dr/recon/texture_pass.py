@@ -228,9 +228,11 @@ class VertexColors(nn.Module):
         """Nothing to project (the sigmoid bounds the colours)."""
 
 
-def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_hw: Tuple[int, int]):
-    """The pass-2 material of the pass-1 mesh: textures baked from a :class:`MaterialField`, or
-    per-vertex colours from a colour field returning ``[V, 3]``.
+def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_hw: Tuple[int, int],
+                        normal_map: bool = True):
+    """The pass-2 material of the pass-1 mesh: textures baked from a :class:`MaterialField` (with a
+    tangent-space normal map if ``normal_map``), or per-vertex colours from a colour field returning
+    ``[V, 3]``.
 
     Returns:
         faces ``[F, 3]`` int32 to render with, and a module with ``material()`` (what to pass to
@@ -239,6 +241,6 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
     from taichi_dr.recon.material import MaterialField
 
     if isinstance(field, MaterialField):
-        return make_textured_material(verts, faces, field, image_hw)
+        return make_textured_material(verts, faces, field, image_hw, normal_map=normal_map)
     with torch.no_grad():
         return faces, VertexColors(field(verts))

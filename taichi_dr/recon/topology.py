@@ -19,7 +19,10 @@ contractible iff it is non-empty, connected and has Euler characteristic 1. That
 14 bits, tabulated once (2¹⁴ entries).
 
 Points of the same parity (``i, j, l mod 2``) are never neighbours, so all simple points of one
-parity class can be removed at once; the classes take turns until nothing changes.
+parity class can be flipped at once; the classes take turns until nothing changes. The same
+projection (:func:`keep_topology`, flips both ways) puts the DMTet pass' final signs back on the
+starting topology: free SDF values can flip a point anywhere (the Mitsuba mug, genus 1, ended the
+pass with genus 2).
 """
 import functools
 from typing import Tuple
@@ -29,7 +32,7 @@ import torch
 
 from taichi_dr.geometry.tetgrid import TetGrid
 
-__all__ = ["link_offsets", "simple_table", "carve_keeping_topology"]
+__all__ = ["link_offsets", "simple_table", "lattice_border", "keep_topology", "carve_keeping_topology"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +84,60 @@ def simple_table() -> np.ndarray:
     return (n_v > 0) & (n_comp == 1) & (euler == 1)
 
 
+def lattice_border(resolution: int) -> torch.Tensor:
+    """``[(resolution + 1)³]`` bool: the lattice points on the grid box's faces (x-major)."""
+    n = resolution + 1
+    i = torch.arange(n)
+    edge = (i == 0) | (i == n - 1)
+    return (edge[:, None, None] | edge[None, :, None] | edge[None, None, :]).reshape(-1)
+
+
+def keep_topology(reference: torch.Tensor, target: torch.Tensor, resolution: int,
+                  max_rounds: int = 200) -> Tuple[torch.Tensor, int]:
+    """The inside set closest to ``target`` that ``reference``'s topology allows.
+
+    Starting from ``reference``, every lattice point where ``target`` differs is flipped (removed
+    or added) when it is simple, one parity class at a time, until nothing changes. A simple point
+    stays simple whichever way it is flipped (the test only reads its neighbours), so the result
+    has the topology of ``reference`` and differs from ``target`` only where a flip would have
+    made or closed a tunnel, a handle, a cavity or a separate piece.
+
+    Args:
+        reference, target: ``[V]`` bool inside points (``V = (resolution + 1)³``, x-major).
+        resolution: the grid's cells per axis.
+        max_rounds: most rounds over the 8 parity classes (a round flips one layer of points).
+
+    Returns:
+        ``(inside [V] bool, kept)``: the result and the number of points where it still differs
+        from ``target``.
+    """
+    n = resolution + 1
+    for name, x in (("reference", reference), ("target", target)):
+        if x.shape != (n ** 3,) or x.dtype != torch.bool:
+            raise ValueError(f"{name}: expected a bool tensor of shape [{n ** 3}], got {x.dtype} {list(x.shape)}")
+    cur = np.pad(reference.cpu().numpy().reshape(n, n, n), 1)  # a border of outside points
+    goal = np.pad(target.cpu().numpy().reshape(n, n, n), 1)
+    table, offs = simple_table(), link_offsets()
+    weights = (1 << np.arange(14)).astype(np.int64)
+    for _ in range(max_rounds):
+        changed = False
+        for parity in np.ndindex(2, 2, 2):
+            idx = np.argwhere(cur != goal)
+            idx = idx[((idx % 2) == parity).all(axis=1)]
+            if len(idx) == 0:
+                continue
+            nb = cur[tuple((idx[:, None, :] + offs[None]).transpose(2, 0, 1))]  # [P, 14]
+            ok = table[nb.astype(np.int64) @ weights]
+            if ok.any():
+                flip = tuple(idx[ok].T)
+                cur[flip] = goal[flip]
+                changed = True
+        if not changed:
+            break
+    inside = torch.from_numpy(cur[1:-1, 1:-1, 1:-1].reshape(-1).copy()).to(reference.device)
+    return inside, int((cur != goal).sum())
+
+
 def carve_keeping_topology(hull: torch.Tensor, carved: torch.Tensor, resolution: int,
                            max_rounds: int = 200) -> Tuple[torch.Tensor, int]:
     """Remove from ``hull`` the points ``carved`` removes, as far as that keeps its topology.
@@ -93,8 +150,8 @@ def carve_keeping_topology(hull: torch.Tensor, carved: torch.Tensor, resolution:
 
     Returns:
         ``(inside [V] bool, kept)``: ``hull`` minus the simple points of the carved set, removed
-        from the outside in, and how many carved points had to stay (each would have made a
-        tunnel, a handle or a cavity).
+        from the outside in (:func:`keep_topology`), and how many carved points had to stay (each
+        would have made a tunnel, a handle or a cavity).
     """
     n = resolution + 1
     for name, x in (("hull", hull), ("carved", carved)):
@@ -102,25 +159,4 @@ def carve_keeping_topology(hull: torch.Tensor, carved: torch.Tensor, resolution:
             raise ValueError(f"{name}: expected a bool tensor of shape [{n ** 3}], got {x.dtype} {list(x.shape)}")
     if bool((carved & ~hull).any()):
         raise ValueError("carved: expected a subset of hull (carving only removes points)")
-    cur = np.pad(hull.cpu().numpy().reshape(n, n, n), 1)  # a border of outside points
-    todo = np.pad((hull & ~carved).cpu().numpy().reshape(n, n, n), 1)
-    table, offs = simple_table(), link_offsets()
-    weights = (1 << np.arange(14)).astype(np.int64)
-    for _ in range(max_rounds):
-        changed = False
-        for parity in np.ndindex(2, 2, 2):
-            idx = np.argwhere(todo)
-            idx = idx[((idx % 2) == parity).all(axis=1)]
-            if len(idx) == 0:
-                continue
-            nb = cur[tuple((idx[:, None, :] + offs[None]).transpose(2, 0, 1))]  # [P, 14]
-            ok = table[nb.astype(np.int64) @ weights]
-            if ok.any():
-                rm = tuple(idx[ok].T)
-                cur[rm] = False
-                todo[rm] = False
-                changed = True
-        if not changed:
-            break
-    inside = torch.from_numpy(cur[1:-1, 1:-1, 1:-1].reshape(-1).copy()).to(hull.device)
-    return inside, int(todo.sum())
+    return keep_topology(hull, carved, resolution, max_rounds)
