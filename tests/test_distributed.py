@@ -165,9 +165,10 @@ def test_two_gloo_ranks_follow_one_process_survive_a_killed_rank_and_resume(tiny
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     h2 = _history(out)
     assert len(h2) == 12  # 10 DMTet + 2 refinement iterations: the parameter set changes mid-run
-    # the first 10 (the DMTet pass) agree to float-sum order; refinement starts from an xatlas atlas,
-    # which is not continuous in the vertices (docs/11_scale_out.md)
-    np.testing.assert_allclose(h2[:10], one_process_history[:10], rtol=1e-5)
+    # the first 10 (the DMTet pass) agree to float-sum order (float32 sums over ~10⁵ pixels in another
+    # order reached 1.1e-5 relative after 10 steps in one CI run); refinement
+    # starts from an xatlas atlas, which is not continuous in the vertices (docs/11_scale_out.md)
+    np.testing.assert_allclose(h2[:10], one_process_history[:10], rtol=1e-4)
     m = json.load(open(out / "metrics.json"))
     assert m["world_size"] == 2 and m["batch_per_rank"] == [2, 2] and m["iterations"] == 12
     assert r.stdout.count("outputs in") == 1  # one rank reports (and writes)
