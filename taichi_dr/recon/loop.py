@@ -46,7 +46,7 @@ from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_
                                normal_consistency_loss, sdf_reg_loss)
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
-from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact
+from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, face_components
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
@@ -208,14 +208,17 @@ class _Run:
         return self.model.color.smoothness_loss(verts.detach()[idx], generator=self.gen)
 
     def _dmtet_mesh_with_start_topology(self):
-        """The DMTet pass' mesh, its lattice signs projected onto the starting SDF's topology.
+        """The DMTet pass' mesh, unless its lattice signs made handles or pieces the start did not have.
 
         Free per-vertex SDF values (or the network's) can flip a lattice point anywhere, and one
         flip in a wall a cell thick is a tunnel: the Mitsuba mug (genus 1, and so its hull) ended
-        the pass with genus 2. The silhouettes and the topology-keeping carve fixed the topology
-        at the start, so every flip that would change it is undone (recon/topology.py); the
-        point keeps its SDF magnitude's side at ±0.05 cells. ``cleanup.dmtet.topology_fixed_points``
-        counts the lattice points changed (these and the grid's border points that were inside).
+        the pass with genus 2. The signs are therefore also projected onto the starting SDF's
+        topology (recon/topology.py: each flip that would change it is undone, the point gets
+        ±0.05 cells), and that mesh is used when the pass' own has a higher genus or more
+        components. The pass may also *remove* handles: a fine grid's hull can have thin phantom
+        tunnels (torus at grid 96: hull genus 3, the pass' mesh 1), which the projection would
+        restore, so a pass' mesh of lower or equal genus stands. Either way the grid box's border
+        points count as outside. ``cleanup.dmtet.topology_fixed_points``: lattice points changed.
         """
         sdf, offsets = self.model.dmtet()
         res = self.model.dmtet.resolution
@@ -223,16 +226,23 @@ class _Run:
         # rod the coarse hull bounds missed) ends in a cap, not in an open cut (800² gadget: 9 open edges)
         border = lattice_border(res).to(sdf.device)
         was_inside = sdf < 0
+        flip = torch.full_like(sdf, TOPOLOGY_EPS)  # the SDF is in grid cells (model.init_from_hull)
+
+        def with_signs(inside):
+            return torch.where(inside == was_inside, sdf, torch.where(inside, -flip, flip))
         inside = was_inside & ~border
+        mesh = self.model.dmtet.mesh(with_signs(inside), offsets)
         ref = getattr(self.model, "start_inside", None)
         if ref is not None:
-            inside, _ = keep_topology(ref & ~border.to(ref.device), inside.to(ref.device), res)
-            inside = inside.to(sdf.device)
-        flip = torch.full_like(sdf, TOPOLOGY_EPS)  # the SDF is in grid cells (model.init_from_hull)
-        sdf = torch.where(inside == was_inside, sdf, torch.where(inside, -flip, flip))
-        fixed_n = int((inside != was_inside).sum())
-        self._topology_fixed = fixed_n
-        return self.model.dmtet.mesh(sdf, offsets)
+            kept, _ = keep_topology(ref & ~border.to(ref.device), inside.to(ref.device), res)
+            kept = kept.to(sdf.device)
+            if not torch.equal(kept, inside):
+                projected = self.model.dmtet.mesh(with_signs(kept), offsets)
+                (c_raw, g_raw), (c_new, g_new) = _components_genus(mesh[1]), _components_genus(projected[1])
+                if g_raw > g_new or c_raw > c_new:
+                    mesh, inside = projected, kept
+        self._topology_fixed = int((inside != was_inside).sum())
+        return mesh
 
     # ------------------------------------------------------------------ passes
     def start_refine(self):
@@ -388,6 +398,17 @@ class _Run:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
+
+
+def _components_genus(faces: torch.Tensor) -> Tuple[int, float]:
+    """``(components, total genus)`` of a closed triangle mesh from its Euler characteristic."""
+    if faces.shape[0] == 0:
+        return 0, 0.0
+    f = faces.detach().cpu().long()
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
+    chi = int(torch.unique(f).numel()) - int(torch.unique(edges, dim=0).shape[0]) + int(f.shape[0])
+    comps = face_components(faces)[0]
+    return comps, (2 * comps - chi) / 2
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ contractible iff it is non-empty, connected and has Euler characteristic 1. That
 Points of the same parity (``i, j, l mod 2``) are never neighbours, so all simple points of one
 parity class can be flipped at once; the classes take turns until nothing changes. The same
 projection (:func:`keep_topology`, flips both ways) puts the DMTet pass' final signs back on the
-starting topology: free SDF values can flip a point anywhere (the Mitsuba mug, genus 1, ended the
-pass with genus 2).
+starting topology when the pass made handles or pieces: free SDF values can flip a point anywhere
+(the Mitsuba mug, genus 1, ended the pass with genus 2).
 """
 import functools
 from typing import Tuple
