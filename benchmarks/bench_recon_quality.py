@@ -35,7 +35,7 @@ from taichi_dr.data.nerf import load_nerf  # noqa: E402
 from taichi_dr.mesh import load_obj  # noqa: E402
 from taichi_dr.metrics import normal_consistency  # noqa: E402
 from taichi_dr.recon import ReconConfig, reconstruct  # noqa: E402
-from taichi_dr.recon.cleanup import face_components, face_pixels, nonmanifold_vertices  # noqa: E402
+from taichi_dr.recon.cleanup import components_genus, face_components, face_pixels, nonmanifold_vertices  # noqa: E402
 
 TINY = dict(iters=20, refine_iters=6, grid_res=12, batch=2, turntable_frames=2, turntable_res=16,
             chamfer_samples=2000, checkpoint_every=1000)
@@ -91,8 +91,7 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
            "seconds": seconds, "components": ncomp, "open_edges": int((uses != 2).sum()),
            "invisible_1x": int((pix[0] == 0).sum()), "invisible_2x": int((pix[1] == 0).sum()),
            "faces": int(mesh.faces.shape[0]),
-           # a closed surface's genus from Euler: chi = V - E + F = 2 (components - genus)
-           "genus": (2 * ncomp - (int(torch.unique(f).numel()) - int(uses.numel()) + int(f.shape[0]))) / 2,
+           "genus": components_genus(mesh.faces)[1],
            "nonmanifold_vertices": int(nonmanifold_vertices(f.numpy(), mesh.verts.shape[0]).sum())}
     for k in ("removed_invisible_faces", "removed_components"):
         if k in m:

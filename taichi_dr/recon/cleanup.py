@@ -36,7 +36,7 @@ from taichi_dr.camera import transform_pos
 from taichi_dr.render.rasterize import rasterize
 
 __all__ = ["face_visibility", "face_pixels", "face_components", "clean_faces", "compact", "clean_mesh",
-           "collapse_short_edges", "surviving_faces", "nonmanifold_vertices", "CleanupReport"]
+           "collapse_short_edges", "surviving_faces", "nonmanifold_vertices", "components_genus", "CleanupReport"]
 
 
 @dataclass
@@ -233,6 +233,18 @@ def clean_mesh(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, reso
     return compact(verts, faces, keep, *extra) + (rep,)
 
 
+def components_genus(faces: torch.Tensor) -> Tuple[int, float]:
+    """``(components, total genus)`` of a closed triangle mesh ``faces [F, 3]`` (int), from its
+    Euler characteristic ``χ = V − E + F = 2 (components − genus)`` (V: vertices that faces use)."""
+    if faces.shape[0] == 0:
+        return 0, 0.0
+    f = faces.detach().cpu().long().numpy()
+    n_v = int(f.max()) + 1
+    chi = np.unique(f).size - np.unique(_edge_keys(f, n_v)).size + f.shape[0]
+    comps = face_components(faces)[0]
+    return comps, (2 * comps - chi) / 2
+
+
 def nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
     """``[n_verts]`` bool: vertices whose faces do not form one fan (two sheets pinched together), or
     that end an edge with more than two faces. ``faces``: ``[F, 3]`` int (numpy)."""
@@ -298,7 +310,6 @@ def collapse_short_edges(verts: torch.Tensor, faces: torch.Tensor, min_length: f
         hit = bad_new[nf_np].any(axis=1)
         near[nf_np[hit].reshape(-1)] = True
         undo = near[lab]
-        lab = lab.copy()
         lab[undo] = lab.max() + 1 + np.arange(int(undo.sum()))
         _, lab = np.unique(lab, return_inverse=True)
     lab_t = torch.from_numpy(lab.astype(np.int64).reshape(-1))

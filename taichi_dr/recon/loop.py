@@ -46,14 +46,14 @@ from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_
                                normal_consistency_loss, sdf_reg_loss)
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
-from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, face_components
+from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
-from taichi_dr.recon.model import TOPOLOGY_EPS, ReconModel, hull_bounds
-from taichi_dr.recon.topology import keep_topology, lattice_border
+from taichi_dr.recon.model import ReconModel, hull_bounds
+from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
 from taichi_dr.recon.outputs import (save_checkpoint, save_json, save_loss_plot,
@@ -238,7 +238,7 @@ class _Run:
             kept = kept.to(sdf.device)
             if not torch.equal(kept, inside):
                 projected = self.model.dmtet.mesh(with_signs(kept), offsets)
-                (c_raw, g_raw), (c_new, g_new) = _components_genus(mesh[1]), _components_genus(projected[1])
+                (c_raw, g_raw), (c_new, g_new) = components_genus(mesh[1]), components_genus(projected[1])
                 if g_raw > g_new or c_raw > c_new:
                     mesh, inside = projected, kept
         self._topology_fixed = int((inside != was_inside).sum())
@@ -279,7 +279,7 @@ class _Run:
     @property
     def mesh_verts(self) -> Optional[torch.Tensor]:
         """``[V, 3]`` the refinement pass' vertex positions (differentiable in its parameters)."""
-        p = getattr(self, "mesh_param", None)
+        p = self.mesh_param
         return p if p is None or self.smoother is None else self.smoother(p)
 
     def _refine_optimizer(self) -> torch.optim.Optimizer:
@@ -398,17 +398,6 @@ class _Run:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
-
-
-def _components_genus(faces: torch.Tensor) -> Tuple[int, float]:
-    """``(components, total genus)`` of a closed triangle mesh from its Euler characteristic."""
-    if faces.shape[0] == 0:
-        return 0, 0.0
-    f = faces.detach().cpu().long()
-    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
-    chi = int(torch.unique(f).numel()) - int(torch.unique(edges, dim=0).shape[0]) + int(f.shape[0])
-    comps = face_components(faces)[0]
-    return comps, (2 * comps - chi) / 2
 
 
 @torch.no_grad()

@@ -25,15 +25,12 @@ from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.recon.carve import photo_carve
 from taichi_dr.recon.stereo import stereo_carve
-from taichi_dr.recon.topology import carve_keeping_topology
+from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds", "hull_sdf",
            "silhouette_sdf"]
-
-# cells: how far from zero the stereo SDF is pushed at a lattice point whose sign topology fixed
-TOPOLOGY_EPS = 0.05
 
 
 class ColorField(nn.Module):

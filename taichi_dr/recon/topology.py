@@ -32,7 +32,12 @@ import torch
 
 from taichi_dr.geometry.tetgrid import TetGrid
 
-__all__ = ["link_offsets", "simple_table", "lattice_border", "keep_topology", "carve_keeping_topology"]
+__all__ = ["TOPOLOGY_EPS", "link_offsets", "simple_table", "lattice_border", "keep_topology",
+           "carve_keeping_topology"]
+
+# grid cells: the SDF value a lattice point gets when its sign is set by a topology decision (near
+# zero, so the surface passes close to the point; not zero, so the sign is unambiguous)
+TOPOLOGY_EPS = 0.05
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,9 +126,11 @@ def keep_topology(reference: torch.Tensor, target: torch.Tensor, resolution: int
     weights = (1 << np.arange(14)).astype(np.int64)
     for _ in range(max_rounds):
         changed = False
-        for parity in np.ndindex(2, 2, 2):
-            idx = np.argwhere(cur != goal)
-            idx = idx[((idx % 2) == parity).all(axis=1)]
+        # where cur still differs, once per round: flipping one parity class leaves the others' entries
+        diff = np.argwhere(cur != goal)
+        cls = (diff % 2) @ np.array([4, 2, 1])
+        for parity in range(8):
+            idx = diff[cls == parity]
             if len(idx) == 0:
                 continue
             nb = cur[tuple((idx[:, None, :] + offs[None]).transpose(2, 0, 1))]  # [P, 14]
