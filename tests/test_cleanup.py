@@ -11,7 +11,7 @@ from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.losses import face_pairs, normal_consistency_loss
 from taichi_dr.recon.cleanup import (clean_faces, clean_mesh, collapse_short_edges, compact, face_components,
-                                     nonmanifold_vertices, surviving_faces,
+                                     components_genus, nonmanifold_vertices, surviving_faces,
                                      face_pixels, face_visibility)
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 
@@ -192,6 +192,19 @@ def test_nonmanifold_vertices_finds_pinches():
     keep = surviving_faces(pinched.numpy())
     bad = nonmanifold_vertices(pinched.numpy()[keep], v.shape[0])
     assert bad.nonzero()[0].tolist() == [7]
+
+
+def test_components_genus_from_euler_and_bad_input():
+    v, f = _hourglass(0.2)
+    assert components_genus(f) == (1, 0.0)
+    two = torch.cat([f, f + v.shape[0]])
+    assert components_genus(two) == (2, 0.0)
+    with pytest.raises(ValueError, match="faces"):
+        components_genus(f[:, :2])
+    with pytest.raises(ValueError, match="faces"):
+        nonmanifold_vertices(f.numpy(), 5)
+    with pytest.raises(ValueError, match="faces"):
+        nonmanifold_vertices(f.numpy()[:, :2], v.shape[0])
 
 
 def test_collapse_short_edges_never_pinches_a_neck():

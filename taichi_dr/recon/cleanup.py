@@ -236,6 +236,8 @@ def clean_mesh(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, reso
 def components_genus(faces: torch.Tensor) -> Tuple[int, float]:
     """``(components, total genus)`` of a closed triangle mesh ``faces [F, 3]`` (int), from its
     Euler characteristic ``χ = V − E + F = 2 (components − genus)`` (V: vertices that faces use)."""
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
     if faces.shape[0] == 0:
         return 0, 0.0
     f = faces.detach().cpu().long().numpy()
@@ -249,6 +251,10 @@ def nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
     """``[n_verts]`` bool: vertices whose faces do not form one fan (two sheets pinched together), or
     that end an edge with more than two faces. ``faces``: ``[F, 3]`` int (numpy)."""
     f = np.asarray(faces, dtype=np.int64)
+    if f.ndim != 2 or f.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(f.shape)}")
+    if f.size and (f.min() < 0 or f.max() >= n_verts):
+        raise ValueError(f"faces: expected indices in [0, {n_verts}), got [{f.min()}, {f.max()}]")
     bad = np.zeros(n_verts, dtype=bool)
     if f.size == 0:
         return bad
