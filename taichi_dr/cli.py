@@ -10,7 +10,8 @@ Subcommands (argparse only here; the library takes plain arguments / dataclass c
 
 Mistakes are reported kindly: a user error (bad flag, missing or corrupt file, out-of-range
 setting) prints one line to stderr and exits with status 2, before any work starts; Ctrl-C exits
-with 130 after the reconstruction's checkpoint line; a NaN loss stops with one line and exit 1.
+with 130 after the reconstruction's checkpoint line; a NaN loss, or a torchrun rank that died,
+stops with one line and exit 1.
 A traceback is printed only for a real bug, or always with ``--debug``.
 """
 from __future__ import annotations
@@ -302,6 +303,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug:
             raise
         print(f"taichi-dr: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError as e:
+        # a torchrun rank died: reconstruct() has printed the line and saved the checkpoint already
+        if debug or not getattr(e, "reported", False):
+            raise
         return EXIT_FAILED
     except (UsageError, ValueError, OSError) as e:
         # ValueError is how the library reports bad input (a file, an argument), never an internal

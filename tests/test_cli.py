@@ -214,3 +214,29 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert "checkpoint saved" in stdout and "--resume" in stdout
     assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] >= 1
+
+
+@pytest.mark.slow
+def test_a_lost_torchrun_peer_stops_with_one_line_and_a_checkpoint(ds, tmp_path, capsys, monkeypatch):
+    """The all-reduce losing its peers (a rank died) is reported by the loop itself, with a checkpoint,
+    before torchrun's SIGTERM could end the process silently; the CLI exits 1 without a traceback."""
+    from taichi_dr.recon import loop
+    from taichi_dr.recon.data_parallel import PeerLostError
+
+    real = loop._Run.step
+
+    def step(self):
+        if self.it == 3:
+            raise PeerLostError("rank 0/2: lost the other ranks in the gradient all-reduce (test)")
+        return real(self)
+    monkeypatch.setattr(loop._Run, "step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "lost"
+    rc, _, err = cli(["reconstruct", ds, "--out", str(out)] + TINY, capsys)
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert "lost the other ranks" in last and "checkpoint.pt" in last and "--resume" in last
+    assert "Traceback" not in err
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the process' handler is put back
+    assert not (out / "metrics.json").exists()

@@ -15,7 +15,15 @@ import torch
 
 from taichi_dr.recon.distributed import TIMEOUT_ENV, DistContext
 
-__all__ = ["LocalBatch", "GradSync", "local_batch", "rank_slice", "batch_layout"]
+__all__ = ["PeerLostError", "LocalBatch", "GradSync", "local_batch", "rank_slice", "batch_layout"]
+
+
+class PeerLostError(RuntimeError):
+    """A collective lost its peers: another rank died (or none answered within the timeout).
+
+    ``torchrun`` also sends SIGTERM to the surviving ranks when one dies, so the reconstruction loop
+    reports this error itself, with SIGTERM ignored, before that signal can end the process silently.
+    """
 
 
 def rank_slice(total: int, ctx: DistContext) -> Tuple[int, int]:
@@ -146,7 +154,7 @@ class GradSync:
             try:
                 dist.all_reduce(flat)
             except RuntimeError as e:  # gloo/NCCL: a peer closed its connection or the timeout passed
-                raise RuntimeError(f"rank {self.ctx.rank}/{self.ctx.world_size}: lost the other ranks in the "
+                raise PeerLostError(f"rank {self.ctx.rank}/{self.ctx.world_size}: lost the other ranks in the "
                                    f"gradient all-reduce (a rank died, or none answered within "
                                    f"${TIMEOUT_ENV} seconds): {e}") from e
             n = sum(p.numel() for p in group)

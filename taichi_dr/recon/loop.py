@@ -32,6 +32,7 @@ continues from it with the iteration count, models, optimiser and loss history r
 import dataclasses
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Dict, Optional, Tuple
@@ -50,7 +51,7 @@ from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, 
 from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
-from taichi_dr.recon.data_parallel import GradSync, batch_layout, local_batch
+from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds
 from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
@@ -448,6 +449,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         FloatingPointError: the loss or a gradient became NaN/Inf; the last good state is in
             ``checkpoint.pt``.
         KeyboardInterrupt: Ctrl-C or SIGTERM, after writing ``checkpoint.pt``.
+        PeerLostError: under torchrun, another rank died; reported on stderr (attribute
+            ``reported``) after writing ``checkpoint.pt``.
     """
     # every argument and input file is checked before any work starts (raises ValueError/TypeError)
     cfg, resume_state, gt = check_inputs(data_dir, out_dir, config, resume, gt_mesh)
@@ -515,6 +518,18 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         line = f"interrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)"
         print("\n" + line, flush=True)
         raise KeyboardInterrupt(line) from None  # the CLI exits 130 without a traceback
+    except PeerLostError as e:
+        # torchrun SIGTERMs the survivors of a dead rank. Once the `finally` puts the default handler back
+        # that signal ends this process silently, so the checkpoint and the report happen here, with it
+        # ignored (a race seen in CI: rank 0 died of SIGTERM before Python printed the error)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        checkpoint()  # the failed step changed nothing: the all-reduce comes before the optimiser step
+        bar.close()
+        print(f"taichi-dr: error: {e}; checkpoint saved to {ckpt} (continue with --resume)", file=sys.stderr,
+              flush=True)
+        e.reported = True  # the CLI exits 1 without printing it again
+        raise
     except FloatingPointError as e:  # NaN/Inf: the parameters still hold the last good step
         checkpoint()
         bar.close()
