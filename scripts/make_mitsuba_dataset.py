@@ -16,6 +16,10 @@ Each shape is an analytic signed distance function inside [-1, 1]³:
   deeper and steeper than the bowl's dish: held out while the stereo carving was tuned on the bowl).
 * ``mug``     — a cylinder with a well and a ring handle (genus 1: the handle's hole shows in the
   silhouettes, the well does not; held out while the topology-preserving carving was built).
+* ``pair``    — a sphere and a tilted rounded box 0.41 apart: two separate objects (the cleanup must
+  keep both; held out in round 7).
+* ``knot``    — a trefoil knot tube (genus 1, radius 0.13: thin, knotted, occluding itself; held
+  out in round 7).
 
 The ground-truth mesh is extracted with this project's own marching tets on a fine grid and then
 projected onto the exact zero level set (a few Newton steps along the SDF gradient), so ``gt.obj``
@@ -59,7 +63,7 @@ TEST_AZIMUTH_OFFSET = 0.2
 # (direction the light travels, irradiance): a key light, a fill light and two weaker rim lights
 LIGHTS = [((-1.0, -0.6, -1.4), 2.4), ((1.0, 1.0, -0.8), 0.7), ((1.0, -1.0, 1.0), 0.45), ((-1.0, 1.0, 1.0), 0.3)]
 ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65),
-          "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5)}
+          "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5), "pair": (0.6, 0.5, 0.4), "knot": (0.5, 0.45, 0.65)}
 
 
 # ----------------------------------------------------------------------------- shapes (SDFs, torch, [P, 3] -> [P])
@@ -129,8 +133,30 @@ def sdf_mug(p):
     return torch.minimum(torch.maximum(body, -well), handle)
 
 
+def sdf_pair(p):
+    sphere = (p - torch.tensor([-0.5, 0.25, 0.1], dtype=p.dtype)).norm(dim=-1) - 0.36
+    box = _round_box(_rot(p - torch.tensor([0.45, -0.25, -0.1], dtype=p.dtype), 25.0, 35.0), (0.3, 0.22, 0.32), 0.07)
+    return torch.minimum(sphere, box)  # 0.41 apart at the closest
+
+
+def _trefoil(n: int = 720) -> torch.Tensor:
+    t = torch.linspace(0, 2 * math.pi, n + 1, dtype=torch.float64)[:-1]
+    c = torch.stack([torch.sin(t) + 2 * torch.sin(2 * t), torch.cos(t) - 2 * torch.cos(2 * t), -torch.sin(3 * t)], -1)
+    return c * 0.26  # spans about [-0.8, 0.8] in x and y
+
+
+def sdf_knot(p, chunk: int = 65536):
+    """Distance to a densely sampled trefoil curve minus the tube radius (samples 0.006 apart: the
+    nearest sample is within ~3e-5 of the curve distance on the tube surface)."""
+    curve = _trefoil().to(p.dtype)
+    out = []
+    for s in range(0, p.shape[0], chunk):  # the Newton projection differentiates through min()
+        out.append(torch.cdist(p[s:s + chunk], curve).min(-1)[0])
+    return torch.cat(out) - 0.13
+
+
 SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole, "cup": sdf_cup,
-          "mug": sdf_mug}
+          "mug": sdf_mug, "pair": sdf_pair, "knot": sdf_knot}
 
 
 def shape_mesh(fn, resolution: int = 128, newton: int = 4):
