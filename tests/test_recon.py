@@ -338,6 +338,40 @@ def test_silhouette_sdf_places_the_hull_surface_to_a_fraction_of_a_pixel():
         silhouette_sdf(pts, mvp, alpha[0])
 
 
+def test_a_view_whose_mask_reaches_the_border_does_not_carve_beyond_its_frame():
+    """An object cut by the image border (here every view keeps only the left half of its image): the
+    hull keeps the parts outside a view's frame that the other views support, where counting
+    "outside the image" as empty cut the object down (a Mitsuba torus cropped to 56 of 128 rows:
+    starting mesh Chamfer 1.6e-2 -> 8.3e-5); masks inside the frame keep the old rule."""
+    from taichi_dr.recon.model import cut_views, silhouette_sdf, visual_hull
+
+    r, res = 0.6, 48
+    alpha, mvp, _ = _sphere_masks(r, res)
+    assert not bool(cut_views(alpha).any())
+    # the left half of every image: NDC x' = 2x + 1 (clip: x' = 2x + w)
+    crop = torch.eye(4)
+    crop[0, 0], crop[0, 3] = 2.0, 1.0
+    mvp_l, alpha_l = crop @ mvp, alpha[:, :, : res // 2].contiguous()
+    assert bool(cut_views(alpha_l).all())
+    pts = (torch.rand(20000, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.8
+    clip = pts @ mvp_l[:, :, :3].transpose(1, 2) + mvp_l[:, None, :, 3]
+    ndc = clip[..., :2] / clip[..., 3:]
+    seen = ((ndc.abs() <= 1).all(-1)).sum(0)
+    inner = (pts.norm(dim=1) < r - 0.05) & (seen >= 2)
+    hull = visual_hull(pts, mvp_l, alpha_l) >= 0.5
+    assert float(hull[inner].float().mean()) > 0.99  # the sphere is kept wherever two views see it
+    sdf = silhouette_sdf(pts, mvp_l, alpha_l)
+    assert float(((sdf < 0) == hull).float().mean()) > 0.99
+    assert not bool(hull[seen < 2].any()) and bool((sdf[seen < 2] > 0).all())  # nothing bounds those
+    # whole-object masks: a point outside any view's frame is empty, as before
+    far = pts * 3.0
+    clip = far @ mvp[:, :, :3].transpose(1, 2) + mvp[:, None, :, 3]
+    out_somewhere = ~((clip[..., :2] / clip[..., 3:]).abs() <= 1).all(-1).all(0)
+    assert bool(out_somewhere.any())
+    assert not bool((visual_hull(far, mvp, alpha) >= 0.5)[out_somewhere].any())
+    assert bool((silhouette_sdf(far, mvp, alpha)[out_somewhere] > 0).all())
+
+
 @pytest.mark.parametrize("mode", ["view", "pixel"])
 def test_training_background_is_one_random_colour_per_view_by_default(dataset, tmp_path, monkeypatch, mode):
     """background='view' (default): render and target share one random colour per view and step (the

@@ -29,7 +29,7 @@ from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
-__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "visual_hull", "hull_bounds", "hull_sdf",
+__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds", "hull_sdf",
            "silhouette_sdf"]
 
 
@@ -93,25 +93,51 @@ class LearnedEnvLight(nn.Module):
 
 
 @torch.no_grad()
+def cut_views(alpha: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: views whose mask reaches the image border (some coverage in the outermost rows or
+    columns), i.e. the object may extend beyond the frame. Such a view says nothing about points
+    outside its image; a view that shows the whole object says they are empty.
+
+    Args:
+        alpha: ``[N, H, W]`` coverage in [0, 1].
+    """
+    edge = torch.cat([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], 1)
+    return (edge > 0.02).any(1)
+
+
+def _in_image(clip: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """NDC ``[n, P, 2]`` of clip positions ``[n, P, 4]`` and ``[n, P]`` bool: in front of the camera
+    and inside the image."""
+    w = clip[..., 3:4]
+    ndc = clip[..., :2] / torch.where(w > 1e-8, w, torch.ones_like(w))
+    return ndc, (w[..., 0] > 1e-8) & (ndc.abs() <= 1).all(-1)
+
+
 def visual_hull(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor, chunk_views: int = 8) -> torch.Tensor:
     """Soft occupancy ``[P]`` in [0, 1]: the minimum over views of the mask sampled (bilinearly) at
-    each point's projection; points behind a camera or outside its image count as empty.
+    each point's projection. A point behind a camera or outside its image is empty if that view
+    shows the whole object, and gets no vote from a view whose mask reaches the border
+    (:func:`cut_views`: the object may continue beyond the frame); a point fewer than two views see
+    is empty (nothing bounds it).
 
     Args:
         points: ``[P, 3]`` world positions; mvp: ``[N, 4, 4]``; alpha: ``[N, H, W]`` masks (bottom-up).
     """
     occ = torch.ones(points.shape[0], dtype=torch.float32, device=points.device)
+    seen = torch.zeros(points.shape[0], dtype=torch.int64, device=points.device)
+    cut = cut_views(alpha).to(points.device)
     for s in range(0, mvp.shape[0], chunk_views):
         clip = transform_pos(mvp[s:s + chunk_views].float(), points.float())  # [n, P, 4]
-        w = clip[..., 3:4]
-        ndc = clip[..., :2] / torch.where(w > 1e-8, w, torch.ones_like(w))
+        ndc, vis = _in_image(clip)
         # grid_sample's y axis points down the tensor rows; our row 0 is the bottom (NDC y = -1)
         a = alpha[s:s + chunk_views].float().unsqueeze(1)  # [n, 1, H, W]
-        samp = F.grid_sample(a, ndc.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
+        samp = F.grid_sample(a, ndc.unsqueeze(1), mode="bilinear", padding_mode="border", align_corners=False)
         samp = samp[:, 0, 0]  # [n, P]
-        samp = torch.where(w[..., 0] > 1e-8, samp, torch.zeros_like(samp))
+        unseen = cut[s:s + chunk_views, None].float().expand_as(samp)  # 1: no vote, 0: empty
+        samp = torch.where(vis, samp, unseen)
         occ = torch.minimum(occ, samp.min(0)[0])
-    return occ
+        seen += vis.sum(0)
+    return torch.where(seen >= min(2, mvp.shape[0]), occ, torch.zeros_like(occ))
 
 
 @torch.no_grad()
@@ -270,7 +296,7 @@ def silhouette_sdf(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor,
     the maximum over views of the point's sub-pixel distance to that view's silhouette, scaled by
     depth / focal length (the distance to the silhouette cone; exact near the hull's surface, a lower
     bound of the outside distance elsewhere). Points behind a camera or outside an image are ``far``
-    outside (as :func:`visual_hull` counts them empty).
+    outside, or get no vote from a view whose mask reaches the border, as in :func:`visual_hull`.
 
     Args:
         points: ``[P, 3]`` world positions; mvp: ``[N, 4, 4]`` pinhole cameras; alpha: ``[N, H, W]``
@@ -280,20 +306,26 @@ def silhouette_sdf(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor,
         raise ValueError(f"alpha, mvp: expected [N, H, W] and [N, 4, 4], got {list(alpha.shape)} and "
                          f"{list(mvp.shape)}")
     H, W = alpha.shape[1:]
-    dist = _mask_distance_px(alpha)
+    dist = _mask_distance_px(alpha).unsqueeze(1)
     focal = _focal_px(mvp.cpu(), (H, W)).float()
-    # one pixel of padding that reads as far outside, so that grid_sample's border mode gives that
-    # value beyond the image
-    dist = F.pad(dist, (1, 1, 1, 1), value=far).unsqueeze(1)  # [N, 1, H + 2, W + 2]
+    cut = cut_views(alpha).cpu()
+    # one pixel of padding so that bilinear taps in an edge pixel's outer half read something sane:
+    # far outside for a view that shows the whole object, the edge's own value for a cut view
+    dist = torch.where(cut.view(-1, 1, 1, 1), F.pad(dist, (1, 1, 1, 1), mode="replicate"),
+                       F.pad(dist, (1, 1, 1, 1), value=far))  # [N, 1, H + 2, W + 2]
     scale = torch.tensor([W / (W + 2.0), H / (H + 2.0)])
     pts = points.detach().float().cpu()
     sdf = torch.full((pts.shape[0],), -far)
+    seen = torch.zeros(pts.shape[0], dtype=torch.int64)
     for s in range(0, mvp.shape[0], chunk_views):
         clip = transform_pos(mvp[s:s + chunk_views].float().cpu(), pts)  # [n, P, 4]
-        w = clip[..., 3:4]
-        ndc = clip[..., :2] / torch.where(w > 1e-8, w, torch.ones_like(w)) * scale
-        d = F.grid_sample(dist[s:s + chunk_views], ndc.unsqueeze(1), mode="bilinear", padding_mode="border",
-                          align_corners=False)[:, 0, 0]  # [n, P] pixels
-        d = torch.where(w[..., 0] > 1e-8, d * w[..., 0] / focal[s:s + chunk_views, None], torch.full_like(d, far))
-        sdf = torch.maximum(sdf, d.max(0)[0])
+        ndc, vis = _in_image(clip)
+        d = F.grid_sample(dist[s:s + chunk_views], (ndc * scale).unsqueeze(1), mode="bilinear",
+                          padding_mode="border", align_corners=False)[:, 0, 0]  # [n, P] pixels
+        d = d * clip[..., 3] / focal[s:s + chunk_views, None]
+        # not seen: far outside for a view that shows the whole object, no vote (-far) for a cut one
+        unseen = torch.where(cut[s:s + chunk_views, None], -far, far).expand_as(d)
+        sdf = torch.maximum(sdf, torch.where(vis, d, unseen).max(0)[0])
+        seen += vis.sum(0)
+    sdf = torch.where(seen >= min(2, mvp.shape[0]), sdf, torch.full_like(sdf, far))
     return sdf.to(points.device)
