@@ -12,8 +12,8 @@ from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.losses import face_pairs, normal_consistency_loss
 from taichi_dr.recon.cleanup import (clean_faces, clean_mesh, collapse_short_edges, compact, face_components,
                                      components_genus, nonmanifold_vertices, surviving_faces,
-                                     face_pixels, face_visibility)
-from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
+                                     face_pixels, face_visibility, CleanupReport)
+from taichi_dr.recon.collapse import collapse_invisible, flip_invisible, merge_vertex_data
 
 
 def sphere(center, radius, res=10, slivers=False):
@@ -287,3 +287,38 @@ def test_collapse_invisible_rejects_bad_input():
         collapse_invisible(v, f, cameras(2), 64)
     with pytest.raises(ValueError, match="vmap"):
         merge_vertex_data(v, torch.arange(3), 3)
+
+
+def _sliver_quad():
+    """A flat patch at z = 0 seen from above: a sliver (a, b, c) 0.004 high along the edge ab (no pixel
+    centre at 64² falls in it), its vertex c of valence 3, and (b, a, d) across ab."""
+    v = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.004, 0.0], [0.0, -0.5, 0.0], [0.0, 0.5, 0.0]])
+    a, b, c, d, e = range(5)
+    f = torch.tensor([[a, b, c], [b, e, c], [e, a, c], [b, a, d]], dtype=torch.int32)
+    mvp = (perspective(0.8) @ look_at((0.0, 0.0, 3.0), (0.0, 0.0, 0.0))).unsqueeze(0)
+    return v, f, mvp
+
+
+def test_flip_invisible_gives_a_slivers_pixels_to_the_other_diagonal():
+    """The sliver owns no pixel; flipping ab makes (c, a, d), (c, d, b), both owning pixels, same
+    orientation, same face count, UV rows following; across a UV seam nothing flips."""
+    v, f, mvp = _sliver_quad()
+    res = [(64, 64), (128, 128)]
+    before = face_pixels(v, f, mvp, res)
+    assert int(before[:, 0].max()) == 0 and bool((before[:, 1:] > 0).all())
+    rep = CleanupReport()
+    f2, uv2, kept = flip_invisible(v, f, mvp, res, uv_faces=f.clone(), report=rep)
+    assert kept == 1 and rep.flipped_edges == 1 and rep.invisible_left == {"64x64": 0, "128x128": 0}
+    assert f2.shape == f.shape and torch.equal(uv2, f2)  # per-corner rows follow the vertices
+    assert sorted(map(tuple, f2[[0, 3]].tolist())) == [(2, 0, 3), (2, 3, 1)] and torch.equal(f2[1:3], f[1:3])
+    assert bool((face_pixels(v, f2, mvp, res) >= 2).all())
+    n = torch.linalg.cross(v[f2[:, 1].long()] - v[f2[:, 0].long()], v[f2[:, 2].long()] - v[f2[:, 0].long()])
+    assert bool((n[:, 2] * n[1, 2] > 0).all())  # one orientation
+    seam = f.clone()
+    seam[3, 1] = 7  # a has another UV vertex in (b, a, d): a seam along ab
+    f3, uv3, kept = flip_invisible(v, f, mvp, res, uv_faces=seam)
+    assert kept == 0 and torch.equal(f3, f) and torch.equal(uv3, seam)
+    with pytest.raises(ValueError, match="uv_faces"):
+        flip_invisible(v, f, mvp, res, uv_faces=f[:2])
+    with pytest.raises(ValueError, match="min_pixels"):
+        flip_invisible(v, f, mvp, res, min_pixels=0)

@@ -46,6 +46,7 @@ class CleanupReport:
 
     ``invisible_faces``: faces deleted as invisible (closed patches bordering no visible face);
     ``collapsed_edges`` / ``collapsed_faces``: edge collapses and the faces they removed;
+    ``flipped_edges``: edges flipped so that a sliver's pair of faces both own pixels;
     ``invisible_left``: faces owning no pixel afterwards, per resolution (``"HxW"`` -> count);
     ``faces_out``: faces after the last step that filled the report.
     """
@@ -58,6 +59,7 @@ class CleanupReport:
     faces_out: int = 0
     collapsed_edges: int = 0
     collapsed_faces: int = 0
+    flipped_edges: int = 0
     invisible_left: Dict[str, int] = field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> Dict[str, object]:

@@ -9,6 +9,11 @@ as :func:`~taichi_dr.recon.cleanup.clean_faces` does with hidden surfaces, would
 Topology is checked with the link condition, geometry by refusing collapses that turn a face over,
 and the vertex map and surviving face rows are returned so that per-vertex colours and the UV
 atlas's ``uv_faces`` follow the mesh.
+
+A sliver next to a vertex of valence 3 cannot be collapsed (the link condition refuses every one of
+its edges: the two ends share a third neighbour). :func:`flip_invisible` flips its longest edge
+instead: the two triangles on that edge become the two on the other diagonal of their quad, which
+on Spot's leftovers own dozens of pixels each (measured: 4 of 4 such faces, docs/08).
 """
 from typing import Optional, Sequence, Tuple
 
@@ -18,7 +23,7 @@ from scipy.sparse import coo_matrix
 
 from taichi_dr.recon.cleanup import CleanupReport, _check_resolutions, _face_adjacency, face_pixels, surviving_faces
 
-__all__ = ["collapse_invisible", "merge_vertex_data"]
+__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data"]
 
 
 def merge_vertex_data(x: torch.Tensor, vmap: torch.Tensor, n: int) -> torch.Tensor:
@@ -246,3 +251,117 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
     out_v = torch.from_numpy(v).to(verts.device, verts.dtype)
     out_f = torch.from_numpy(f).to(faces.device, torch.int32)
     return out_v, out_f, torch.from_numpy(vmap.astype(np.int64)), torch.from_numpy(rows.astype(np.int64)), rep
+
+
+def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
+                   resolutions: Sequence[Tuple[int, int]], uv_faces: Optional[torch.Tensor] = None,
+                   min_pixels: int = 2, min_cos: float = 0.5, rounds: int = 2,
+                   report: Optional[CleanupReport] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """Flip the longest edge of faces that own (almost) no pixel, where both new faces then own some.
+
+    For a face ``(a, b, c)`` whose longest edge ``ab`` borders face ``(b, a, d)``, the pair becomes
+    ``(c, a, d), (c, d, b)`` (same orientation) if the edge ``cd`` does not exist yet, both new
+    normals keep a cosine above ``min_cos`` with the pair's area-weighted normal (no fold), and, with ``uv_faces``,
+    both old faces give ``a`` and ``b`` the same UV vertices (no flip across a UV seam). Candidates
+    are the faces owning fewer than ``min_pixels`` pixels at some resolution: a sliver that owns one
+    pixel centre lying on its edge may own none once the OBJ's 7 significant digits move its
+    vertices (Spot: 0 such faces in memory, 1–2 in three of six exported meshes). Flips whose faces
+    are disjoint run together; one after which either new face owns fewer than ``min_pixels`` at
+    some resolution is undone. The vertices do not move, so per-vertex data needs no update.
+
+    Args:
+        verts: ``[V, 3]`` float; faces: ``[F, 3]`` int (a manifold); mvp: ``[N, 4, 4]`` cameras;
+            resolutions: raster sizes, as for :func:`collapse_invisible`.
+        uv_faces: optional ``[F, 3]`` int per-corner indices that follow the flips (a UV atlas).
+        min_pixels: the fewest pixels (over all views, at each resolution) a face should own.
+        min_cos: the fold limit; rounds: at most this many passes.
+        report: a :class:`CleanupReport` whose ``invisible_left`` and ``flipped_edges`` are updated.
+
+    Returns:
+        ``(faces' [F, 3] int32, uv_faces' or None, flips kept)``; the face count is unchanged.
+    """
+    res = _check_resolutions(resolutions)
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    if uv_faces is not None and uv_faces.shape != faces.shape:
+        raise ValueError(f"uv_faces: expected shape {list(faces.shape)} (one row per face), got {list(uv_faces.shape)}")
+    v = verts.detach().cpu().double().numpy()
+    f = faces.detach().cpu().long().numpy().copy()
+    uv = None if uv_faces is None else uv_faces.detach().cpu().long().numpy().copy()
+    V, kept = v.shape[0], 0
+
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels: expected >= 1, got {min_pixels}")
+
+    def pixels(ff):
+        return face_pixels(verts.detach(), torch.from_numpy(ff).to(faces.device, torch.int32), mvp, res).numpy()
+
+    pix = pixels(f) if f.shape[0] else np.zeros((len(res), 0), dtype=np.int64)
+    for _ in range(rounds):
+        bad = np.nonzero((pix < min_pixels).any(axis=0))[0]
+        if bad.size == 0:
+            break
+        e = np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 1)  # [F, 3, 2] directed edges
+        key = np.sort(e, axis=2) @ [V, 1]  # [F, 3]
+        owner = {}
+        for fi, k in zip(np.repeat(np.arange(len(f)), 3), key.reshape(-1)):
+            owner.setdefault(int(k), []).append(int(fi))
+        used, flips = set(), []
+        for i in bad.tolist():
+            p = v[f[i]]
+            k = int(np.argmax([np.linalg.norm(p[(j + 1) % 3] - p[j]) for j in range(3)]))
+            a, b, c = f[i, k], f[i, (k + 1) % 3], f[i, (k + 2) % 3]
+            nb = owner.get(int(key[i, k]), [])
+            if len(nb) != 2:
+                continue
+            o = nb[0] if nb[1] == i else nb[1]
+            if o in used or i in used:
+                continue
+            ko = int(np.nonzero((f[o] != a) & (f[o] != b))[0][0])
+            d = f[o, ko]
+            if d == c or int(min(c, d) * V + max(c, d)) in owner or f[o, (ko + 1) % 3] != b:
+                continue  # cd exists already, or the neighbour is not (b, a, d) (orientation)
+            new = np.array([[c, a, d], [c, d, b]])
+            # against the pair's area-weighted normal: a sliver's own normal means little
+            n_old = _normals(v[np.stack([f[i], f[o]])]).sum(0)
+            n_new = _normals(v[new])
+            lo, ln = np.linalg.norm(n_old), np.linalg.norm(n_new, axis=1)
+            if ln.min() <= 0 or lo <= 0:
+                continue
+            if ((n_new @ n_old) / (ln * lo)).min() <= min_cos:
+                continue
+            if uv is not None:  # a and b must carry the same UV vertices in both faces
+                ua = {int(f[i, j]): int(uv[i, j]) for j in range(3)}
+                ub = {int(f[o, j]): int(uv[o, j]) for j in range(3)}
+                if ua[int(a)] != ub[int(a)] or ua[int(b)] != ub[int(b)]:
+                    continue
+                new_uv = np.array([[ua[int(c)], ua[int(a)], ub[int(d)]], [ua[int(c)], ub[int(d)], ua[int(b)]]])
+            else:
+                new_uv = None
+            used.update((i, o))
+            flips.append((i, o, new, new_uv))
+        if not flips:
+            break
+        f2 = f.copy()
+        uv2 = None if uv is None else uv.copy()
+        for i, o, new, new_uv in flips:
+            f2[[i, o]] = new
+            if uv2 is not None:
+                uv2[[i, o]] = new_uv
+        pix2 = pixels(f2)
+        for i, o, _, _ in flips:  # undo what did not help
+            if (pix2[:, [i, o]] < min_pixels).any():
+                f2[[i, o]] = f[[i, o]]
+                if uv2 is not None:
+                    uv2[[i, o]] = uv[[i, o]]
+            else:
+                kept += 1
+        if (f2 == f).all():
+            break
+        f, uv = f2, uv2
+        pix = pixels(f)
+    if report is not None:
+        report.invisible_left = {f"{h}x{w}": int((p == 0).sum()) for (h, w), p in zip(res, pix)}
+        report.flipped_edges += kept
+    out_uv = None if uv is None else torch.from_numpy(uv).to(uv_faces.device, uv_faces.dtype)
+    return torch.from_numpy(f).to(faces.device, torch.int32), out_uv, kept

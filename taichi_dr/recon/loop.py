@@ -48,7 +48,7 @@ from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
-from taichi_dr.recon.collapse import collapse_invisible, merge_vertex_data
+from taichi_dr.recon.collapse import collapse_invisible, flip_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
@@ -198,6 +198,16 @@ class _Run:
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
+    def _flip_invisible(self, verts, faces, rep, uv_faces=None):
+        """:func:`~taichi_dr.recon.collapse.flip_invisible` for the slivers the collapses left owning
+        fewer than two pixels at a size (a pixel centre on an edge: the OBJ's rounding can take it
+        away), at the same sizes; returns ``(faces, uv_faces)``."""
+        H, W = self.train.images.shape[1:3]
+        f, uv, _ = flip_invisible(verts.detach(), faces, self.train.proj.unsqueeze(0) @ self.train.mv,
+                                  [(H, W), (2 * H, 2 * W)], uv_faces=uv_faces, report=rep)
+        self.cleanup[self.phase] = rep.as_dict()
+        return f, uv
+
     def _kd_smoothness(self, verts: torch.Tensor) -> torch.Tensor:
         """nvdiffrec's albedo smoothness on up to ``KD_SMOOTH_POINTS`` random surface points of the
         DMTet mesh: without it the per-pixel field paints shading (a filled dish's, say) into kd, and
@@ -256,6 +266,7 @@ class _Run:
             v, f = compact(v, f, keep)
             # what still owns no pixel (slivers between pixel centres) goes by edge collapse: no holes
             v, f = self._collapse_invisible(v, f, rep)[:2]
+            f = self._flip_invisible(v, f, rep)[0]
             self.cleanup[self.phase]["topology_fixed_points"] = self._topology_fixed
         # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
         f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3],
@@ -303,10 +314,14 @@ class _Run:
         per_vertex = [mat.logits.data] if hasattr(mat, "logits") else []  # per-vertex colours
         out = compact(self.mesh_verts.data, self.mesh_faces, keep, *per_vertex)
         v, f, vmap, rows = self._collapse_invisible(out[0], out[1], rep)
-        if bool(keep.all()) and rep.collapsed_edges == 0 and v.shape[0] == self.mesh_verts.shape[0]:
-            return  # nothing removed, nothing collapsed
         if uv_faces is not None:
-            mat.uv_faces = uv_faces[keep][rows.to(uv_faces.device)]
+            uv_faces = uv_faces[keep][rows.to(uv_faces.device)]
+        f, uv_faces = self._flip_invisible(v, f, rep, uv_faces)
+        if bool(keep.all()) and rep.collapsed_edges == 0 and rep.flipped_edges == 0 \
+                and v.shape[0] == self.mesh_verts.shape[0]:
+            return  # nothing removed, collapsed or flipped
+        if uv_faces is not None:
+            mat.uv_faces = uv_faces
         self.mesh_faces, self._topo, self._pairs = f, None, None
         self._set_refine_mesh(v, f, smooth=False)  # the pass is over: no optimiser will step these
         if per_vertex:  # merged vertices take the mean of their colours
