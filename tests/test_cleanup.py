@@ -291,10 +291,13 @@ def test_collapse_invisible_rejects_bad_input():
 
 def _sliver_quad():
     """A flat patch at z = 0 seen from above: a sliver (a, b, c) 0.004 high along the edge ab (no pixel
-    centre at 64² falls in it), its vertex c of valence 3, and (b, a, d) across ab."""
-    v = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.004, 0.0], [0.0, -0.5, 0.0], [0.0, 0.5, 0.0]])
-    a, b, c, d, e = range(5)
-    f = torch.tensor([[a, b, c], [b, e, c], [e, a, c], [b, a, d]], dtype=torch.int32)
+    centre at 64² falls in it), its vertex c of valence 3, (b, a, d) across ab, and two more faces
+    around each of a and b."""
+    v = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.004, 0.0], [0.0, -0.5, 0.0], [0.0, 0.5, 0.0],
+                      [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    a, b, c, d, e, p, q = range(7)
+    f = torch.tensor([[a, b, c], [b, e, c], [e, a, c], [b, a, d], [p, a, e], [p, d, a], [b, q, e], [b, d, q]],
+                     dtype=torch.int32)
     mvp = (perspective(0.8) @ look_at((0.0, 0.0, 3.0), (0.0, 0.0, 0.0))).unsqueeze(0)
     return v, f, mvp
 
@@ -310,7 +313,8 @@ def test_flip_invisible_gives_a_slivers_pixels_to_the_other_diagonal():
     f2, uv2, kept = flip_invisible(v, f, mvp, res, uv_faces=f.clone(), report=rep)
     assert kept == 1 and rep.flipped_edges == 1 and rep.invisible_left == {"64x64": 0, "128x128": 0}
     assert f2.shape == f.shape and torch.equal(uv2, f2)  # per-corner rows follow the vertices
-    assert sorted(map(tuple, f2[[0, 3]].tolist())) == [(2, 0, 3), (2, 3, 1)] and torch.equal(f2[1:3], f[1:3])
+    rest = [1, 2, 4, 5, 6, 7]
+    assert sorted(map(tuple, f2[[0, 3]].tolist())) == [(2, 0, 3), (2, 3, 1)] and torch.equal(f2[rest], f[rest])
     assert bool((face_pixels(v, f2, mvp, res) >= 2).all())
     n = torch.linalg.cross(v[f2[:, 1].long()] - v[f2[:, 0].long()], v[f2[:, 2].long()] - v[f2[:, 0].long()])
     assert bool((n[:, 2] * n[1, 2] > 0).all())  # one orientation
@@ -318,6 +322,9 @@ def test_flip_invisible_gives_a_slivers_pixels_to_the_other_diagonal():
     seam[3, 1] = 7  # a has another UV vertex in (b, a, d): a seam along ab
     f3, uv3, kept = flip_invisible(v, f, mvp, res, uv_faces=seam)
     assert kept == 0 and torch.equal(f3, f) and torch.equal(uv3, seam)
+    # a vertex of the edge with only three faces would be left with two (a fold): no flip
+    f4, _, kept = flip_invisible(v, f[:4], mvp, res)
+    assert kept == 0 and torch.equal(f4, f[:4])
     with pytest.raises(ValueError, match="uv_faces"):
         flip_invisible(v, f, mvp, res, uv_faces=f[:2])
     with pytest.raises(ValueError, match="min_pixels"):

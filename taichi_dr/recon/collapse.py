@@ -260,7 +260,8 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
     """Flip the longest edge of faces that own (almost) no pixel, where both new faces then own some.
 
     For a face ``(a, b, c)`` whose longest edge ``ab`` borders face ``(b, a, d)``, the pair becomes
-    ``(c, a, d), (c, d, b)`` (same orientation) if the edge ``cd`` does not exist yet, both new
+    ``(c, a, d), (c, d, b)`` (same orientation) if the edge ``cd`` does not exist yet, ``a`` and
+    ``b`` keep at least three faces each, both new
     normals keep a cosine above ``min_cos`` with the pair's area-weighted normal (no fold), and, with ``uv_faces``,
     both old faces give ``a`` and ``b`` the same UV vertices (no flip across a UV seam). Candidates
     are the faces owning fewer than ``min_pixels`` pixels at some resolution: a sliver that owns one
@@ -306,6 +307,7 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         owner = {}
         for fi, k in zip(np.repeat(np.arange(len(f)), 3), key.reshape(-1)):
             owner.setdefault(int(k), []).append(int(fi))
+        valence = np.bincount(f.reshape(-1), minlength=V)  # faces around each vertex
         used, flips = set(), []
         for i in bad.tolist():
             p = v[f[i]]
@@ -321,6 +323,8 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
             d = f[o, ko]
             if d == c or int(min(c, d) * V + max(c, d)) in owner or f[o, (ko + 1) % 3] != b:
                 continue  # cd exists already, or the neighbour is not (b, a, d) (orientation)
+            if min(valence[a], valence[b]) <= 3:
+                continue  # a or b would keep two faces: a fold over itself
             new = np.array([[c, a, d], [c, d, b]])
             # against the pair's area-weighted normal: a sliver's own normal means little
             n_old = _normals(v[np.stack([f[i], f[o]])]).sum(0)
