@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 
-from taichi_dr.recon.cleanup import CleanupReport, _check_resolutions, _face_adjacency, face_pixels, surviving_faces
+from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency, face_pixels,
+                                     surviving_faces)
 
 __all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data"]
 
@@ -286,13 +287,12 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
     if uv_faces is not None and uv_faces.shape != faces.shape:
         raise ValueError(f"uv_faces: expected shape {list(faces.shape)} (one row per face), got {list(uv_faces.shape)}")
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels: expected >= 1, got {min_pixels}")
     v = verts.detach().cpu().double().numpy()
     f = faces.detach().cpu().long().numpy().copy()
     uv = None if uv_faces is None else uv_faces.detach().cpu().long().numpy().copy()
     V, kept = v.shape[0], 0
-
-    if min_pixels < 1:
-        raise ValueError(f"min_pixels: expected >= 1, got {min_pixels}")
 
     def pixels(ff):
         return face_pixels(verts.detach(), torch.from_numpy(ff).to(faces.device, torch.int32), mvp, res).numpy()
@@ -302,10 +302,9 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         bad = np.nonzero((pix < min_pixels).any(axis=0))[0]
         if bad.size == 0:
             break
-        e = np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 1)  # [F, 3, 2] directed edges
-        key = np.sort(e, axis=2) @ [V, 1]  # [F, 3]
+        key = _edge_keys(f, V).reshape(3, -1).T  # [F, 3]: key of the edge starting at each corner
         owner = {}
-        for fi, k in zip(np.repeat(np.arange(len(f)), 3), key.reshape(-1)):
+        for fi, k in zip(np.tile(np.arange(len(f)), 3), _edge_keys(f, V)):
             owner.setdefault(int(k), []).append(int(fi))
         valence = np.bincount(f.reshape(-1), minlength=V)  # faces around each vertex
         used, flips = set(), []
@@ -353,17 +352,18 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
             if uv2 is not None:
                 uv2[[i, o]] = new_uv
         pix2 = pixels(f2)
+        undone = 0
         for i, o, _, _ in flips:  # undo what did not help
             if (pix2[:, [i, o]] < min_pixels).any():
                 f2[[i, o]] = f[[i, o]]
                 if uv2 is not None:
                     uv2[[i, o]] = uv[[i, o]]
-            else:
-                kept += 1
-        if (f2 == f).all():
+                undone += 1
+        kept += len(flips) - undone
+        if undone == len(flips):
             break
-        f, uv = f2, uv2
-        pix = pixels(f)
+        # an undone pair changes which of its neighbours' pixels it occludes: rasterize again then
+        f, uv, pix = f2, uv2, (pixels(f2) if undone else pix2)
     if report is not None:
         report.invisible_left = {f"{h}x{w}": int((p == 0).sum()) for (h, w), p in zip(res, pix)}
         report.flipped_edges += kept

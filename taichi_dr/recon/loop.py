@@ -189,22 +189,24 @@ class _Run:
         self.cleanup[self.phase] = rep.as_dict()
         return keep, rep
 
-    def _collapse_invisible(self, verts, faces, rep):
-        """:func:`~taichi_dr.recon.collapse.collapse_invisible` at the training resolution and twice it
-        (what a scorer rasterizes); the collapses and what stays invisible go into ``rep``."""
+    def _visibility_views(self):
+        """Cameras ``[N, 4, 4]`` and raster sizes for "owns a pixel": the training views at the training
+        resolution and twice it (what a scorer rasterizes)."""
         H, W = self.train.images.shape[1:3]
-        out = collapse_invisible(verts.detach(), faces, self.train.proj.unsqueeze(0) @ self.train.mv,
-                                 [(H, W), (2 * H, 2 * W)], report=rep)
+        return self.train.proj.unsqueeze(0) @ self.train.mv, [(H, W), (2 * H, 2 * W)]
+
+    def _collapse_invisible(self, verts, faces, rep):
+        """:func:`~taichi_dr.recon.collapse.collapse_invisible` on the visibility views; the collapses
+        and what stays invisible go into ``rep``."""
+        out = collapse_invisible(verts.detach(), faces, *self._visibility_views(), report=rep)
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
     def _flip_invisible(self, verts, faces, rep, uv_faces=None):
         """:func:`~taichi_dr.recon.collapse.flip_invisible` for the slivers the collapses left owning
         fewer than two pixels at a size (a pixel centre on an edge: the OBJ's rounding can take it
-        away), at the same sizes; returns ``(faces, uv_faces)``."""
-        H, W = self.train.images.shape[1:3]
-        f, uv, _ = flip_invisible(verts.detach(), faces, self.train.proj.unsqueeze(0) @ self.train.mv,
-                                  [(H, W), (2 * H, 2 * W)], uv_faces=uv_faces, report=rep)
+        away), on the same views; returns ``(faces, uv_faces)``."""
+        f, uv, _ = flip_invisible(verts.detach(), faces, *self._visibility_views(), uv_faces=uv_faces, report=rep)
         self.cleanup[self.phase] = rep.as_dict()
         return f, uv
 

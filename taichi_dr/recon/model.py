@@ -113,6 +113,7 @@ def _in_image(clip: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return ndc, (w[..., 0] > 1e-8) & (ndc.abs() <= 1).all(-1)
 
 
+@torch.no_grad()
 def visual_hull(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor, chunk_views: int = 8) -> torch.Tensor:
     """Soft occupancy ``[P]`` in [0, 1]: the minimum over views of the mask sampled (bilinearly) at
     each point's projection. A point behind a camera or outside its image is empty if that view
