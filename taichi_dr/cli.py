@@ -9,8 +9,8 @@ Subcommands (argparse only here; the library takes plain arguments / dataclass c
     bench        benchmarks (rasterizer, texture, marching tets, ...)
 
 Mistakes are reported kindly: a user error (bad flag, missing or corrupt file, out-of-range
-setting) prints one line to stderr and exits with status 2, before any work starts; Ctrl-C exits
-with 130 after the reconstruction's checkpoint line; a NaN loss, or a torchrun rank that died,
+setting) prints one line to stderr and exits with status 2, before any work starts; Ctrl-C finishes
+the step under way and exits with 130 after the reconstruction's checkpoint line; a NaN loss, or a torchrun rank that died,
 stops with one line and exit 1.
 A traceback is printed only for a real bug, or always with ``--debug``.
 """

@@ -196,7 +196,8 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     out = tmp_path / "sigint"
     cmd = [sys.executable, "-m", "taichi_dr.cli", "reconstruct", ds, "--out", str(out), "--iters", "100000",
            "--grid-res", "8", "--batch", "1", "--refine-iters", "0", "--checkpoint-every", "1"] + FAST
-    env = dict(os.environ, TAICHI_DR_ARCH="cpu")
+    # PYTHONFAULTHANDLER: should it ever hang, SIGABRT makes the child print every thread's stack
+    env = dict(os.environ, TAICHI_DR_ARCH="cpu", PYTHONFAULTHANDLER="1")
     # a shell's background job (`pytest ... &`, nohup) ignores SIGINT and children inherit that;
     # restore the default so the child's Python installs its Ctrl-C handler as in a terminal
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -206,7 +207,12 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
         while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
             time.sleep(0.2)  # training has started once the first checkpoint exists
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            stdout, stderr = proc.communicate(timeout=60)
+            pytest.fail("no exit within 120 s of Ctrl-C; the child's stacks:\n" + stderr[-6000:])
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -214,6 +220,52 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert "checkpoint saved" in stdout and "--resume" in stdout
     assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monkeypatch):
+    """The signal lands inside a step (here right after the optimiser step, before the iteration count
+    advances): the step is finished and the checkpoint holds it whole, so a resumed run repeats no step."""
+    from taichi_dr.recon import loop
+
+    real_adam, real_run = torch.optim.Adam.step, loop._Run.step
+    now = {"it": None}
+
+    def run_step(self):
+        now["it"] = self.it
+        try:
+            return real_run(self)
+        finally:
+            now["it"] = None
+
+    def adam_step(self, *a, **k):
+        out = real_adam(self, *a, **k)
+        if now["it"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next bytecode
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
+    monkeypatch.setattr(loop._Run, "step", run_step)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "midstep"
+    rc, stdout, err = cli(["reconstruct", ds, "--out", str(out), "--checkpoint-every", "100"] + TINY, capsys)
+    assert rc == 130
+    assert "interrupted at iteration 3: checkpoint saved" in stdout and "--resume" in stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["it"] == 3 and len(state["history"]["total"]) == 3 and state["history"]["iter"] == [0, 1, 2]
+    assert not (out / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is before  # the loop puts the caller's handler back
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    from taichi_dr.recon.loop import _StopRequest
+
+    stop = _StopRequest()
+    stop(signal.SIGTERM, None)  # a scheduler's SIGTERM: a request, however often it comes
+    stop(signal.SIGTERM, None)
+    assert stop.signal == signal.SIGTERM and not stop.forced
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)  # Ctrl-C after a request: now
+    assert stop.forced
 
 
 @pytest.mark.slow

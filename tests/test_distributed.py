@@ -175,6 +175,32 @@ def test_two_gloo_ranks_follow_one_process_survive_a_killed_rank_and_resume(tiny
 
 
 @pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_dataset, tmp_path):
+    """Rank 1 alone gets SIGTERM during iteration 3: its request rides in that step's all-reduce, so
+    both ranks finish the step and stop together (no rank is left waiting in a collective)."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, signal, sys\n"
+        "from taichi_dr.recon import loop\n"
+        "orig = loop._Run.step\n"
+        "def step(self):\n"
+        "    if self.dist.rank == 1 and self.it == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return orig(self)\n"
+        "loop._Run.step = step\n"
+        "from taichi_dr.cli import main\n"
+        "sys.exit(main())\n")
+    out = tmp_path / "out"
+    r = _torchrun(2, ["reconstruct", tiny_dataset, "--out", out, *_flags(TINY)], timeout=300, script=str(driver))
+    assert r.returncode != 0
+    said = r.stdout + r.stderr
+    assert said.count("interrupted at iteration 4: checkpoint saved") == 2, said[-3000:]  # both ranks
+    assert "lost the other ranks" not in said, said[-3000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] == 4
+    assert not os.path.exists(out / "metrics.json")
+
+
+@pytest.mark.slow
 def test_reconstruct_many_shards_three_scenes_over_two_ranks(tiny_dataset, tmp_path):
     scenes = tmp_path / "scenes"
     for name in ("s1", "s2", "s3"):

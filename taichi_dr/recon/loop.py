@@ -66,8 +66,31 @@ from taichi_dr.runtime import torch_device_for_arch
 __all__ = ["reconstruct"]
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _StopRequest:
+    """The training loop's Ctrl-C (SIGINT) and SIGTERM handler: stop at the next iteration boundary.
+
+    Raising ``KeyboardInterrupt`` wherever the signal lands can cut a step in two (parameters
+    updated by ``opt.step()`` but ``it`` and the history not yet advanced, so a resumed run would
+    repeat a step) or leave Taichi, torch or tqdm half-way through a call. So the first signal only
+    sets ``signal``; the loop finishes the step it is in, writes the checkpoint and stops. A second
+    SIGINT stops at once (``forced``): the state may then be mid-step, so the loop keeps the last
+    checkpoint instead of writing one.
+    """
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self.forced = False
+
+    def __call__(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            self.forced = True
+            raise KeyboardInterrupt
+        if self.signal is None and signum == signal.SIGINT:
+            # os.write, not print: the handler may run inside a write to sys.stderr (tqdm's), and a
+            # buffered stream re-entered from a signal handler raises
+            os.write(2, b"\ntaichi-dr: stopping after this iteration (Ctrl-C again stops at once, without "
+                        b"saving it)\n")
+        self.signal = signum
 
 
 AUTO_TRAIN_RES = 256  # default training size cap in pixels (measured cost table: docs/08)
@@ -149,6 +172,8 @@ class _Run:
         self.refine_data = train if refine_data is None else refine_data
         self.dist = dist or DistContext()  # this process's rank; one process by default
         self.sync = GradSync(self.dist)
+        self.stop_request: Optional[_StopRequest] = None  # the loop's signal handler (Ctrl-C/SIGTERM seen)
+        self.stop_votes = 0.0  # how many ranks had seen one at the last step's all-reduce
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
@@ -377,7 +402,10 @@ class _Run:
         parts = [l_img * part.view_share, l_mask * part.view_share, reg * part.once_share, lap * part.once_share]
         self.opt.zero_grad(set_to_none=True)
         sum(parts).backward()
-        l_img, l_mask, reg, lap = self.sync.all_reduce(self.opt, parts)  # + grads; identity in one process
+        # + grads, and the ranks' stop requests (Ctrl-C/SIGTERM seen so far); identity in one process
+        stop = self.stop_request.signal is not None if self.stop_request is not None else False
+        l_img, l_mask, reg, lap, votes = self.sync.all_reduce(self.opt, parts + [torch.tensor(float(stop))])
+        self.stop_votes = float(votes)  # > 0: every rank stops after this step
         total = l_img + l_mask + reg + lap
         check_finite(total, self.opt, self.it, self.phase)  # stop before a NaN/Inf step is applied
         self.opt.step()
@@ -465,7 +493,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         ValueError, TypeError: a bad argument, setting or input file (before any work starts).
         FloatingPointError: the loss or a gradient became NaN/Inf; the last good state is in
             ``checkpoint.pt``.
-        KeyboardInterrupt: Ctrl-C or SIGTERM, after writing ``checkpoint.pt``.
+        KeyboardInterrupt: Ctrl-C or SIGTERM: the step under way is finished and ``checkpoint.pt``
+            written first (a second Ctrl-C stops at once and keeps the last checkpoint).
         PeerLostError: under torchrun, another rank died; reported on stderr (attribute
             ``reported``) after writing ``checkpoint.pt``.
     """
@@ -504,21 +533,30 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     run = _Run(cfg, train, out_dir, ctx, refine_data)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
 
+    saved = {"it": None}  # the iteration of the last checkpoint written (or resumed from)
+
     def checkpoint():
         if ctx.is_main:  # every rank holds the same state; one writes it
             save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
+        saved["it"] = run.it
     elapsed_before = 0.0
     if resume:
         s = resume_state
         run.restore(s)
+        saved["it"] = run.it
         elapsed_before = float(s.get("seconds", 0.0))
     total = cfg.iters + cfg.refine_iters
     bar = tqdm(total=total, initial=run.it, desc="reconstruct", disable=not progress or not ctx.is_main,
                dynamic_ncols=True)
-    # `kill` / a job scheduler's timeout (SIGTERM) is treated like Ctrl-C: checkpoint, then stop
-    old_term = None
+    # Ctrl-C, `kill` or a job scheduler's timeout (SIGTERM): finish the step, checkpoint, then stop
+    # (_StopRequest). Only the main thread may set handlers; a host program's own Ctrl-C handler is kept.
+    stop, old_handlers = _StopRequest(), {}
     if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if sig == signal.SIGTERM or signal.getsignal(sig) is signal.default_int_handler:
+                old_handlers[sig] = signal.signal(sig, stop)
+    at_boundary = False
+    run.stop_request = stop  # its flag rides in the step's all-reduce: every rank stops at the same step
     try:
         while run.it < total:
             if run.phase == "dmtet" and run.it >= cfg.iters:
@@ -529,17 +567,28 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
             bar.set_postfix(phase=run.phase, loss=f"{loss:.4f}")
             if run.it % cfg.checkpoint_every == 0 or run.it == total:
                 checkpoint()
+            # one process: stop now; ranks: when one had asked by this step's all-reduce (all agree)
+            if run.stop_votes > 0 or (not ctx.enabled and stop.signal is not None):
+                at_boundary = True
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
-        checkpoint()
         bar.close()
-        line = f"interrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)"
+        if not at_boundary:  # a second Ctrl-C (or a host's handler) may have cut a step: keep the last
+            # consistent state
+            kept = f"{ckpt} kept (iteration {saved['it']})" if saved["it"] is not None else "no checkpoint yet"
+            line = f"interrupted during iteration {run.it}: {kept}" + (
+                " (continue with --resume)" if saved["it"] is not None else "")
+        else:
+            if saved["it"] != run.it:
+                checkpoint()
+            line = f"interrupted at iteration {run.it}: checkpoint saved to {ckpt} (continue with --resume)"
         print("\n" + line, flush=True)
         raise KeyboardInterrupt(line) from None  # the CLI exits 130 without a traceback
     except PeerLostError as e:
         # torchrun SIGTERMs the survivors of a dead rank. Once the `finally` puts the default handler back
         # that signal ends this process silently, so the checkpoint and the report happen here, with it
         # ignored (a race seen in CI: rank 0 died of SIGTERM before Python printed the error)
-        if old_term is not None:
+        if signal.SIGTERM in old_handlers:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         checkpoint()  # the failed step changed nothing: the all-reduce comes before the optimiser step
         bar.close()
@@ -553,8 +602,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         raise FloatingPointError(f"{e}; run stopped, last good state saved to {ckpt} (lower the learning "
                                  "rates, e.g. --lr-geometry, then continue with --resume)") from None
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     bar.close()
     seconds = elapsed_before + time.time() - t0
     if not ctx.is_main:
