@@ -256,6 +256,34 @@ def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monk
     assert signal.getsignal(signal.SIGINT) is before  # the loop puts the caller's handler back
 
 
+@pytest.mark.slow
+def test_an_interrupt_that_cuts_the_update_keeps_the_last_checkpoint(ds, tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt raised inside the optimiser step (a second Ctrl-C, or a host's own handler)
+    leaves the parameters half-way between two steps: that state is not saved over the last checkpoint."""
+    from taichi_dr.recon import loop
+
+    real_adam, real_run = torch.optim.Adam.step, loop._Run.step
+    now = {"it": None}
+
+    def run_step(self):
+        now["it"] = self.it
+        return real_run(self)
+
+    def adam_step(self, *a, **k):
+        out = real_adam(self, *a, **k)
+        if now["it"] == 2:
+            raise KeyboardInterrupt
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
+    monkeypatch.setattr(loop._Run, "step", run_step)
+    out = tmp_path / "cut"
+    rc, stdout, _ = cli(["reconstruct", ds, "--out", str(out), "--checkpoint-every", "1"] + TINY, capsys)
+    assert rc == 130
+    assert "interrupted during iteration 2:" in stdout and "kept (iteration 2)" in stdout and "--resume" in stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["it"] == 2 and state["history"]["iter"] == [0, 1]
+
+
 def test_a_second_ctrl_c_stops_at_once():
     from taichi_dr.recon.loop import _StopRequest
 

@@ -73,8 +73,8 @@ class _StopRequest:
     updated by ``opt.step()`` but ``it`` and the history not yet advanced, so a resumed run would
     repeat a step) or leave Taichi, torch or tqdm half-way through a call. So the first signal only
     sets ``signal``; the loop finishes the step it is in, writes the checkpoint and stops. A second
-    SIGINT stops at once (``forced``): the state may then be mid-step, so the loop keeps the last
-    checkpoint instead of writing one.
+    SIGINT stops at once (``forced``). The loop then writes the checkpoint too, unless the signal
+    cut the parameter update or the pass change in two (``_Run.updating``): then it keeps the last.
     """
 
     def __init__(self):
@@ -88,8 +88,7 @@ class _StopRequest:
         if self.signal is None and signum == signal.SIGINT:
             # os.write, not print: the handler may run inside a write to sys.stderr (tqdm's), and a
             # buffered stream re-entered from a signal handler raises
-            os.write(2, b"\ntaichi-dr: stopping after this iteration (Ctrl-C again stops at once, without "
-                        b"saving it)\n")
+            os.write(2, b"\ntaichi-dr: stopping after this iteration (Ctrl-C again stops at once)\n")
         self.signal = signum
 
 
@@ -174,6 +173,7 @@ class _Run:
         self.sync = GradSync(self.dist)
         self.stop_request: Optional[_StopRequest] = None  # the loop's signal handler (Ctrl-C/SIGTERM seen)
         self.stop_votes = 0.0  # how many ranks had seen one at the last step's all-reduce
+        self.updating = False  # True while a step or the pass change mutates the state (not checkpointable)
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
@@ -284,6 +284,7 @@ class _Run:
 
     # ------------------------------------------------------------------ passes
     def start_refine(self):
+        self.updating = True  # until the refinement's parameters, optimiser and phase are all set
         with torch.no_grad():
             v, f = self._dmtet_mesh_with_start_topology()
             # slivers (vertices a fraction of a cell apart) first, then hidden surfaces and floaters:
@@ -306,6 +307,7 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.refine_iters))
         self.phase = "refine"
         self.history.setdefault("refine_start", []).append(self.it)
+        self.updating = False
 
     def _set_refine_mesh(self, verts: torch.Tensor, faces: torch.Tensor, smooth: bool) -> None:
         """The refinement pass' vertex parameters: ``u = (I + λL) x`` with smooth steps
@@ -408,6 +410,7 @@ class _Run:
         self.stop_votes = float(votes)  # > 0: every rank stops after this step
         total = l_img + l_mask + reg + lap
         check_finite(total, self.opt, self.it, self.phase)  # stop before a NaN/Inf step is applied
+        self.updating = True  # from here to `it += 1` the state is half-way between two steps
         self.opt.step()
         if self.phase != "dmtet":
             self.mesh_colors.clamp_()  # textures back into the material bounds
@@ -416,6 +419,7 @@ class _Run:
                      ("laplacian", lap)):
             self.history[k].append(float(v.detach()) if torch.is_tensor(v) else float(v))
         self.it += 1
+        self.updating = False
         return float(total.detach())
 
     # ------------------------------------------------------------------ checkpoints
@@ -573,8 +577,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
-        if not at_boundary:  # a second Ctrl-C (or a host's handler) may have cut a step: keep the last
-            # consistent state
+        if run.updating and not at_boundary:  # a second Ctrl-C (or a host's handler) cut the parameter
+            # update or the pass change in two: keep the last consistent checkpoint
             kept = f"{ckpt} kept (iteration {saved['it']})" if saved["it"] is not None else "no checkpoint yet"
             line = f"interrupted during iteration {run.it}: {kept}" + (
                 " (continue with --resume)" if saved["it"] is not None else "")
