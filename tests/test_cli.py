@@ -222,10 +222,8 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] >= 1
 
 
-@pytest.mark.slow
-def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monkeypatch):
-    """The signal lands inside a step (here right after the optimiser step, before the iteration count
-    advances): the step is finished and the checkpoint holds it whole, so a resumed run repeats no step."""
+def _after_optimizer_step(monkeypatch, it: int, action) -> None:
+    """Call ``action()`` right after the optimiser step of training step ``it`` (mid-step)."""
     from taichi_dr.recon import loop
 
     real_adam, real_run = torch.optim.Adam.step, loop._Run.step
@@ -240,11 +238,19 @@ def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monk
 
     def adam_step(self, *a, **k):
         out = real_adam(self, *a, **k)
-        if now["it"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next bytecode
+        if now["it"] == it:
+            action()
         return out
     monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
     monkeypatch.setattr(loop._Run, "step", run_step)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monkeypatch):
+    """The signal lands inside a step (here right after the optimiser step, before the iteration count
+    advances): the step is finished and the checkpoint holds it whole, so a resumed run repeats no step."""
+    # Python runs the handler before the next bytecode: between the optimiser step and `it += 1`
+    _after_optimizer_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "midstep"
     rc, stdout, err = cli(["reconstruct", ds, "--out", str(out), "--checkpoint-every", "100"] + TINY, capsys)
@@ -260,22 +266,9 @@ def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monk
 def test_an_interrupt_that_cuts_the_update_keeps_the_last_checkpoint(ds, tmp_path, capsys, monkeypatch):
     """A KeyboardInterrupt raised inside the optimiser step (a second Ctrl-C, or a host's own handler)
     leaves the parameters half-way between two steps: that state is not saved over the last checkpoint."""
-    from taichi_dr.recon import loop
-
-    real_adam, real_run = torch.optim.Adam.step, loop._Run.step
-    now = {"it": None}
-
-    def run_step(self):
-        now["it"] = self.it
-        return real_run(self)
-
-    def adam_step(self, *a, **k):
-        out = real_adam(self, *a, **k)
-        if now["it"] == 2:
-            raise KeyboardInterrupt
-        return out
-    monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
-    monkeypatch.setattr(loop._Run, "step", run_step)
+    def interrupt():
+        raise KeyboardInterrupt
+    _after_optimizer_step(monkeypatch, 2, interrupt)
     out = tmp_path / "cut"
     rc, stdout, _ = cli(["reconstruct", ds, "--out", str(out), "--checkpoint-every", "1"] + TINY, capsys)
     assert rc == 130

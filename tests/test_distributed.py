@@ -44,6 +44,23 @@ def _torchrun(nproc: int, args, timeout: float = 600, script=None) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _signal_driver(tmp_path, rank: int, it: int, sig: str) -> str:
+    """A script that runs the CLI, where rank ``rank`` sends itself ``signal.<sig>`` as step ``it`` starts."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, signal, sys\n"
+        "from taichi_dr.recon import loop\n"
+        "orig = loop._Run.step\n"
+        "def step(self):\n"
+        f"    if self.dist.rank == {rank} and self.it == {it}:\n"
+        f"        os.kill(os.getpid(), signal.{sig})\n"
+        "    return orig(self)\n"
+        "loop._Run.step = step\n"
+        "from taichi_dr.cli import main\n"
+        "sys.exit(main())\n")
+    return str(driver)
+
+
 # ---------------------------------------------------------------------------------------------- fast
 def test_batch_is_a_function_of_seed_and_iteration_not_of_ranks():
     whole = local_batch(10, (6, 5), seed=3, it=7, batch=5)
@@ -138,20 +155,9 @@ def test_two_gloo_ranks_follow_one_process_survive_a_killed_rank_and_resume(tiny
                                                                             tmp_path):
     """Rank 1 is killed at iteration 5: a clear error, not a hang; then every rank loads rank 0's
     checkpoint and the resumed 2-rank run still follows the one-process loss curve."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        "import os, signal, sys\n"
-        "from taichi_dr.recon import loop\n"
-        "orig = loop._Run.step\n"
-        "def step(self):\n"
-        "    if self.dist.rank == 1 and self.it == 5:\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return orig(self)\n"
-        "loop._Run.step = step\n"
-        "from taichi_dr.cli import main\n"
-        "sys.exit(main())\n")
+    driver = _signal_driver(tmp_path, rank=1, it=5, sig="SIGKILL")
     out = tmp_path / "out"
-    r = _torchrun(2, ["reconstruct", tiny_dataset, "--out", out, *_flags(TINY)], timeout=300, script=str(driver))
+    r = _torchrun(2, ["reconstruct", tiny_dataset, "--out", out, *_flags(TINY)], timeout=300, script=driver)
     assert r.returncode != 0
     assert "SIGKILL" in r.stderr or "Signal 9" in r.stderr, r.stderr[-3000:]
     # rank 0 says what happened: its all-reduce lost the peer, or torchrun stopped it first (SIGTERM,
@@ -178,20 +184,9 @@ def test_two_gloo_ranks_follow_one_process_survive_a_killed_rank_and_resume(tiny
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_dataset, tmp_path):
     """Rank 1 alone gets SIGTERM during iteration 3: its request rides in that step's all-reduce, so
     both ranks finish the step and stop together (no rank is left waiting in a collective)."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        "import os, signal, sys\n"
-        "from taichi_dr.recon import loop\n"
-        "orig = loop._Run.step\n"
-        "def step(self):\n"
-        "    if self.dist.rank == 1 and self.it == 3:\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    return orig(self)\n"
-        "loop._Run.step = step\n"
-        "from taichi_dr.cli import main\n"
-        "sys.exit(main())\n")
+    driver = _signal_driver(tmp_path, rank=1, it=3, sig="SIGTERM")
     out = tmp_path / "out"
-    r = _torchrun(2, ["reconstruct", tiny_dataset, "--out", out, *_flags(TINY)], timeout=300, script=str(driver))
+    r = _torchrun(2, ["reconstruct", tiny_dataset, "--out", out, *_flags(TINY)], timeout=300, script=driver)
     assert r.returncode != 0
     said = r.stdout + r.stderr
     assert said.count("interrupted at iteration 4: checkpoint saved") == 2, said[-3000:]  # both ranks
