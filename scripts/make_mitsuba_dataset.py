@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Render procedural diffuse shapes with Mitsuba 3 into NeRF-synthetic datasets (data we did not render).
+"""Render procedural shapes with Mitsuba 3 into NeRF-synthetic datasets (data we did not render).
+
+Diffuse by default; ``--bsdf plastic`` makes them glossy (GGX coat, roughness α 0.15): highlights
+that move with the view, which colour-consistency methods must not read as geometry.
 
 Why: a reconstruction that is only ever tested on images made by our own renderer can hide
 mistakes that both sides share (camera conventions, shading model, anti-aliasing). Mitsuba is an
@@ -218,7 +221,16 @@ def _to_png(img):
     return (out * 255.0 + 0.5).astype(np.uint8)
 
 
-def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res):
+def _bsdf(name: str, kind: str) -> dict:
+    """The shape's Mitsuba BSDF: Lambert, or a glossy plastic (GGX coat, roughness alpha 0.15)."""
+    albedo = {"type": "rgb", "value": list(ALBEDO[name])}
+    if kind == "diffuse":
+        return {"type": "diffuse", "reflectance": albedo}
+    return {"type": "roughplastic", "distribution": "ggx", "alpha": 0.15, "int_ior": 1.49,
+            "diffuse_reflectance": albedo}
+
+
+def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="diffuse"):
     import imageio.v2 as imageio
     import mitsuba as mi
 
@@ -240,7 +252,7 @@ def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res):
             "type": "scene",
             "integrator": {"type": "direct", "emitter_samples": 1, "bsdf_samples": 0},
             "shape": {"type": "obj", "filename": obj, "face_normals": False,
-                      "bsdf": {"type": "diffuse", "reflectance": {"type": "rgb", "value": list(ALBEDO[name])}}},
+                      "bsdf": _bsdf(name, bsdf)},
             "light": {"type": "directional", "direction": list(d), "irradiance": {"type": "rgb", "value": [e] * 3}},
         }) for d, e in LIGHTS]
         for split, cams in (("train", train_cameras(n_train)), ("test", test_cameras(n_test))):
@@ -280,12 +292,14 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--gt-res", type=int, default=128, help="marching-tets grid of the ground-truth mesh")
     ap.add_argument("--variant", default="llvm_ad_rgb", help="Mitsuba variant (llvm_ad_rgb or scalar_rgb)")
+    ap.add_argument("--bsdf", default="diffuse", choices=("diffuse", "plastic"),
+                    help="material: Lambert, or glossy plastic (GGX highlights of the four lights)")
     args = ap.parse_args(argv)
     if math.isqrt(args.spp) ** 2 != args.spp:
         ap.error(f"--spp: expected a square number, got {args.spp}")
     for name in args.shapes:
         render_shape(os.path.join(args.out, name), name, args.res, args.spp, args.n_train, args.n_test,
-                     args.variant, args.gt_res)
+                     args.variant, args.gt_res, args.bsdf)
     return 0
 
 

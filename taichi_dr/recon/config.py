@@ -99,8 +99,9 @@ class ReconConfig:
                 "pass (photo-consistency: concavities no silhouette shows; assumes diffuse surfaces)"})
     stereo: bool = field(default=True, metadata={
         "help": "with --carve: then also carve the free space in front of multi-view stereo depths (plane sweep "
-                "behind the carved hull, 3x3 patches, confident pixels only): the deep part of a concavity that "
-                "colour-range carving leaves filled (Mitsuba bowl: Chamfer 2.3e-3 -> 2.1e-4; docs/08)"})
+                "behind the carved hull, 3x3 patches, confident pixels only), where it grows out of what colour-"
+                "range carving removed: the deep part of a concavity that carving leaves filled (Mitsuba bowl: "
+                "Chamfer 2.3e-3 -> 2.1e-4; a glossy object's highlights no longer carve it; docs/08)"})
     kd_smooth_weight: float = field(default=0.03, metadata={
         "help": "weight of nvdiffrec's albedo smoothness term (mean |kd(x+ε) − kd(x)| on surface points, ramped "
                 "in over the first tenth of the DMTet pass; material=field only): shading must come from the "

@@ -207,13 +207,15 @@ class ReconModel(nn.Module):
         sdf = silhouette_sdf(self.dmtet.verts, mvp, alpha) / self.dmtet.cell
         sdf = sdf.clamp(-4.0, 4.0).to(lattice.device)
         self.outside_hull = sdf >= 1.0  # of the uncarved hull: the passes may refill a carved point
-        self.carve_report = {"carved_points": 0, "carve_sweeps": 0, "carve_window_px": 0}
+        self.carve_report = {"carved_points": 0, "carve_sweeps": 0, "carve_window_px": 0, "carve_undone": 0}
         if images is not None and campos is not None:
             hull = occ >= 0.5
             inside, self.carve_report = photo_carve(hull, self.dmtet.grid(), images, mvp, campos)
             fused = None
             if stereo:
-                inside, fused, rep = stereo_carve(inside, self.dmtet.grid(), images, mvp, campos)
+                # seeded by photo carving: it only deepens concavities the colour ranges opened
+                inside, fused, rep = stereo_carve(inside, self.dmtet.grid(), images, mvp, campos,
+                                                  seeds=hull.to(inside.device) & ~inside)
                 self.carve_report.update(rep)
             # no tunnel, handle or cavity the silhouettes do not show (recon/topology.py); the stereo
             # surface's sub-cell distance may move lattice points out too, under the same rule

@@ -19,11 +19,14 @@ Chamfer 2.8e-3 for the carved hull). Plane-sweep stereo compares colours *at poi
 3. Free space: every lattice point of the shape that lies in front of an estimated depth (by
    ``margin`` cells, against the *nearest* estimate in a 3×3 pixel window, so a depth edge does not
    carve the near side) in at least ``votes`` views is removed. Repeated from the new shape.
+4. Only what grows out of photo carving's removals is kept (``seeds``): the sweep deepens
+   concavities the colour ranges opened. Alone it read the highlights of a glossy object as
+   concavities (a highlight moves with the view, so the entry depth is photo-inconsistent there).
 
-Like photo carving it assumes diffuse surfaces (a highlight moves with the view) and only sets the
-starting shape; the DMTet and refinement passes fit the rest to the images. Measured on the
-Mitsuba bowl (grid 40, 24 views at 128²), Chamfer of the starting mesh: hull 6.1e-3, photo carving
-2.8e-3, + stereo 7.0e-4; torus, blob: unchanged or better (docs/08).
+Like photo carving it assumes diffuse surfaces and only sets the starting shape; the DMTet and
+refinement passes fit the rest to the images. Measured on the Mitsuba bowl (grid 40, 24 views at
+128²), Chamfer of the starting mesh: hull 6.1e-3, photo carving 2.8e-3, + stereo 7.0e-4; torus,
+blob: unchanged or better (docs/08).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -194,8 +197,8 @@ def stereo_depths(verts: torch.Tensor, faces: torch.Tensor, images: torch.Tensor
 @torch.no_grad()
 def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: torch.Tensor,
                  campos: torch.Tensor, iterations: int = 2, votes: int = 2, margin: float = 1.0,
-                 depth_cells: float = 10.0, max_size: int = 128, max_views: int = 32, min_points: int = 8
-                 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int]]:
+                 depth_cells: float = 10.0, max_size: int = 128, max_views: int = 32, min_points: int = 8,
+                 seeds: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int]]:
     """Remove lattice points of ``inside`` in front of the stereo depths of ``votes`` views.
 
     Args:
@@ -213,6 +216,13 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
             Another iteration runs only if this one carved ≥ 0.1 % of the points.
         min_points: the smallest connected set of carved points that counts as a concavity for
             ``fused``.
+        seeds: ``[V]`` bool, optional: the points an earlier carving removed (photo carving's).
+            When given, only removals connected to them (26-neighbours, through removed points)
+            are kept, and none when there is no seed: the sweep deepens a concavity that the
+            colour ranges opened. On a glossy object a highlight moves with the view, so the entry
+            depth is photo-inconsistent everywhere a highlight is and a deeper depth sometimes
+            matches better by chance (Mitsuba plastic blob, no seed: 676 points carved out of the
+            object, Chamfer 3.8e-5 → 1.9e-3; docs/08).
 
     Returns:
         ``(inside' [V] bool, fused [V] float, {"stereo_carved_points": int})``: ``fused`` is the
@@ -225,6 +235,10 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
     n = grid.resolution + 1
     if inside.shape != (n ** 3,) or inside.dtype != torch.bool:
         raise ValueError(f"inside: expected a bool tensor of shape [{n ** 3}], got {inside.dtype} {list(inside.shape)}")
+    if seeds is not None and (seeds.shape != (n ** 3,) or seeds.dtype != torch.bool):
+        raise ValueError(f"seeds: expected a bool tensor of shape [{n ** 3}], got {seeds.dtype} {list(seeds.shape)}")
+    if seeds is not None and not bool(seeds.any()):  # nothing to deepen
+        return inside.clone(), torch.full((n ** 3,), math.nan, device=inside.device), {"stereo_carved_points": 0}
     if images.dim() != 4 or images.shape[-1] != 4:
         raise ValueError(f"images: expected [N, H, W, 4] RGBA, got {list(images.shape)}")
     pts = grid.verts.float()
@@ -260,12 +274,30 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
         total += k
         if k < 1e-3 * cand.numel():  # a few stray points (a textured object): the next sweep would find no more
             break
+    if seeds is not None:  # only what grows out of the seeds (docstring)
+        cur = inside & ~_connected_to(inside & ~cur, seeds.to(inside.device), n)
+        total = int((inside & ~cur).sum())
     fused = torch.full((pts.shape[0],), math.nan, device=pts.device)
     region = _concavities(inside & ~cur, n, min_points)
     if bool(region.any()) and est is not None:
         fused = _fuse(est, refs, mvp_d, cam_d, pts, band=2.0 * cell) / cell
         fused = torch.where(region, fused, torch.full_like(fused, math.nan))
     return cur, fused, {"stereo_carved_points": total}
+
+
+def _connected_to(removed: torch.Tensor, seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """The points of ``removed [n³]`` bool in a 26-connected component of ``removed | seeds`` that
+    holds a seed."""
+    from scipy import ndimage
+
+    rm, sd = removed.view(n, n, n).cpu().numpy(), seeds.view(n, n, n).cpu().numpy()
+    lab, k = ndimage.label(rm | sd, structure=ndimage.generate_binary_structure(3, 3))
+    if k == 0:
+        return torch.zeros_like(removed)
+    seeded = np.zeros(k + 1, dtype=bool)
+    seeded[np.unique(lab[sd])] = True
+    seeded[0] = False
+    return torch.from_numpy(seeded[lab].reshape(-1)).to(removed.device) & removed
 
 
 def _concavities(removed: torch.Tensor, n: int, min_points: int) -> torch.Tensor:
