@@ -498,7 +498,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         FloatingPointError: the loss or a gradient became NaN/Inf; the last good state is in
             ``checkpoint.pt``.
         KeyboardInterrupt: Ctrl-C or SIGTERM: the step under way is finished and ``checkpoint.pt``
-            written first (a second Ctrl-C stops at once and keeps the last checkpoint).
+            written first (a second Ctrl-C stops at once; if it cut the parameter update in two,
+            the last checkpoint is kept instead).
         PeerLostError: under torchrun, another rank died; reported on stderr (attribute
             ``reported``) after writing ``checkpoint.pt``.
     """
