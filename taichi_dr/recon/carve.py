@@ -25,8 +25,9 @@ the view, so on a glossy object the ranges miss each other on the object itself 
 would eat it layer by layer. The silhouettes catch that: the object lies inside the shape, so the
 shape must keep covering the masks. Once it uncovers more of them than the hull did (beyond
 ``max_lost``, quantisation), the colours are not trusted and the whole carving is undone (Mitsuba
-glossy bowl: 9,220 points carved in 27 sweeps and Chamfer 1.1e-2 before, 4.8e-3 without; docs/08). The carving only sets the starting
-shape, which the DMTet and refinement passes then fit to the images.
+glossy bowl: 9,220 points carved in 27 sweeps and Chamfer 1.1e-2 before, 4.8e-3 without;
+docs/08). The carving only sets the starting shape, which the DMTet and refinement passes then fit
+to the images.
 """
 import math
 from typing import Dict, Tuple
@@ -74,7 +75,8 @@ def _lattice_sdf(inside: torch.Tensor, resolution: int) -> torch.Tensor:
 @torch.no_grad()
 def photo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: torch.Tensor,
                 campos: torch.Tensor, tol: float = 0.01, min_cos: float = 0.2, footprint: float = 1.0,
-                max_sweeps: int = 32, chunk: int = 4, max_lost: float = 1e-3) -> Tuple[torch.Tensor, Dict[str, int]]:
+                max_sweeps: int = 32, chunk: int = 4, max_lost: float = 1e-3
+                ) -> Tuple[torch.Tensor, Dict[str, int]]:
     """Remove grid points of ``inside`` that the training views see in inconsistent colours.
 
     Args:
@@ -114,7 +116,8 @@ def photo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: 
     cur = inside.clone()
     carved_total, sweeps = 0, 0
     base_lost, undone = None, False
-    mask_px = int((images[..., 3] > 0.5).sum())
+    mask = (images[..., 3] > 0.5).to(pts_all.device)  # [N, H, W]: the object covers these pixels
+    mask_px = int(mask.sum())
     for sweeps in range(1, max_sweeps + 1):
         sdf = _lattice_sdf(cur, grid.resolution)
         verts, faces = marching_tets(pts_all, sdf, grid)
@@ -140,7 +143,7 @@ def photo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp: 
             clip = transform_pos(m, verts.float())
             rast, _ = rasterize(clip, faces, (H, W), grad_db=False)
             pos, _ = interpolate(verts.float(), rast, faces)  # [n, H, W, 3] world position per pixel
-            lost += int(((images[s0:s0 + m.shape[0], ..., 3] > 0.5).to(dev) & (rast[..., 3] <= 0)).sum())
+            lost += int((mask[s0:s0 + m.shape[0]] & (rast[..., 3] <= 0)).sum())
             for j in range(m.shape[0]):
                 v = s0 + j
                 iyc, ixc, ok = nearest_pixel(m[j], p, (H, W))

@@ -560,7 +560,6 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             if sig == signal.SIGTERM or signal.getsignal(sig) is signal.default_int_handler:
                 old_handlers[sig] = signal.signal(sig, stop)
-    at_boundary = False
     run.stop_request = stop  # its flag rides in the step's all-reduce: every rank stops at the same step
     try:
         while run.it < total:
@@ -574,12 +573,11 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
                 checkpoint()
             # one process: stop now; ranks: when one had asked by this step's all-reduce (all agree)
             if run.stop_votes > 0 or (not ctx.enabled and stop.signal is not None):
-                at_boundary = True
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt  # at a step boundary: run.updating is False
     except KeyboardInterrupt:
         bar.close()
-        if run.updating and not at_boundary:  # a second Ctrl-C (or a host's handler) cut the parameter
-            # update or the pass change in two: keep the last consistent checkpoint
+        if run.updating:  # a second Ctrl-C (or a host's handler) cut the parameter update or the pass
+            # change in two: keep the last consistent checkpoint
             kept = f"{ckpt} kept (iteration {saved['it']})" if saved["it"] is not None else "no checkpoint yet"
             line = f"interrupted during iteration {run.it}: {kept}" + (
                 " (continue with --resume)" if saved["it"] is not None else "")

@@ -29,8 +29,8 @@ from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
-__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds", "hull_sdf",
-           "silhouette_sdf"]
+__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds",
+           "hull_sdf", "silhouette_sdf"]
 
 
 class ColorField(nn.Module):

@@ -237,10 +237,10 @@ def stereo_carve(inside: torch.Tensor, grid: TetGrid, images: torch.Tensor, mvp:
         raise ValueError(f"inside: expected a bool tensor of shape [{n ** 3}], got {inside.dtype} {list(inside.shape)}")
     if seeds is not None and (seeds.shape != (n ** 3,) or seeds.dtype != torch.bool):
         raise ValueError(f"seeds: expected a bool tensor of shape [{n ** 3}], got {seeds.dtype} {list(seeds.shape)}")
-    if seeds is not None and not bool(seeds.any()):  # nothing to deepen
-        return inside.clone(), torch.full((n ** 3,), math.nan, device=inside.device), {"stereo_carved_points": 0}
     if images.dim() != 4 or images.shape[-1] != 4:
         raise ValueError(f"images: expected [N, H, W, 4] RGBA, got {list(images.shape)}")
+    if seeds is not None and not bool(seeds.any()):  # nothing to deepen
+        return inside.clone(), torch.full((n ** 3,), math.nan, device=inside.device), {"stereo_carved_points": 0}
     pts = grid.verts.float()
     images = _downsample(images.to(pts.device).float(), max_size)
     N, H, W = images.shape[:3]
@@ -295,8 +295,7 @@ def _connected_to(removed: torch.Tensor, seeds: torch.Tensor, n: int) -> torch.T
     if k == 0:
         return torch.zeros_like(removed)
     seeded = np.zeros(k + 1, dtype=bool)
-    seeded[np.unique(lab[sd])] = True
-    seeded[0] = False
+    seeded[np.unique(lab[sd])] = True  # every seed is labelled (> 0): the background stays False
     return torch.from_numpy(seeded[lab].reshape(-1)).to(removed.device) & removed
 
 
