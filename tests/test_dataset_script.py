@@ -1,0 +1,118 @@
+"""scripts/make_mitsuba_dataset.py without Mitsuba: the mesh preparation and the baked texture.
+
+Mitsuba is not a dependency, so the renders are not tested here; what decides whether a dataset
+matches its ``gt.obj`` is: the OBJ's placement (centred, scaled, turned Z-up), smooth normals that
+point out, and a texture whose UV lookup gives back the procedural albedo at the surface point.
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from taichi_dr.losses import srgb_to_linear
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("make_mitsuba_dataset",
+                                                  os.path.join(ROOT, "scripts", "make_mitsuba_dataset.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _box_obj(path, sx, sy, sz, offset=(5.0, -2.0, 1.0)):
+    corners = np.array([[x, y, z] for x in (0, sx) for y in (0, sy) for z in (0, sz)], dtype=float) + offset
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    with open(path, "w") as fh:
+        fh.writelines(f"v {x} {y} {z}\n" for x, y, z in corners)
+        for a, b, c, d in quads:
+            fh.write(f"f {a + 1} {b + 1} {c + 1}\nf {a + 1} {c + 1} {d + 1}\n")
+
+
+def test_an_obj_is_centred_scaled_and_turned_z_up(script, tmp_path):
+    path = str(tmp_path / "box.obj")
+    _box_obj(path, 1.0, 3.0, 2.0)  # longest along the file's y
+    for up, extent in (("z", (1.0, 3.0, 2.0)), ("y", (1.0, 2.0, 3.0))):
+        mesh = script.load_source_mesh(path, size=1.6, up=up)
+        lo, hi = mesh.verts.min(0)[0], mesh.verts.max(0)[0]
+        assert torch.allclose((lo + hi) / 2, torch.zeros(3), atol=1e-6)
+        assert torch.allclose(hi - lo, torch.tensor(extent) * 1.6 / 3.0, atol=1e-5), (up, hi - lo)
+    # turned, not mirrored: the file's +y becomes +z (a right-handed rotation keeps the winding)
+    mesh = script.load_source_mesh(path, size=1.6, up="y")
+    v, f = mesh.verts.double(), mesh.faces.long()
+    vol = (v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=1)).sum() / 6
+    ref = script.load_source_mesh(path, size=1.6, up="z")
+    vr = ref.verts.double()
+    vol_ref = (vr[f[:, 0]] * torch.cross(vr[f[:, 1]], vr[f[:, 2]], dim=1)).sum() / 6
+    assert float(vol) == pytest.approx(float(vol_ref), rel=1e-6)
+
+
+def _sphere(script, res=20):
+    v, f, n = script.shape_mesh(lambda p: p.norm(dim=-1) - 0.71, res)
+    from taichi_dr.mesh import Mesh
+
+    return Mesh(torch.from_numpy(v).float(), torch.from_numpy(f).int()), n
+
+
+def test_vertex_normals_are_smooth_and_point_out(script):
+    mesh, analytic = _sphere(script)
+    n = script.vertex_normals(mesh)
+    radial = mesh.verts.double().numpy() / np.linalg.norm(mesh.verts.double().numpy(), axis=1, keepdims=True)
+    used = np.unique(mesh.faces.long().numpy())  # marching tets may leave a vertex no face uses
+    cos = (n * radial).sum(1)[used]
+    assert cos.min() > 0.98 and np.median(cos) > 0.999
+
+
+def test_the_baked_texture_gives_back_the_procedural_albedo(script):
+    mesh, _ = _sphere(script)
+    tex_mesh = script.baked_dots_texture(mesh, resolution=512)
+    R = tex_mesh.texture.shape[0]
+    g = torch.Generator().manual_seed(0)
+    faces, uvf, uvs, v = tex_mesh.faces.long(), tex_mesh.uv_faces.long(), tex_mesh.uvs.double(), tex_mesh.verts.double()
+    k = torch.randint(0, faces.shape[0], (4000,), generator=g)
+    b = torch.rand(4000, 2, generator=g, dtype=torch.float64)
+    b = torch.where((b.sum(1) > 1).unsqueeze(1), 1 - b, b)
+    w = torch.cat([1 - b.sum(1, keepdim=True), b], 1)  # barycentrics
+    p = (w.unsqueeze(2) * v[faces[k]]).sum(1)
+    uv = (w.unsqueeze(2) * uvs[uvf[k]]).sum(1)
+    want = script.dots_albedo(p.float()).double()
+
+    def lookup(uv):  # nearest texel, rows bottom-up: row 0 is v = 0
+        ix = (uv[:, 0] * R).long().clamp(0, R - 1)
+        iy = (uv[:, 1] * R).long().clamp(0, R - 1)
+        return srgb_to_linear(tex_mesh.texture[iy, ix]).double()
+
+    err = (lookup(uv) - want).abs().max(1)[0]
+    flipped = (lookup(torch.stack([uv[:, 0], 1 - uv[:, 1]], 1)) - want).abs().max(1)[0]
+    assert float(err.median()) < 0.01 and float((err < 0.05).double().mean()) > 0.95, float(err.median())
+    assert float(flipped.median()) > 5 * float(err.median()) + 0.02  # the check can tell a flipped texture
+    # the albedo has texture to match (dots) and plain parts, inside (0, 1)
+    assert 0.0 < float(want.min()) and float(want.max()) < 1.0 and float(want.std(0).mean()) > 0.03
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--texture", "x.png"], "--texture: only with --obj"),
+    (["--obj", "/nonexistent/mesh.obj"], "--obj: no such file"),
+    (["--spp", "10"], "--spp: expected a square number"),
+])
+def test_bad_arguments_exit_2_with_one_line(script, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        script.main(["--out", str(tmp_path / "out")] + argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_texture_needs_texture_coordinates(script, tmp_path, capsys):
+    path = str(tmp_path / "box.obj")
+    _box_obj(path, 1.0, 1.0, 1.0)
+    png = tmp_path / "t.png"
+    import imageio.v3 as iio
+
+    iio.imwrite(png, np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(SystemExit) as e:
+        script.main(["--out", str(tmp_path / "out"), "--obj", path, "--texture", str(png)])
+    assert e.value.code == 2 and "has no texture coordinates" in capsys.readouterr().err
