@@ -380,7 +380,8 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="parent folder; each shape goes to <out>/<shape> (--obj: <out> itself)")
+    ap.add_argument("--out", required=True,
+                    help="parent folder; each shape goes to <out>/<shape> (--obj: <out> itself)")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--obj", help="render this OBJ instead of the procedural shapes")
     ap.add_argument("--texture", help="--obj's diffuse texture (8-bit sRGB PNG for its vt); "
