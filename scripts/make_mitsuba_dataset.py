@@ -69,7 +69,8 @@ import torch
 
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
-from taichi_dr.mesh import Mesh, save_obj
+from taichi_dr.mesh import Mesh, read_texture, save_obj
+from taichi_dr.render.shading import vertex_normals
 
 CAMERA_ANGLE_X = 0.6911112070083618  # NeRF-synthetic Blender scenes (~39.6°)
 RADIUS = 4.0
@@ -201,21 +202,10 @@ def load_source_mesh(path: str, size: float = 1.6, up: str = "z") -> Mesh:
     from taichi_dr.mesh import load_obj
 
     mesh = load_obj(path)
-    v = mesh.verts.double()
+    v = mesh.verts
     if up == "y":
         v = torch.stack([v[:, 0], -v[:, 2], v[:, 1]], 1)
-    lo, hi = v.min(0)[0], v.max(0)[0]
-    v = (v - (lo + hi) / 2) * (size / float((hi - lo).max()))
-    return Mesh(v.float(), mesh.faces, uvs=mesh.uvs, uv_faces=mesh.uv_faces)
-
-
-def vertex_normals(mesh: Mesh) -> np.ndarray:
-    """Area-weighted vertex normals ``[V, 3]``: one per position, so UV seams (where Mitsuba's OBJ
-    loader splits vertices) do not show in the shading."""
-    v, f = mesh.verts.double(), mesh.faces.long()
-    fn = torch.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], dim=1)
-    n = torch.zeros_like(v).index_add_(0, f.reshape(-1), fn.repeat_interleave(3, 0))
-    return (n / n.norm(dim=1, keepdim=True).clamp(min=1e-12)).numpy()
+    return Mesh(v, mesh.faces, uvs=mesh.uvs, uv_faces=mesh.uv_faces).normalized(size / 2)
 
 
 def dots_albedo(p: torch.Tensor, seed: int = 1) -> torch.Tensor:
@@ -337,11 +327,8 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
             corners += [f + 1] if normals is not None else []
             pattern = {1: "%d", 2: "%d/%d" if textured else "%d//%d", 3: "%d/%d/%d"}[len(corners)]
             np.savetxt(fh, np.stack(corners, 2).reshape(len(f), -1), fmt=" ".join(["f"] + [pattern] * 3))
-        if textured:
-            # the texture as Mitsuba reads it: top row first, sRGB (decoded by the bitmap plugin)
-            png = os.path.join(tmp, "albedo.png")
-            imageio.imwrite(png, (mesh.texture.clamp(0, 1).numpy()[::-1] * 255 + 0.5).astype(np.uint8))
-            albedo = {"type": "bitmap", "filename": png}
+        if textured:  # the texture save_obj wrote (sRGB, top row first; the bitmap plugin decodes it)
+            albedo = {"type": "bitmap", "filename": os.path.join(out, "gt_kd.png")}
         else:
             albedo = {"type": "rgb", "value": list(colour)}
         scenes = [mi.load_dict({
@@ -413,16 +400,17 @@ def main(argv=None):
             ap.error(f"--obj: {e}")
         name = os.path.splitext(os.path.basename(args.obj))[0]
         if args.texture:
-            import imageio.v3 as iio
-
             if mesh.uvs is None:
                 ap.error(f"--texture: {args.obj} has no texture coordinates (vt)")
-            img = np.asarray(iio.imread(args.texture))[..., :3].astype(np.float32) / 255.0
-            mesh.texture = torch.from_numpy(np.ascontiguousarray(img[::-1]))  # rows bottom-up, sRGB
+            try:
+                mesh.texture = read_texture(args.texture)  # sRGB, rows bottom-up
+            except ValueError as e:
+                ap.error(f"--texture: {e}")
         else:
             mesh = baked_dots_texture(mesh)
         print(f"[{name}] {len(mesh.verts)} verts, {len(mesh.faces)} faces", flush=True)
-        render_mesh(args.out, name, mesh, vertex_normals(mesh), None, args.res, args.spp, args.n_train, args.n_test,
+        normals = vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # one per position: UV seams do not show
+        render_mesh(args.out, name, mesh, normals, None, args.res, args.spp, args.n_train, args.n_test,
                     args.variant, args.bsdf)
         return 0
     for name in args.shapes:

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["Mesh", "load_obj", "save_obj", "obj_text", "atomic_write", "atomic_write_text"]
+__all__ = ["Mesh", "load_obj", "save_obj", "obj_text", "read_texture", "atomic_write", "atomic_write_text"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -154,20 +154,31 @@ def load_obj(path: PathLike) -> Mesh:
 def _load_mtl_texture(mtl_path: str) -> Optional[torch.Tensor]:
     if not os.path.isfile(mtl_path):
         return None
-    import imageio.v3 as iio
-
     with open(mtl_path, "r", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             parts = line.split()
             if parts and parts[0] == "map_Kd":
-                tex_path = os.path.join(os.path.dirname(mtl_path), " ".join(parts[1:]))
-                try:
-                    img = np.asarray(iio.imread(tex_path))
-                except Exception as e:
-                    raise ValueError(f"{tex_path}: cannot read texture ({e})") from None
-                img = img[..., :3].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-                return torch.from_numpy(np.ascontiguousarray(img[::-1]))  # bottom-up
+                return read_texture(os.path.join(os.path.dirname(mtl_path), " ".join(parts[1:])))
     return None
+
+
+def read_texture(path: str) -> torch.Tensor:
+    """An 8- or 16-bit image file as a kd texture ``[H, W, 3]`` float32 in [0, 1], values as stored
+    (sRGB-encoded for PNG albedo maps), rows bottom-up like all our images (row 0 is v = 0).
+
+    Raises:
+        ValueError: the file cannot be read as an image with at least 3 channels.
+    """
+    import imageio.v3 as iio
+
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read texture ({e})") from None
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"{path}: expected an RGB or RGBA image, got array of shape {list(img.shape)}")
+    img = img[..., :3].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
+    return torch.from_numpy(np.ascontiguousarray(img[::-1]))  # bottom-up
 
 
 def obj_text(mesh: Mesh, mtllib: Optional[str] = None) -> str:

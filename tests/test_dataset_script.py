@@ -59,9 +59,9 @@ def _sphere(script, res=20):
     return Mesh(torch.from_numpy(v).float(), torch.from_numpy(f).int()), n
 
 
-def test_vertex_normals_are_smooth_and_point_out(script):
+def test_the_normals_given_to_mitsuba_are_smooth_and_point_out(script):
     mesh, analytic = _sphere(script)
-    n = script.vertex_normals(mesh)
+    n = script.vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # as main() passes them
     radial = mesh.verts.double().numpy() / np.linalg.norm(mesh.verts.double().numpy(), axis=1, keepdims=True)
     used = np.unique(mesh.faces.long().numpy())  # marching tets may leave a vertex no face uses
     cos = (n * radial).sum(1)[used]
@@ -116,3 +116,15 @@ def test_a_texture_needs_texture_coordinates(script, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         script.main(["--out", str(tmp_path / "out"), "--obj", path, "--texture", str(png)])
     assert e.value.code == 2 and "has no texture coordinates" in capsys.readouterr().err
+
+
+def test_an_unreadable_texture_exits_2_with_one_line(script, tmp_path, capsys):
+    path = str(tmp_path / "box.obj")
+    with open(path, "w") as fh:  # a quad with texture coordinates
+        fh.write("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nf 1/1 2/2 3/3\nf 1/1 3/3 4/4\n")
+    bad = tmp_path / "t.png"
+    bad.write_text("not an image")
+    with pytest.raises(SystemExit) as e:
+        script.main(["--out", str(tmp_path / "out"), "--obj", path, "--texture", str(bad)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--texture:" in err and "cannot read texture" in err

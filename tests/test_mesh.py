@@ -77,3 +77,24 @@ def test_load_obj_missing_file_or_folder_names_the_path(tmp_path):
         load_obj(tmp_path / "missing.obj")
     with pytest.raises(ValueError, match="is a directory"):
         load_obj(tmp_path)
+
+
+def test_read_texture_rows_bottom_up_and_clear_errors(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from taichi_dr.mesh import read_texture
+
+    img = np.zeros((2, 3, 4), np.uint8)
+    img[0, :, 0] = 255  # top row red, alpha ignored
+    img[..., 3] = 7
+    iio.imwrite(tmp_path / "t.png", img)
+    tex = read_texture(str(tmp_path / "t.png"))
+    assert tex.shape == (2, 3, 3) and tex.dtype == torch.float32
+    assert tex[1, :, 0].tolist() == [1.0, 1.0, 1.0] and tex[0, :, 0].tolist() == [0.0, 0.0, 0.0]  # row 0 = bottom
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="bad.png: cannot read texture"):
+        read_texture(str(tmp_path / "bad.png"))
+    iio.imwrite(tmp_path / "grey.png", np.zeros((2, 3), np.uint8))
+    with pytest.raises(ValueError, match="grey.png: expected an RGB or RGBA image"):
+        read_texture(str(tmp_path / "grey.png"))

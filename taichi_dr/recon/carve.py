@@ -196,7 +196,6 @@ def _robust_agreement(lo: torch.Tensor, hi: torch.Tensor, seen: torch.Tensor, br
         ``(views [P] int64, lo_max [P, 3], hi_min [P, 3])``: the counted views, the largest lower
         and the smallest upper bound over them (the ranges miss each other where lo_max > hi_min).
     """
-    P, N = seen.shape
     n = seen.sum(1)
     drop = torch.floor(n.double() * bright_share).long()
     key = torch.where(seen, lo.mean(2), torch.full_like(lo[..., 0], -math.inf))
