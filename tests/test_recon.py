@@ -199,6 +199,24 @@ def test_sdf_regulariser_scale_follows_the_sdf_mode():
         ReconConfig(sdf_reg_scale=-1.0).validate()
 
 
+def test_longer_dmtet_pass_takes_smaller_geometry_steps(dataset, tmp_path):
+    """Past the 200 iterations the rates were tuned at, the geometry rate shrinks as 1/iters (the same
+    total movement in more, less noisy steps; docs/08), in both SDF modes; colours and light keep theirs."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import MLP_LR_FACTOR, _Run, dmtet_rate_scale
+
+    assert dmtet_rate_scale(200) == 1.0 and dmtet_rate_scale(50) == 1.0
+    assert dmtet_rate_scale(800) == pytest.approx(0.25) and dmtet_rate_scale(400) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="iters"):
+        dmtet_rate_scale(0)
+    train = load_nerf(dataset[0], "train")
+    for mode, factor in (("direct", 1.0), ("mlp", MLP_LR_FACTOR)):
+        for iters in (100, 800):
+            run = _Run(ReconConfig(iters=iters, grid_res=8, sdf_mode=mode, carve=False), train, str(tmp_path))
+            geo, rest = run.opt.param_groups
+            assert geo["lr"] == pytest.approx(0.01 * factor * (1.0 if iters == 100 else 0.25))
+            assert rest["lr"] == pytest.approx(0.01)
+
 def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):
     """nvdiffrec's albedo smoothness term runs in the DMTet pass (ramped in: not at iteration 0) on
     surface points of the current mesh, and not at all with weight 0."""

@@ -59,7 +59,8 @@ class ReconConfig:
     batch: int = field(default=4, metadata={"help": "training views per iteration", "min": 1})
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     lr_geometry: float = field(default=0.01, metadata={
-        "help": "learning rate of the DMTet SDF and offsets (in grid cells per step; the MLP mode uses 0.15x it for its weights)",
+        "help": "learning rate of the DMTet SDF and offsets (in grid cells per step; the MLP mode uses 0.15x it for "
+                "its weights) for a pass of up to 200 iterations; a longer pass (--iters N) uses it x 200 / N",
         "gt": 0})
     lr_color: float = field(default=0.01, metadata={"help": "learning rate of the colour MLP and light", "gt": 0})
     lr_refine: float = field(default=2e-3, metadata={
