@@ -217,6 +217,7 @@ def test_longer_dmtet_pass_takes_smaller_geometry_steps(dataset, tmp_path):
             assert geo["lr"] == pytest.approx(0.01 * factor * (1.0 if iters == 100 else 0.25))
             assert rest["lr"] == pytest.approx(0.01)
 
+
 def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):
     """nvdiffrec's albedo smoothness term runs in the DMTet pass (ramped in: not at iteration 0) on
     surface points of the current mesh, and not at all with weight 0."""
