@@ -113,7 +113,7 @@ def auto_grid_res(train_hw: Tuple[int, int]) -> int:
 SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
 KD_SMOOTH_POINTS = 4096  # surface points per step for the albedo smoothness term (cost ~ 2x that many pixels)
 MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
-REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the default `iters`)
+REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the default `iters` is 2x it)
 
 
 def dmtet_rate_scale(iters: int) -> float:
