@@ -117,7 +117,7 @@ def test_help_lists_every_config_field_with_its_default():
     for name, f in ReconConfig.__dataclass_fields__.items():
         flag = "--" + name.replace("_", "-")
         assert flag in text, flag
-    assert "(default: 200)" in text and "refinement" in text  # --iters says the refinement pass follows
+    assert f"(default: {ReconConfig().iters})" in text and "refinement" in text  # --iters: the refinement follows
 
 
 def test_config_validate_names_the_field():
