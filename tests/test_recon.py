@@ -61,6 +61,19 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert len(torch.load(os.path.join(out2, "checkpoint.pt"), weights_only=False)["history"]["total"]) == 40
 
 
+def test_checkpoint_from_before_smooth_dmtet_steps_resumes_without_them(tmp_path):
+    """A checkpoint written before ``dmtet_smoothing`` existed was trained with free per-vertex steps:
+    --resume must rebuild that model (its parameters are the SDF itself, not u = (I + λL)·s), and a
+    config asking for smooth steps is refused, not silently reinterpreted."""
+    from taichi_dr.recon.checks import checkpoint_config
+
+    torch.save({"config": {"grid_res": 16, "iters": 30, "removed_setting": 1}}, str(tmp_path / "checkpoint.pt"))
+    saved = checkpoint_config(str(tmp_path))
+    assert saved["dmtet_smoothing"] == 0.0 and saved["grid_res"] == 16 and "removed_setting" not in saved
+    torch.save({"config": {"grid_res": 16, "dmtet_smoothing": 2.0}}, str(tmp_path / "checkpoint.pt"))
+    assert checkpoint_config(str(tmp_path))["dmtet_smoothing"] == 2.0  # a newer checkpoint's own value
+
+
 def test_refinement_pass_resumes_with_its_smooth_step_state(dataset, tmp_path):
     """Interrupted inside the refinement pass (smooth steps, recon/large_steps.py), a resumed run ends
     where an uninterrupted one does: the parameters u = (I + λL) x and Adam's moments survive."""
@@ -95,7 +108,9 @@ def test_dmtet_mesh_keeps_the_start_topology(dataset, tmp_path):
     from taichi_dr.recon.loop import _Run
 
     root, _ = dataset
-    run = _Run(ReconConfig(grid_res=16, batch=2, carve=False), load_nerf(root, "train"), str(tmp_path))
+    # free per-vertex parameters (no smooth steps): setting one parameter then sets one lattice point's SDF
+    run = _Run(ReconConfig(grid_res=16, batch=2, carve=False, dmtet_smoothing=0.0), load_nerf(root, "train"),
+               str(tmp_path))
     _, f0 = run._dmtet_mesh_with_start_topology()
     n0 = face_components(f0)[0]
     assert run._topology_fixed == 0

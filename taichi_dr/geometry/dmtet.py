@@ -18,6 +18,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from taichi_dr.geometry.lattice_smooth import LatticeSmoother
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 
@@ -62,10 +63,13 @@ class DMTet(nn.Module):
         multires: positional-encoding frequencies.
         mode: ``"mlp"`` or ``"direct"`` (free per-vertex parameters).
         grid: use this grid instead of creating one.
+        smoothing: direct mode on a lattice grid only: λ of smooth steps (``LatticeSmoother``): the
+            parameters are ``u = (I + λL)·[s, δ_raw]``, so an optimiser's step on them moves the SDF and
+            offsets by a smooth field (``0``: free per-vertex values).
     """
 
     def __init__(self, grid_resolution: int = 64, scale: float = 2.0, hidden_dim: int = 64, num_layers: int = 3,
-                 multires: int = 4, mode: str = "mlp", grid: Optional[TetGrid] = None):
+                 multires: int = 4, mode: str = "mlp", grid: Optional[TetGrid] = None, smoothing: float = 0.0):
         super().__init__()
         if mode not in ("mlp", "direct"):
             raise ValueError(f"mode: expected 'mlp' or 'direct', got {mode!r}")
@@ -82,6 +86,10 @@ class DMTet(nn.Module):
         else:
             self.sdf_param = nn.Parameter(torch.rand(V) - 0.1)  # nvdiffrec's init: mostly outside
             self.deform_param = nn.Parameter(torch.zeros(V, 3))
+        if smoothing and (mode != "direct" or not grid.lattice):
+            raise ValueError(f"smoothing: needs mode='direct' on a TetGrid.create grid, got mode={mode!r}, "
+                             f"lattice={grid.lattice}")
+        self.smoother = LatticeSmoother(grid.resolution + 1, smoothing) if smoothing else None
 
     @property
     def cell(self) -> float:
@@ -98,6 +106,9 @@ class DMTet(nn.Module):
             sdf, raw = out[:, 0], out[:, 1:]
         else:
             sdf, raw = self.sdf_param, self.deform_param
+            if self.smoother is not None:
+                x = self.smoother(torch.cat([sdf[:, None], raw], 1))
+                sdf, raw = x[:, 0], x[:, 1:]
         return sdf, 0.5 * self.cell * torch.tanh(raw)
 
     def deformed_verts(self, offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -126,7 +137,7 @@ class DMTet(nn.Module):
             raise ValueError(f"target: expected shape [{self.verts.shape[0]}], got {list(target.shape)}")
         if self.mode == "direct":
             with torch.no_grad():
-                self.sdf_param.copy_(target)
+                self.sdf_param.copy_(target if self.smoother is None else self.smoother.inverse(target))
                 self.deform_param.zero_()
             return 0.0
         target = target.to(self.verts.device).float()

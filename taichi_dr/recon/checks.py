@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from taichi_dr.recon.config import ReconConfig
+from taichi_dr.recon.config import FROZEN_BEFORE_ADDED, ReconConfig
 
 __all__ = ["check_dataset_dir", "check_inputs", "check_finite", "checkpoint_config"]
 
@@ -34,7 +34,8 @@ def _checkpoint_config(state: Dict, path: str) -> Dict:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: checkpoint has no config; expected one written by reconstruct()")
     known = {f.name for f in dataclasses.fields(ReconConfig)}
-    return {k: v for k, v in cfg.items() if k in known}  # settings removed since then are ignored
+    # settings removed since then are ignored; frozen ones added since then take the value it was made with
+    return {**FROZEN_BEFORE_ADDED, **{k: v for k, v in cfg.items() if k in known}}
 
 
 def checkpoint_config(out_dir: str) -> Dict:

@@ -33,7 +33,12 @@ import typing
 from dataclasses import field
 from typing import Any, Dict, Optional
 
-__all__ = ["ReconConfig", "field_type", "read_config_json"]
+__all__ = ["ReconConfig", "field_type", "read_config_json", "FROZEN_BEFORE_ADDED"]
+
+# settings that fix the model's shape ("frozen") and were added after checkpoints existed: the value
+# a checkpoint written before the field existed was made with. --resume fills it in, so an older run
+# continues as it started (round 13's smooth steps change what the DMTet parameters mean).
+FROZEN_BEFORE_ADDED = {"dmtet_smoothing": 0.0}
 
 
 @dataclasses.dataclass
@@ -72,6 +77,12 @@ class ReconConfig:
         "help": "λ of the refinement pass' smooth steps: vertices move by (I + λL)⁻¹ times Adam's step (L: the "
                 "mesh's graph Laplacian; Nicolet et al. 2021), so bulges many vertices wide move as fast as "
                 "one-vertex noise; 0 = plain per-vertex steps", "min": 0})
+    dmtet_smoothing: float = field(default=1.0, metadata={
+        "help": "λ of the DMTet pass' smooth steps (direct mode): the SDF and offsets move by (I + λL)⁻¹ times "
+                "Adam's step (L: the grid lattice's Laplacian; λ given for grid 40, x(grid/40)² at others), so "
+                "one-cell lumps are damped and wide corrections are not (measured: Spot Chamfer 1.86e-5 -> "
+                "1.21e-5, normal consistency 0.965 -> 0.984; docs/08 round 13); 0 = free per-vertex steps",
+        "min": 0, "frozen": True})
     sdf_mode: str = field(default="direct", metadata={
         "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP: better on "
                 "smooth shapes, torus Chamfer 6.6e-5 -> 3.4e-5, but its smooth SDF loses thin parts, 800² gadget "

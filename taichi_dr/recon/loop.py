@@ -2,7 +2,7 @@
 
 Pass 1 (DMTet, topology free). Each iteration takes a batch of training views and
 
-    sdf, δ = DMTet()                     grid SDF and bounded offsets
+    sdf, δ = DMTet()                     grid SDF and bounded offsets (smooth steps: λ = dmtet_smoothing)
     verts, faces = marching_tets(...)    differentiable extraction
     colour = ColorField(verts)           albedo at the mesh vertices
     image = render(...)                  rasterize -> interpolate -> shade -> composite -> antialias
@@ -27,7 +27,9 @@ between pixel centres) is collapsed away, keeping the surface closed (recon/coll
 
 Both passes use Adam with an exponentially decaying learning rate (×0.1 over a pass); a DMTet pass
 longer than the 200 iterations its rates were tuned at takes proportionally smaller geometry steps
-(``dmtet_rate_scale``: ×200 / iters: the same total movement in more, less noisy steps). A
+(``dmtet_rate_scale``: ×200 / iters: the same total movement in more, less noisy steps), and in
+direct mode those steps are smooth (``geometry/lattice_smooth.py``: the SDF and offsets move by
+``(I + λL)⁻¹`` times Adam's step, λ = ``dmtet_smoothing`` × (grid / 40)², so one-cell lumps are damped). A
 checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``resume=True``
 continues from it with the iteration count, models, optimiser and loss history restored.
 """
@@ -135,6 +137,12 @@ def dmtet_rate_scale(iters: int) -> float:
     return min(1.0, REF_DMTET_ITERS / iters)
 
 
+def dmtet_smoothing(cfg: ReconConfig, grid_res: int) -> float:
+    """λ of the DMTet pass' smooth steps at ``grid_res``: ``cfg.dmtet_smoothing`` × (grid_res / 40)², so that
+    a step spreads over the same world-space width at every grid."""
+    return float(cfg.dmtet_smoothing) * (grid_res / 40.0) ** 2 if cfg.sdf_mode == "direct" else 0.0
+
+
 def sdf_reg_scale(cfg: ReconConfig) -> float:
     """Multiplier of the SDF regulariser's schedule: ``cfg.sdf_reg_scale``, or when unset 1 in direct
     mode (nvdiffrec's) and 0 in MLP mode (measured on the torus: Chamfer 1.27e-4 with it, 3.4e-5
@@ -200,7 +208,8 @@ class _Run:
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
         self.grid_res = cfg.grid_res or auto_grid_res(tuple(train.images.shape[1:3]))
-        self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material)
+        self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material,
+                                smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo)

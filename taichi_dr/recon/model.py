@@ -164,11 +164,11 @@ class ReconModel(nn.Module):
     """DMTet + colour field + light, with the grid fitted around the visual hull."""
 
     def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct",
-                 light: str = "simple", material: str = "field"):
+                 light: str = "simple", material: str = "field", smoothing: float = 0.0):
         super().__init__()
         grid = TetGrid.create(grid_res, 2.0 * half)
         grid.verts += center.float().to(grid.verts.device)  # the grid is built on the CPU; .to() moves the model
-        self.dmtet = DMTet(grid=grid, mode=sdf_mode)
+        self.dmtet = DMTet(grid=grid, mode=sdf_mode, smoothing=smoothing if sdf_mode == "direct" else 0.0)
         if material not in ("field", "vertex"):
             raise ValueError(f"material: expected 'field' or 'vertex', got {material!r}")
         # 'field': per-pixel kd/ks from a hash-grid field (recon/material.py); 'vertex': per-vertex albedo
