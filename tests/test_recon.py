@@ -79,7 +79,11 @@ def test_refinement_pass_resumes_with_its_smooth_step_state(dataset, tmp_path):
     where an uninterrupted one does: the parameters u = (I + λL) x and Adam's moments survive."""
     root, _ = dataset
     cfg = ReconConfig(iters=20, refine_iters=12, grid_res=16, batch=3, checkpoint_every=100, turntable_frames=2,
-                      turntable_res=16, refine_smoothing=10.0, normal_map=False)
+                      turntable_res=16, refine_smoothing=10.0, normal_map=False,
+                      # this test is about the refinement pass' state; the DMTet pass' smooth steps spread the
+                      # rasterizer's run-to-run float-atomic differences over more vertices (measured: 1.2e-3
+                      # apart at the end in one CI run), and the resume of the DMTet pass is tested above
+                      dmtet_smoothing=0.0)
     ref = reconstruct(root, str(tmp_path / "ref"), cfg, progress=False)
     out = str(tmp_path / "cut")
     _interrupted_run(root, out, cfg, at_step=27)  # the 7th refinement step
