@@ -13,17 +13,8 @@ import torch  # noqa: E402
 from scipy.sparse import diags, identity, kron  # noqa: E402
 from scipy.sparse.linalg import splu  # noqa: E402
 
+from taichi_dr.bench import timed  # noqa: E402
 from taichi_dr.geometry.lattice_smooth import LatticeSmoother  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def _lattice_system(n: int, lam: float):
@@ -46,13 +37,13 @@ def main(quick: bool = False) -> None:
         def dct_step():
             smoother(u).sum().backward()  # one DMTet step: the solve and its adjoint
 
-        t_dct = _median_seconds(dct_step)
+        t_dct = timed(dct_step)[1]
         if g <= 40:  # the LU fill-in grows ~n^4: grid 40 already takes ~50 s to factor, beyond that minutes and GBs
             t0 = time.perf_counter()
             lu = splu(_lattice_system(n, 1.0))
             t_fact = time.perf_counter() - t0
             b = np.random.default_rng(0).standard_normal((n ** 3, 4))
-            t_lu = _median_seconds(lambda: (lu.solve(b), lu.solve(b)), repeats=3)
+            t_lu = timed(lambda: (lu.solve(b), lu.solve(b)), repeats=3)[1]
             print(f"{g:5d} {4 * n ** 3:9d} {t_dct:10.3f} {t_fact:13.2f} {t_lu:11.3f} {t_lu / t_dct:6.1f}",
                   flush=True)
         else:

@@ -42,7 +42,7 @@ def test_damps_one_vertex_wiggle_keeps_constants():
     delta = torch.zeros(n ** 3)
     delta[(4 * n + 4) * n + 4] = 1.0
     x = s(delta)
-    # total is conserved (L's rows sum to 0); the peak shrinks to well under 1 / (1 + 6λ)... spread out
+    # total is conserved (L's rows sum to 0); the peak shrinks below 1 / (1 + λ), spread over the neighbours
     assert x.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert 0.05 < x.max().item() < 1.0 / (1.0 + lam)
     assert (x >= -1e-6).all()  # (I + λL)⁻¹ is an M-matrix inverse: non-negative

@@ -63,8 +63,9 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
 
 def test_checkpoint_from_before_smooth_dmtet_steps_resumes_without_them(tmp_path):
     """A checkpoint written before ``dmtet_smoothing`` existed was trained with free per-vertex steps:
-    --resume must rebuild that model (its parameters are the SDF itself, not u = (I + λL)·s), and a
-    config asking for smooth steps is refused, not silently reinterpreted."""
+    --resume must rebuild that model (its parameters are the SDF itself, not u = (I + λL)·s), so the
+    checkpoint's settings report dmtet_smoothing = 0 (check_inputs then refuses a config asking for
+    smooth steps, like any other change of a frozen setting)."""
     from taichi_dr.recon.checks import checkpoint_config
 
     torch.save({"config": {"grid_res": 16, "iters": 30, "removed_setting": 1}}, str(tmp_path / "checkpoint.pt"))

@@ -168,7 +168,7 @@ class ReconModel(nn.Module):
         super().__init__()
         grid = TetGrid.create(grid_res, 2.0 * half)
         grid.verts += center.float().to(grid.verts.device)  # the grid is built on the CPU; .to() moves the model
-        self.dmtet = DMTet(grid=grid, mode=sdf_mode, smoothing=smoothing if sdf_mode == "direct" else 0.0)
+        self.dmtet = DMTet(grid=grid, mode=sdf_mode, smoothing=smoothing)
         if material not in ("field", "vertex"):
             raise ValueError(f"material: expected 'field' or 'vertex', got {material!r}")
         # 'field': per-pixel kd/ks from a hash-grid field (recon/material.py); 'vertex': per-vertex albedo
