@@ -1,5 +1,6 @@
 """End-to-end reconstruction: loss falls, outputs exist, resume after Ctrl-C, env light, demo quality (slow)."""
 import json
+import math
 import os
 
 import numpy as np
@@ -481,3 +482,39 @@ def test_final_cleanup_collapses_invisible_faces_and_the_material_follows(datase
     left = (face_pixels(v, f, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)]) == 0).sum(1)
     assert rep["invisible_left"] == {f"{H}x{W}": int(left[0]), f"{2 * H}x{2 * W}": int(left[1])}
     assert int(left.sum()) <= 0.01 * f.shape[0]
+
+
+def test_pixel_footprint_is_depth_over_focal_length():
+    """Two cameras at distances 3 and 5 from the origin, 60° vertical field, 100 px high images: one pixel at
+    the origin is 2·d·tan(30°)/100 world units wide in each, and pixel_footprint averages them."""
+    from taichi_dr.camera import look_at, perspective
+    from taichi_dr.recon.model import pixel_footprint
+
+    fov, h = math.radians(60.0), 100
+    proj = perspective(fov, 1.5)  # 150 x 100 px: square pixels
+    mvp = torch.stack([proj @ look_at((0.0, 0.0, 3.0)), proj @ look_at((5.0, 0.0, 0.0))])
+    expect = np.mean([2 * d * math.tan(fov / 2) / h for d in (3.0, 5.0)])
+    assert pixel_footprint(mvp, (h, 150), torch.zeros(3)) == pytest.approx(expect, rel=1e-5)
+    with pytest.raises(ValueError, match="mvp"):
+        pixel_footprint(mvp[0], (h, 150), torch.zeros(3))
+
+
+def test_the_start_shape_moves_inward_by_the_shrink():
+    """init_from_hull(shrink=s): the start mesh of a sphere's visual hull lies s cells further in (its mean
+    radius falls by s·cell to a tenth of a cell) and keeps one closed component; carve_report says how far."""
+    from taichi_dr.recon.cleanup import components_genus
+    from taichi_dr.recon.model import ReconModel
+
+    r, res = 0.6, 64
+    alpha, mvp, _ = _sphere_masks(r, res, n_views=12)
+    radius = {}
+    for shrink in (0.0, 1.0):
+        model = ReconModel(20, torch.zeros(3), 0.9, material="vertex")
+        model.init_from_hull(mvp, alpha, steps=200, shrink=shrink)
+        v, f = model.dmtet.mesh()
+        assert components_genus(f) == (1, 0.0)
+        radius[shrink] = float(v.detach().double().norm(dim=1).mean())
+        assert model.carve_report["hull_shrink_cells"] == shrink
+        cell = model.dmtet.cell
+    assert radius[0.0] - radius[1.0] == pytest.approx(cell, abs=0.1 * cell)
+    assert model.carve_report["hull_shrink_kept_points"] == 0

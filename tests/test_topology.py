@@ -135,3 +135,48 @@ def test_carve_keeping_topology_rejects_bad_input():
         carve_keeping_topology(torch.zeros(27, dtype=torch.bool), hull, 2)
     with pytest.raises(ValueError, match="target"):
         keep_topology(hull, hull[:26], 2)
+
+
+def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
+    """A ball and a thin ring (tube radius 0.7 cells): shifting the SDF by 1.5 cells would delete the ring.
+    shrink_keeping_topology moves the ball's surface in by exactly 1.5 cells and leaves the ring alone (it is
+    thinner than min_depth); with min_depth 0 the ring is thinned to a loop of lattice points that the
+    topology test keeps. The Betti numbers never change."""
+    from taichi_dr.recon.topology import TOPOLOGY_EPS, shrink_keeping_topology
+
+    R = 24
+    grid = TetGrid.create(R, float(R))  # one world unit per cell
+    p = grid.verts.double()
+    ball = (p - torch.tensor([-7.5, 0.0, 0.0], dtype=torch.float64)).norm(dim=1) - 4.0
+    q = p - torch.tensor([7.0, 0.0, 0.0], dtype=torch.float64)
+    ring = torch.stack([q[:, :2].norm(dim=1) - 3.5, q[:, 2]], 1).norm(dim=1) - 0.7  # 6 cells from the ball
+    sdf = torch.minimum(ball, ring).float()
+    before = _betti((sdf < 0).numpy(), grid)
+    assert before == (2, 1, 0)
+    assert _betti((sdf + 1.5 < 0).numpy(), grid)[0] == 1  # a plain shift loses the ring
+    near_ring = ring < 2.0
+    far = (ball < ring) & (ball < 2.0)  # the ball and its surroundings
+
+    out, kept = shrink_keeping_topology(sdf, 1.5, R)
+    assert out.dtype == sdf.dtype and out.shape == sdf.shape
+    assert _betti((out < 0).numpy(), grid) == before
+    assert torch.allclose(out[far], sdf[far] + 1.5)
+    assert torch.equal(out[near_ring], sdf[near_ring]) and kept == 0  # too thin to shrink
+
+    thin, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0)
+    assert _betti((thin < 0).numpy(), grid) == before
+    assert kept > 0
+    held = (thin < 0) & (sdf + 1.5 >= 0)
+    assert bool(held.any()) and bool((ring[held] < ball[held]).all())  # only the ring needed holding
+    assert bool((thin[held] == -TOPOLOGY_EPS).all())
+    assert torch.allclose(thin[far], sdf[far] + 1.5)
+    assert torch.equal(shrink_keeping_topology(sdf, 0.0, R)[0], sdf)
+
+    for bad in (dict(shrink=-1.0), dict(shrink=float("nan")), dict(min_depth=-0.5)):
+        args = {"shrink": 1.0, "min_depth": 1.0, **bad}
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            shrink_keeping_topology(sdf, args["shrink"], R, min_depth=args["min_depth"])
+    with pytest.raises(ValueError, match="sdf"):
+        shrink_keeping_topology(sdf[:-1], 1.0, R)
+    with pytest.raises(ValueError, match="sdf"):
+        shrink_keeping_topology(sdf < 0, 1.0, R)

@@ -57,7 +57,7 @@ from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
-from taichi_dr.recon.model import ReconModel, hull_bounds
+from taichi_dr.recon.model import ReconModel, hull_bounds, pixel_footprint
 from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -143,6 +143,13 @@ def dmtet_smoothing(cfg: ReconConfig, grid_res: int) -> float:
     return float(cfg.dmtet_smoothing) * (grid_res / 40.0) ** 2 if cfg.sdf_mode == "direct" else 0.0
 
 
+def hull_shrink_cells(cfg: ReconConfig, mvp: torch.Tensor, hw: Tuple[int, int], center: torch.Tensor,
+                      cell: float) -> float:
+    """``cfg.hull_shrink_px`` in grid cells: pixels are what the passes can grow back (the mask loss and
+    the silhouettes act per pixel), so the shrink is set in pixels and converted at the hull's centre."""
+    return float(cfg.hull_shrink_px) * pixel_footprint(mvp, hw, center) / float(cell)
+
+
 def sdf_reg_scale(cfg: ReconConfig) -> float:
     """Multiplier of the SDF regulariser's schedule: ``cfg.sdf_reg_scale``, or when unset 1 in direct
     mode (nvdiffrec's) and 0 in MLP mode (measured on the torus: Chamfer 1.27e-4 with it, 3.4e-5
@@ -212,7 +219,9 @@ class _Run:
                                 smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
-                                  campos=camera_position(train.mv), stereo=cfg.stereo)
+                                  campos=camera_position(train.mv), stereo=cfg.stereo,
+                                  shrink=hull_shrink_cells(cfg, mvp_all, tuple(train.images.shape[1:3]),
+                                                           center, self.model.dmtet.cell))
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.sdf_reg_scale = sdf_reg_scale(cfg)

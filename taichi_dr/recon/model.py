@@ -25,12 +25,12 @@ from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.recon.carve import photo_carve
 from taichi_dr.recon.stereo import stereo_carve
-from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology
+from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology, shrink_keeping_topology
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds",
-           "hull_sdf", "silhouette_sdf"]
+           "hull_sdf", "silhouette_sdf", "pixel_footprint"]
 
 
 class ColorField(nn.Module):
@@ -185,7 +185,7 @@ class ReconModel(nn.Module):
 
     def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400,
                        images: Optional[torch.Tensor] = None, campos: Optional[torch.Tensor] = None,
-                       stereo: bool = True) -> float:
+                       stereo: bool = True, shrink: float = 0.0) -> float:
         """Set the SDF to the signed distance of the visual hull, in grid cells (clamped to ±4).
 
         A true distance (rather than a ±1 step) makes the surface move by the same amount for the
@@ -196,7 +196,9 @@ class ReconModel(nn.Module):
         its colour (:func:`~taichi_dr.recon.carve.photo_carve`: concavities no silhouette shows)
         and then, with ``stereo``, in front of multi-view stereo depths
         (:func:`~taichi_dr.recon.stereo.stereo_carve`: the rest of a deep concavity);
-        ``carve_report`` holds what was carved. Returns the fit's MSE (cells²).
+        ``carve_report`` holds what was carved. With ``shrink`` > 0 (cells) the start surface then
+        moves that far inward wherever that keeps its topology (recon/topology.py: :func:`shrink_keeping_topology`).
+        Returns the fit's MSE (cells²).
         """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
         lattice = hull_sdf(occ, self.dmtet.resolution)
@@ -233,6 +235,10 @@ class ReconModel(nn.Module):
                 f = fused.to(sdf.device)
                 f = torch.where(inside.to(sdf.device), f.clamp(max=-TOPOLOGY_EPS), f.clamp(min=TOPOLOGY_EPS))
                 sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
+        kept = 0
+        if shrink > 0:
+            sdf, kept = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution)
+        self.carve_report.update(hull_shrink_cells=round(float(shrink), 4), hull_shrink_kept_points=kept)
         # the topology the DMTet pass must end with (recon/topology.py: keep_topology)
         self.start_inside = (sdf < 0).to(self.dmtet.verts.device)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
@@ -277,6 +283,19 @@ def _mask_distance_px(alpha: torch.Tensor) -> torch.Tensor:
             near = 0.5 - a[k][iy, ix]
             out[k][region] = (near + sign * dist)[region]
     return torch.from_numpy(out)
+
+
+def pixel_footprint(mvp: torch.Tensor, hw: Tuple[int, int], point: torch.Tensor) -> float:
+    """World size of one pixel at ``point``, averaged over the views: depth / focal length.
+
+    Args:
+        mvp: ``[N, 4, 4]`` pinhole cameras (OpenGL clip space); hw: the images' ``(H, W)`` in pixels;
+        point: ``[3]`` world position (in front of the cameras).
+    """
+    if mvp.dim() != 3 or mvp.shape[1:] != (4, 4):
+        raise ValueError(f"mvp: expected shape [N, 4, 4], got {list(mvp.shape)}")
+    depth = transform_pos(mvp.float().cpu(), point.detach().float().cpu().view(1, 3))[:, 0, 3]  # clip w
+    return float((depth / _focal_px(mvp.cpu(), hw).float()).mean())
 
 
 def _focal_px(mvp: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
