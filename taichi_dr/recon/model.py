@@ -197,8 +197,8 @@ class ReconModel(nn.Module):
         and then, with ``stereo``, in front of multi-view stereo depths
         (:func:`~taichi_dr.recon.stereo.stereo_carve`: the rest of a deep concavity);
         ``carve_report`` holds what was carved. With ``shrink`` > 0 (cells) the start surface then
-        moves that far inward wherever that keeps its topology (recon/topology.py: :func:`shrink_keeping_topology`).
-        Returns the fit's MSE (cells²).
+        moves up to that far inward, keeping its topology and thin parts
+        (:func:`~taichi_dr.recon.topology.shrink_keeping_topology`). Returns the fit's MSE (cells²).
         """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
         lattice = hull_sdf(occ, self.dmtet.resolution)

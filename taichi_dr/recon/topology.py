@@ -185,11 +185,10 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     lattice point (within ``shrink + 2`` cells) lies less than ``shrink + min_depth`` cells inside
     moves in only by its depth − ``min_depth`` (not at all when thinner): the DMTet pass grows a part
     back from its inside lattice points, and a part whose points all sit near zero is lost to the
-    SDF regulariser (a mug's handle was cut that way). *Topology*: a lattice point that turns
-    outside is only let go when it is *simple* (:func:`carve_keeping_topology`); one that must stay
-    gets ``-TOPOLOGY_EPS``. Such points are the hull's bridges and one-cell tunnels (a knot's
-    crossings no view sees through), and at ``-TOPOLOGY_EPS`` the pass may still open them: with
-    their own SDF kept, the Mitsuba knot ended genus 5 instead of 1 (docs/08, round 14).
+    SDF regulariser (in one run without this guard, the Mitsuba mug's handle was cut that way).
+    *Topology*: a lattice point that turns outside is only let go when it is *simple*
+    (:func:`carve_keeping_topology`); one that must stay gets ``-TOPOLOGY_EPS``, like every point
+    whose sign a topology decision sets, so the surface passes close to it.
 
     Args:
         sdf: ``[V]`` float signed distance in cells (> 0 outside; ``V = (resolution + 1)³``, x-major).
@@ -210,7 +209,8 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
     depth = (-sdf.detach()).clamp(min=0).reshape(n, n, n).cpu().numpy()
-    reach = 2 * int(math.ceil(shrink)) + 5  # a window of ±(shrink + 2) cells: a point's own part's axis
+    # ±(ceil(shrink) + 2) cells: from a point near the surface to the axis of the part it lies on
+    reach = 2 * int(math.ceil(shrink)) + 5
     local = torch.from_numpy(maximum_filter(depth, size=reach, mode="constant").reshape(-1)).to(sdf)
     shifted = sdf + (local - min_depth).clamp(0.0, shrink)
     inside, kept = carve_keeping_topology(sdf < 0, shifted < 0, resolution)
