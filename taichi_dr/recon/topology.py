@@ -182,7 +182,7 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     back out where the cameras show it (measured: docs/08, round 14).
 
     Two things a plain ``sdf + shrink`` would break are kept. *Thin parts*: a part whose deepest
-    lattice point (within ``shrink + 2`` cells) lies less than ``shrink + min_depth`` cells inside
+    lattice point (within ``ceil(shrink) + 2`` cells) lies less than ``shrink + min_depth`` cells inside
     moves in only by its depth − ``min_depth`` (not at all when thinner): the DMTet pass grows a part
     back from its inside lattice points, and a part whose points all sit near zero is lost to the
     SDF regulariser (in one run without this guard, the Mitsuba mug's handle was cut that way).
