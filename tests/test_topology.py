@@ -144,12 +144,13 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
     topology test keeps. The Betti numbers never change."""
     from taichi_dr.recon.topology import TOPOLOGY_EPS, shrink_keeping_topology
 
-    R = 24
-    grid = TetGrid.create(R, float(R))  # one world unit per cell
+    R = 28
+    grid = TetGrid.create(R, float(R))  # one world unit per cell, lattice points on integers
     p = grid.verts.double()
-    ball = (p - torch.tensor([-7.5, 0.0, 0.0], dtype=torch.float64)).norm(dim=1) - 4.0
-    q = p - torch.tensor([7.0, 0.0, 0.0], dtype=torch.float64)
-    ring = torch.stack([q[:, :2].norm(dim=1) - 3.5, q[:, 2]], 1).norm(dim=1) - 0.7  # 6 cells from the ball
+    ball = (p - torch.tensor([-9.0, 0.0, 0.0], dtype=torch.float64)).norm(dim=1) - 4.0  # 4 cells deep
+    q = p - torch.tensor([8.0, 0.0, 0.0], dtype=torch.float64)
+    # 8.8 cells from the ball: farther than the depth window reaches
+    ring = torch.stack([q[:, :2].norm(dim=1) - 3.5, q[:, 2]], 1).norm(dim=1) - 0.7
     sdf = torch.minimum(ball, ring).float()
     before = _betti((sdf < 0).numpy(), grid)
     assert before == (2, 1, 0)
@@ -163,7 +164,8 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
     assert torch.allclose(out[far], sdf[far] + 1.5)
     assert torch.equal(out[near_ring], sdf[near_ring]) and kept == 0  # too thin to shrink
 
-    thin, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0)
+    # without the depth guards the ring would be thinned to a loop of lattice points held by the topology test
+    thin, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0, full_depth=0.0)
     assert _betti((thin < 0).numpy(), grid) == before
     assert kept > 0
     held = (thin < 0) & (sdf + 1.5 >= 0)
@@ -172,10 +174,19 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
     assert torch.allclose(thin[far], sdf[far] + 1.5)
     assert torch.equal(shrink_keeping_topology(sdf, 0.0, R)[0], sdf)
 
-    for bad in (dict(shrink=-1.0), dict(shrink=float("nan")), dict(min_depth=-0.5)):
-        args = {"shrink": 1.0, "min_depth": 1.0, **bad}
+    # below full_depth the shift scales with the part's depth: the ring (≤ 0.7 cells deep) moves by at most
+    # 1.5 · 0.7 / 4 cells and needs fewer points held than without; the ball (4 deep) moves the whole 1.5
+    held_before = kept
+    prop, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0, full_depth=4.0)
+    shift = prop - sdf
+    assert _betti((prop < 0).numpy(), grid) == before and kept < held_before
+    assert float(shift[near_ring].max()) <= 1.5 * 0.7 / 4 + 1e-5 and float(shift[near_ring].max()) > 0.1
+    assert torch.allclose(prop[far], sdf[far] + 1.5)
+
+    for bad in (dict(shrink=-1.0), dict(shrink=float("nan")), dict(min_depth=-0.5), dict(full_depth=-1.0)):
+        args = {"shrink": 1.0, "min_depth": 1.0, "full_depth": 4.0, **bad}
         with pytest.raises(ValueError, match=next(iter(bad))):
-            shrink_keeping_topology(sdf, args["shrink"], R, min_depth=args["min_depth"])
+            shrink_keeping_topology(sdf, args["shrink"], R, min_depth=args["min_depth"], full_depth=args["full_depth"])
     with pytest.raises(ValueError, match="sdf"):
         shrink_keeping_topology(sdf[:-1], 1.0, R)
     with pytest.raises(ValueError, match="sdf"):

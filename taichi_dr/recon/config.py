@@ -119,10 +119,11 @@ class ReconConfig:
                 "Chamfer 2.3e-3 -> 2.1e-4; a glossy object's highlights no longer carve it; docs/08)"})
     hull_shrink_px: float = field(default=1.5, metadata={
         "help": "start the DMTet pass this many pixels (of the training views, at the object) inside the carved "
-                "visual hull, wherever that keeps its topology: the passes grow back what the silhouettes show, "
-                "while hull excess no view sees past (a concave fold, the inner lip of a torus, a cast shadow) "
-                "is otherwise never removed (measured: Chamfer box 5.1e-4 -> 2.3e-4, bowl 1.75e-4 -> 1.0e-4, torus "
-                "6.2e-5 -> 4.2e-5, blob 1.5e-5 -> 2.1e-5; docs/08 round 14); 0 = start on the hull", "min": 0})
+                "visual hull, wherever that keeps its topology (parts under 4 grid cells deep move in proportionally "
+                "less): the passes grow back what the silhouettes show, while hull excess no view sees past (a "
+                "concave fold, the inner lip of a torus, a cast shadow) is otherwise never removed (measured: Chamfer "
+                "box 5.1e-4 -> 2.2e-4, bowl 1.75e-4 -> 9.6e-5, torus 6.2e-5 -> 4.1e-5, knot 5.1e-5 -> 3.2e-5, blob "
+                "1.5e-5 -> 2.0e-5; docs/08 rounds 14-15); 0 = start on the hull", "min": 0})
     kd_smooth_weight: float = field(default=0.03, metadata={
         "help": "weight of nvdiffrec's albedo smoothness term (mean |kd(x+ε) − kd(x)| on surface points, ramped "
                 "in over the first tenth of the DMTet pass; material=field only): shading must come from the "
