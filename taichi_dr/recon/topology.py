@@ -184,13 +184,13 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     Two things a plain ``sdf + shrink`` would break are kept. *Thin parts*: a part whose deepest
     lattice point (within ``ceil(max(shrink, full_depth)) + 2`` cells) lies less than ``shrink +
     min_depth`` cells inside moves in only by its depth − ``min_depth`` (not at all when thinner): the
-    DMTet pass grows a part
-    back from its inside lattice points, and a part whose points all sit near zero is lost to the
-    SDF regulariser (in one run without this guard, the Mitsuba mug's handle was cut that way).
+    DMTet pass grows a part back from its inside lattice points, and a part whose points all sit near
+    zero is lost to the SDF regulariser (in one run without this guard, the Mitsuba mug's handle was
+    cut that way).
     Below ``full_depth`` cells of depth the shift also scales with the depth (``shrink · depth /
     full_depth``): a uniform shift takes a share ∝ shrink / radius of a tube's silhouette, which the
     passes do not fully grow back on thin tubes (Mitsuba knot, tubes 2.3 cells deep: test IoU 0.978
-    with a uniform 0.65-cell shift, 0.984 with this; docs/08 round 15). The default, 4 cells, is
+    with a uniform 0.59-cell shift, 0.984 with this; docs/08 round 15). The default, 4 cells, is
     where :func:`~taichi_dr.recon.model.hull_sdf` clamps the depth: every part it measures as thick
     moves the whole ``shrink``.
     *Topology*: a lattice point that turns outside is only let go when it is *simple*
