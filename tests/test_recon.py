@@ -499,6 +499,39 @@ def test_pixel_footprint_is_depth_over_focal_length():
         pixel_footprint(mvp[0], (h, 150), torch.zeros(3))
 
 
+def test_phantom_handles_are_let_go_down_to_the_reference_genus():
+    """A ball with a handle made only of lattice points held at -TOPOLOGY_EPS (what the topology-keeping
+    shrink leaves of a fine hull's thin bridge): with a reference genus of 0 the cluster is let go and the
+    start is one genus-0 piece; with reference 1, or when the handle has real depth, nothing changes."""
+    from taichi_dr.geometry.marching_tets import marching_tets
+    from taichi_dr.recon.cleanup import components_genus
+    from taichi_dr.recon.model import ReconModel, hull_genus
+    from taichi_dr.recon.topology import TOPOLOGY_EPS
+
+    model = ReconModel(16, torch.zeros(3), 1.0, material="vertex")
+    p, cell, grid = model.dmtet.verts.double(), model.dmtet.cell, model.dmtet.grid()
+    ball = ((p - torch.tensor([-0.2, 0.0, 0.0], dtype=p.dtype)).norm(dim=1) - 0.45) / cell
+    q = p - torch.tensor([0.3, 0.0, 0.0], dtype=p.dtype)
+    ring = torch.stack([q[:, [0, 2]].norm(dim=1) - 0.3, q[:, 1]], 1).norm(dim=1) - 0.1
+    bridge = (ring < 0) & (ball >= 0)
+    held = torch.where(bridge, torch.full_like(ball, -TOPOLOGY_EPS), ball).float()
+
+    def topo(sdf):
+        return components_genus(marching_tets(model.dmtet.verts, sdf, grid)[1])
+    assert topo(held) == (1, 1.0)
+    out, released = model._release_phantom_handles(held, max_genus=0.0)
+    assert topo(out) == (1, 0.0) and released == int(bridge.sum())
+    assert torch.equal(out[~bridge], held[~bridge])
+    same, released = model._release_phantom_handles(held, max_genus=1.0)
+    assert released == 0 and torch.equal(same, held)
+    deep = torch.where(bridge, torch.full_like(ball, -0.5), ball).float()  # a handle with depth: not held
+    same, released = model._release_phantom_handles(deep, max_genus=0.0)
+    assert released == 0 and torch.equal(same, deep)
+
+    alpha, mvp, _ = _sphere_masks(0.6, 64, n_views=12)
+    assert hull_genus(mvp, alpha, 20, torch.zeros(3), 0.9) == 0.0
+
+
 def test_the_start_shape_moves_inward_by_the_shrink():
     """init_from_hull(shrink=s): the start mesh of a sphere's visual hull lies s cells further in (its mean
     radius falls by s·cell to a tenth of a cell) and keeps one closed component; carve_report says how far."""

@@ -57,7 +57,7 @@ from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
-from taichi_dr.recon.model import ReconModel, hull_bounds, pixel_footprint
+from taichi_dr.recon.model import ReconModel, hull_bounds, hull_genus, pixel_footprint
 from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -218,10 +218,16 @@ class _Run:
         self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
+        # a grid finer than the default for these images resolves phantom handles of the hull: the
+        # default grid's hull genus caps the start's (ReconModel.init_from_hull, docs/08 round 15)
+        ref_res = auto_grid_res(tuple(train.images.shape[1:3]))
+        max_genus = hull_genus(mvp_all, train.images[..., 3], ref_res, center, half * 1.15) \
+            if self.grid_res > ref_res else None
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
                                   shrink=hull_shrink_cells(cfg, mvp_all, tuple(train.images.shape[1:3]),
-                                                           center, self.model.dmtet.cell))
+                                                           center, self.model.dmtet.cell),
+                                  max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.sdf_reg_scale = sdf_reg_scale(cfg)

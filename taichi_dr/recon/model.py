@@ -16,13 +16,16 @@
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr.camera import transform_pos
 from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
+from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.recon.cleanup import components_genus
 from taichi_dr.recon.carve import photo_carve
 from taichi_dr.recon.stereo import stereo_carve
 from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology, shrink_keeping_topology
@@ -30,7 +33,7 @@ from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds",
-           "hull_sdf", "silhouette_sdf", "pixel_footprint"]
+           "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_genus"]
 
 
 class ColorField(nn.Module):
@@ -185,7 +188,7 @@ class ReconModel(nn.Module):
 
     def init_from_hull(self, mvp: torch.Tensor, alpha: torch.Tensor, steps: int = 400,
                        images: Optional[torch.Tensor] = None, campos: Optional[torch.Tensor] = None,
-                       stereo: bool = True, shrink: float = 0.0) -> float:
+                       stereo: bool = True, shrink: float = 0.0, max_genus: Optional[float] = None) -> float:
         """Set the SDF to the signed distance of the visual hull, in grid cells (clamped to ±4).
 
         A true distance (rather than a ±1 step) makes the surface move by the same amount for the
@@ -198,7 +201,11 @@ class ReconModel(nn.Module):
         (:func:`~taichi_dr.recon.stereo.stereo_carve`: the rest of a deep concavity);
         ``carve_report`` holds what was carved. With ``shrink`` > 0 (cells) the start surface then
         moves up to that far inward, keeping its topology and thin parts
-        (:func:`~taichi_dr.recon.topology.shrink_keeping_topology`). Returns the fit's MSE (cells²).
+        (:func:`~taichi_dr.recon.topology.shrink_keeping_topology`). With ``max_genus`` (the genus
+        of the hull on a coarser grid, :func:`hull_genus`), lattice points the shrink held only for
+        the topology are then let go, a 26-connected cluster at a time, while the start's genus is
+        above it and letting go lowers it without adding a piece: a handle the coarse hull does not
+        have is a phantom of the fine lattice (docs/08, round 15). Returns the fit's MSE (cells²).
         """
         occ = visual_hull(self.dmtet.verts, mvp, alpha)
         lattice = hull_sdf(occ, self.dmtet.resolution)
@@ -235,13 +242,52 @@ class ReconModel(nn.Module):
                 f = fused.to(sdf.device)
                 f = torch.where(inside.to(sdf.device), f.clamp(max=-TOPOLOGY_EPS), f.clamp(min=TOPOLOGY_EPS))
                 sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
-        kept = 0
+        kept = released = 0
         if shrink > 0:
             sdf, kept = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution)
-        self.carve_report.update(hull_shrink_cells=round(float(shrink), 4), hull_shrink_kept_points=kept)
+            if max_genus is not None and kept > 0:
+                sdf, released = self._release_phantom_handles(sdf, max_genus)
+        self.carve_report.update(hull_shrink_cells=round(float(shrink), 4), hull_shrink_kept_points=kept,
+                                 phantom_handle_points=released)
         # the topology the DMTet pass must end with (recon/topology.py: keep_topology)
         self.start_inside = (sdf < 0).to(self.dmtet.verts.device)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
+
+    def _release_phantom_handles(self, sdf: torch.Tensor, max_genus: float) -> Tuple[torch.Tensor, int]:
+        """``(sdf [V], points let go)``: see :meth:`init_from_hull` (``max_genus``)."""
+        from scipy.ndimage import label
+
+        n = self.dmtet.resolution + 1
+        held = (sdf == -TOPOLOGY_EPS).reshape(n, n, n).cpu().numpy()
+        clusters, count = label(held, structure=np.ones((3, 3, 3), dtype=bool))
+        clusters = torch.from_numpy(clusters.reshape(-1)).to(sdf.device)
+        grid = self.dmtet.grid()
+        comps, genus = components_genus(marching_tets(self.dmtet.verts, sdf, grid)[1])
+        released = 0
+        for c in range(1, count + 1):
+            if genus <= max_genus:
+                break
+            trial = torch.where(clusters == c, torch.full_like(sdf, TOPOLOGY_EPS), sdf)
+            c_new, g_new = components_genus(marching_tets(self.dmtet.verts, trial, grid)[1])
+            if g_new < genus and c_new <= comps:
+                sdf, comps, genus = trial, c_new, g_new
+                released += int((clusters == c).sum())
+        return sdf, released
+
+
+def hull_genus(mvp: torch.Tensor, alpha: torch.Tensor, resolution: int, center: torch.Tensor,
+               half: float) -> float:
+    """Total genus of the visual hull's surface on a ``resolution`` grid over the cube ``center ± half``
+    (the lattice signs of :func:`silhouette_sdf`, as :meth:`ReconModel.init_from_hull` sets them).
+
+    A finer grid resolves the hull's thin sheets, and where two silhouette cones leave a sheet with a
+    gap thinner than the coarse cell, the fine hull has a handle the object need not have (torus at
+    128², grid 64: genus 3, grid 40: 1). The default grid for the image size is the reference.
+    """
+    grid = TetGrid.create(int(resolution), 2.0 * float(half))
+    verts = grid.verts + center.float().to(grid.verts.device)
+    sdf = silhouette_sdf(verts, mvp.to(verts.device), alpha.to(verts.device))
+    return components_genus(marching_tets(verts, sdf, grid)[1])[1]
 
 
 def hull_sdf(occ: torch.Tensor, resolution: int, clamp: float = 4.0) -> torch.Tensor:
