@@ -283,6 +283,14 @@ def hull_genus(mvp: torch.Tensor, alpha: torch.Tensor, resolution: int, center: 
     A finer grid resolves the hull's thin sheets, and where two silhouette cones leave a sheet with a
     gap thinner than the coarse cell, the fine hull has a handle the object need not have (torus at
     128², grid 64: genus 3, grid 40: 1). The default grid for the image size is the reference.
+
+    Args:
+        mvp: ``[N, 4, 4]`` float cameras; alpha: ``[N, H, W]`` float masks (rows bottom-up).
+        resolution: cells per axis of the reference grid (e.g. ``auto_grid_res`` of the images).
+        center: ``[3]`` float cube centre; half: the cube's half size (world units).
+
+    Returns:
+        The total genus (a float from the Euler characteristic; 0.0 for an empty hull).
     """
     grid = TetGrid.create(int(resolution), 2.0 * float(half))
     verts = grid.verts + center.float().to(grid.verts.device)
