@@ -502,7 +502,8 @@ def test_pixel_footprint_is_depth_over_focal_length():
 def test_phantom_handles_are_let_go_down_to_the_reference_genus():
     """A ball with a handle made only of lattice points held at -TOPOLOGY_EPS (what the topology-keeping
     shrink leaves of a fine hull's thin bridge): with a reference genus of 0 the cluster is let go and the
-    start is one genus-0 piece; with reference 1, or when the handle has real depth, nothing changes."""
+    start is one genus-0 piece; with reference 1, or when the handle has real depth and no point is held,
+    nothing changes."""
     from taichi_dr.geometry.marching_tets import marching_tets
     from taichi_dr.recon.cleanup import components_genus
     from taichi_dr.recon.model import ReconModel, hull_genus
@@ -519,13 +520,13 @@ def test_phantom_handles_are_let_go_down_to_the_reference_genus():
     def topo(sdf):
         return components_genus(marching_tets(model.dmtet.verts, sdf, grid)[1])
     assert topo(held) == (1, 1.0)
-    out, released = model._release_phantom_handles(held, max_genus=0.0)
+    out, released = model._release_phantom_handles(held, bridge, max_genus=0.0)
     assert topo(out) == (1, 0.0) and released == int(bridge.sum())
     assert torch.equal(out[~bridge], held[~bridge])
-    same, released = model._release_phantom_handles(held, max_genus=1.0)
+    same, released = model._release_phantom_handles(held, bridge, max_genus=1.0)
     assert released == 0 and torch.equal(same, held)
     deep = torch.where(bridge, torch.full_like(ball, -0.5), ball).float()  # a handle with depth: not held
-    same, released = model._release_phantom_handles(deep, max_genus=0.0)
+    same, released = model._release_phantom_handles(deep, torch.zeros_like(bridge), max_genus=0.0)
     assert released == 0 and torch.equal(same, deep)
 
     alpha, mvp, _ = _sphere_masks(0.6, 64, n_views=12)

@@ -158,17 +158,19 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
     near_ring = ring < 2.0
     far = (ball < ring) & (ball < 2.0)  # the ball and its surroundings
 
-    out, kept = shrink_keeping_topology(sdf, 1.5, R)
+    out, held = shrink_keeping_topology(sdf, 1.5, R)
     assert out.dtype == sdf.dtype and out.shape == sdf.shape
+    assert held.dtype == torch.bool and held.shape == sdf.shape
     assert _betti((out < 0).numpy(), grid) == before
     assert torch.allclose(out[far], sdf[far] + 1.5)
-    assert torch.equal(out[near_ring], sdf[near_ring]) and kept == 0  # too thin to shrink
+    assert torch.equal(out[near_ring], sdf[near_ring]) and int(held.sum()) == 0  # too thin to shrink
 
     # without the depth guards the ring would be thinned to a loop of lattice points held by the topology test
     thin, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0, full_depth=0.0)
     assert _betti((thin < 0).numpy(), grid) == before
-    assert kept > 0
+    assert int(kept.sum()) > 0
     held = (thin < 0) & (sdf + 1.5 >= 0)
+    assert torch.equal(kept, held)  # the points held are those a plain shift would have turned outside
     assert bool(held.any()) and bool((ring[held] < ball[held]).all())  # only the ring needed holding
     assert bool((thin[held] == -TOPOLOGY_EPS).all())
     assert torch.allclose(thin[far], sdf[far] + 1.5)
@@ -176,10 +178,10 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
 
     # below full_depth the shift scales with the part's depth: the ring (≤ 0.7 cells deep) moves by at most
     # 1.5 · 0.7 / 4 cells and needs fewer points held than without; the ball (4 deep) moves the whole 1.5
-    held_before = kept
+    held_before = int(kept.sum())
     prop, kept = shrink_keeping_topology(sdf, 1.5, R, min_depth=0.0, full_depth=4.0)
     shift = prop - sdf
-    assert _betti((prop < 0).numpy(), grid) == before and kept < held_before
+    assert _betti((prop < 0).numpy(), grid) == before and int(kept.sum()) < held_before
     assert float(shift[near_ring].max()) <= 1.5 * 0.7 / 4 + 1e-5 and float(shift[near_ring].max()) > 0.1
     assert torch.allclose(prop[far], sdf[far] + 1.5)
 

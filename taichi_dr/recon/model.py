@@ -244,22 +244,24 @@ class ReconModel(nn.Module):
                 sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
         kept = released = 0
         if shrink > 0:
-            sdf, kept = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution)
+            sdf, held = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution)
+            kept = int(held.sum())
             if max_genus is not None and kept > 0:
-                sdf, released = self._release_phantom_handles(sdf, max_genus)
+                sdf, released = self._release_phantom_handles(sdf, held, max_genus)
         self.carve_report.update(hull_shrink_cells=round(float(shrink), 4), hull_shrink_kept_points=kept,
                                  phantom_handle_points=released)
         # the topology the DMTet pass must end with (recon/topology.py: keep_topology)
         self.start_inside = (sdf < 0).to(self.dmtet.verts.device)
         return self.dmtet.fit_sdf_values(sdf, steps=steps)
 
-    def _release_phantom_handles(self, sdf: torch.Tensor, max_genus: float) -> Tuple[torch.Tensor, int]:
-        """``(sdf [V], points let go)``: see :meth:`init_from_hull` (``max_genus``)."""
+    def _release_phantom_handles(self, sdf: torch.Tensor, held: torch.Tensor, max_genus: float
+                                 ) -> Tuple[torch.Tensor, int]:
+        """``(sdf [V], points let go)`` of the ``held [V] bool`` points: see :meth:`init_from_hull`
+        (``max_genus``)."""
         from scipy.ndimage import label
 
         n = self.dmtet.resolution + 1
-        held = (sdf == -TOPOLOGY_EPS).reshape(n, n, n).cpu().numpy()
-        clusters, count = label(held, structure=np.ones((3, 3, 3), dtype=bool))
+        clusters, count = label(held.reshape(n, n, n).cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
         clusters = torch.from_numpy(clusters.reshape(-1)).to(sdf.device)
         grid = self.dmtet.grid()
         comps, genus = components_genus(marching_tets(self.dmtet.verts, sdf, grid)[1])

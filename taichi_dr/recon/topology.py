@@ -171,7 +171,7 @@ def carve_keeping_topology(hull: torch.Tensor, carved: torch.Tensor, resolution:
 
 
 def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
-                            min_depth: float = 1.0, full_depth: float = 4.0) -> Tuple[torch.Tensor, int]:
+                            min_depth: float = 1.0, full_depth: float = 4.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Move the zero level of a lattice SDF up to ``shrink`` cells inward, keeping its topology and thin parts.
 
     Why: the visual hull holds the object, and where no view sees past the object (a concave fold
@@ -206,8 +206,8 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
             proportion to their depth (>= 0; 0 = no proportional reduction).
 
     Returns:
-        ``(sdf [V], kept)``: the shifted SDF (same dtype and device) and how many lattice points stayed
-        inside only to keep the topology.
+        ``(sdf [V], held [V] bool)``: the shifted SDF (same dtype and device) and the lattice points that
+        stayed inside only to keep the topology (at ``-TOPOLOGY_EPS``; on ``sdf``'s device).
     """
     from scipy.ndimage import maximum_filter
 
@@ -226,6 +226,6 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     if full_depth > 0:
         shift = torch.minimum(shift, shrink * local / full_depth)
     shifted = sdf + shift
-    inside, kept = carve_keeping_topology(sdf < 0, shifted < 0, resolution)
-    inside = inside.to(sdf.device)
-    return torch.where(inside & (shifted >= 0), torch.full_like(sdf, -TOPOLOGY_EPS), shifted), kept
+    inside, _ = carve_keeping_topology(sdf < 0, shifted < 0, resolution)
+    held = inside.to(sdf.device) & (shifted >= 0)
+    return torch.where(held, torch.full_like(sdf, -TOPOLOGY_EPS), shifted), held
