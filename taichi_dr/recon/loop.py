@@ -214,19 +214,20 @@ class _Run:
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
-        self.grid_res = cfg.grid_res or auto_grid_res(tuple(train.images.shape[1:3]))
-        self.model = ReconModel(self.grid_res, center, half * 1.15, cfg.sdf_mode, cfg.light, cfg.material,
+        hw = tuple(train.images.shape[1:3])
+        self.grid_res = cfg.grid_res or auto_grid_res(hw)
+        box_half = half * 1.15  # the grid's cube: the hull's bounds and a margin
+        self.model = ReconModel(self.grid_res, center, box_half, cfg.sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         # a grid finer than the default for these images resolves phantom handles of the hull: the
         # default grid's hull genus caps the start's (ReconModel.init_from_hull, docs/08 round 15)
-        ref_res = auto_grid_res(tuple(train.images.shape[1:3]))
-        max_genus = hull_genus(mvp_all, train.images[..., 3], ref_res, center, half * 1.15) \
+        ref_res = auto_grid_res(hw)
+        max_genus = hull_genus(mvp_all, train.images[..., 3], ref_res, center, box_half) \
             if self.grid_res > ref_res else None
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
-                                  shrink=hull_shrink_cells(cfg, mvp_all, tuple(train.images.shape[1:3]),
-                                                           center, self.model.dmtet.cell),
+                                  shrink=hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell),
                                   max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))

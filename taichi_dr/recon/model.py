@@ -169,9 +169,8 @@ class ReconModel(nn.Module):
     def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct",
                  light: str = "simple", material: str = "field", smoothing: float = 0.0):
         super().__init__()
-        grid = TetGrid.create(grid_res, 2.0 * half)
-        grid.verts += center.float().to(grid.verts.device)  # the grid is built on the CPU; .to() moves the model
-        self.dmtet = DMTet(grid=grid, mode=sdf_mode, smoothing=smoothing)
+        # the grid is built on the CPU; .to() moves the model
+        self.dmtet = DMTet(grid=_cube_grid(grid_res, center, half), mode=sdf_mode, smoothing=smoothing)
         if material not in ("field", "vertex"):
             raise ValueError(f"material: expected 'field' or 'vertex', got {material!r}")
         # 'field': per-pixel kd/ks from a hash-grid field (recon/material.py); 'vertex': per-vertex albedo
@@ -294,10 +293,17 @@ def hull_genus(mvp: torch.Tensor, alpha: torch.Tensor, resolution: int, center: 
     Returns:
         The total genus (a float from the Euler characteristic; 0.0 for an empty hull).
     """
-    grid = TetGrid.create(int(resolution), 2.0 * float(half))
-    verts = grid.verts + center.float().to(grid.verts.device)
-    sdf = silhouette_sdf(verts, mvp.to(verts.device), alpha.to(verts.device))
-    return components_genus(marching_tets(verts, sdf, grid)[1])[1]
+    grid = _cube_grid(int(resolution), center, float(half))
+    sdf = silhouette_sdf(grid.verts, mvp.to(grid.verts.device), alpha.to(grid.verts.device))
+    return components_genus(marching_tets(grid.verts, sdf, grid)[1])[1]
+
+
+def _cube_grid(resolution: int, center: torch.Tensor, half: float) -> TetGrid:
+    """The tet grid over the cube ``center [3] ± half`` with ``resolution`` cells per axis (on the CPU):
+    the reconstruction's grid and :func:`hull_genus`'s reference share it, so their hulls compare."""
+    grid = TetGrid.create(resolution, 2.0 * half)
+    grid.verts += center.float().to(grid.verts.device)
+    return grid
 
 
 def hull_sdf(occ: torch.Tensor, resolution: int, clamp: float = 4.0) -> torch.Tensor:
