@@ -23,6 +23,8 @@ Each shape is an analytic signed distance function inside [-1, 1]³:
   keep both; held out in round 7).
 * ``knot``    — a trefoil knot tube (genus 1, radius 0.13: thin, knotted, occluding itself; held
   out in round 7).
+* ``table``   — a slab on four legs 3 px wide at 128², two of them joined by a thinner bar (genus 1:
+  thin parts joined to a thick one; held out in round 16).
 
 The ground-truth mesh is extracted with this project's own marching tets on a fine grid and then
 projected onto the exact zero level set (a few Newton steps along the SDF gradient), so ``gt.obj``
@@ -79,7 +81,8 @@ TEST_AZIMUTH_OFFSET = 0.2
 # (direction the light travels, irradiance): a key light, a fill light and two weaker rim lights
 LIGHTS = [((-1.0, -0.6, -1.4), 2.4), ((1.0, 1.0, -0.8), 0.7), ((1.0, -1.0, 1.0), 0.45), ((-1.0, 1.0, 1.0), 0.3)]
 ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65),
-          "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5), "pair": (0.6, 0.5, 0.4), "knot": (0.5, 0.45, 0.65)}
+          "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5), "pair": (0.6, 0.5, 0.4), "knot": (0.5, 0.45, 0.65),
+          "table": (0.55, 0.5, 0.4)}
 
 
 # ----------------------------------------------------------------------------- shapes (SDFs, torch, [P, 3] -> [P])
@@ -171,8 +174,24 @@ def sdf_knot(p, chunk: int = 65536):
     return torch.cat(out) - 0.13
 
 
+def _segment(p, a, b):
+    """Distance of points ``p [P, 3]`` to the segment from ``a`` to ``b``."""
+    a, b = torch.tensor(a, dtype=p.dtype), torch.tensor(b, dtype=p.dtype)
+    t = ((p - a) @ (b - a) / ((b - a) @ (b - a))).clamp(0.0, 1.0)
+    return (p - a - t[:, None] * (b - a)).norm(dim=-1)
+
+
+def sdf_table(p):
+    """A slab on four legs 3 px wide at 128² (radius 0.035), two of them joined by a thinner bar."""
+    q = _rot(p, 0.0, 15.0)
+    top = _round_box(q - torch.tensor([0.0, 0.0, 0.3], dtype=p.dtype), (0.75, 0.5, 0.06), 0.03)
+    legs = torch.stack([_segment(q, (x, y, -0.6), (x, y, 0.3)) for x in (-0.62, 0.62) for y in (-0.38, 0.38)], -1)
+    bar = _segment(q, (-0.62, -0.38, -0.3), (0.62, -0.38, -0.3)) - 0.025  # with the top: a loop, genus 1
+    return torch.minimum(torch.minimum(top, legs.min(-1)[0] - 0.035), bar)
+
+
 SHAPES = {"torus": sdf_torus, "blob": sdf_blob, "bowl": sdf_bowl, "boxhole": sdf_boxhole, "cup": sdf_cup,
-          "mug": sdf_mug, "pair": sdf_pair, "knot": sdf_knot}
+          "mug": sdf_mug, "pair": sdf_pair, "knot": sdf_knot, "table": sdf_table}
 
 
 def shape_mesh(fn, resolution: int = 128, newton: int = 4):

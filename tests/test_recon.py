@@ -51,6 +51,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert last < first  # the loss falls
     assert m["test_mask_iou"] > 0.8 and m["iterations"] == 40 and m["triangles"] > 0
     assert json.load(open(os.path.join(out, "metrics.json")))["triangles"] == m["triangles"]
+    assert m["grid_res"] == 16 and m["grid_choice"]["default_grid_res"] in (40, 64)  # the user's grid is kept
 
     # an interrupted run continues at the right iteration
     out2 = str(tmp_path / "run2")
@@ -327,6 +328,11 @@ def test_refinement_pass_trains_at_its_own_resolution(dataset, tmp_path, monkeyp
 def _sphere_masks(r: float, res: int, n_views: int = 6, ss: int = 8):
     """Box-filtered coverage of a sphere of radius ``r`` at the origin (``ss``² samples per pixel,
     like the Mitsuba datasets' box filter), cameras ``[n, 4, 4]`` on an orbit at distance 3."""
+    return _spheres_masks([((0.0, 0.0, 0.0), r)], res, n_views, ss)
+
+
+def _spheres_masks(spheres, res: int, n_views: int = 6, ss: int = 8):
+    """:func:`_sphere_masks` of a union of spheres ``[((x, y, z), r), ...]``."""
     from taichi_dr.camera import nerf_c2w_to_mv, orbit_views, perspective
 
     c2w = orbit_views(n_views, 3.0, elevation_deg=[20.0, -30.0], dtype=torch.float64)
@@ -341,9 +347,11 @@ def _sphere_masks(r: float, res: int, n_views: int = 6, ss: int = 8):
         far = torch.stack([x, y, torch.ones_like(x), torch.ones_like(x)], -1) @ inv[k].T
         o, f = near[..., :3] / near[..., 3:], far[..., :3] / far[..., 3:]
         d = torch.nn.functional.normalize(f - o, dim=-1)
-        miss = (o - (o * d).sum(-1, keepdim=True) * d).norm(dim=-1)  # distance of the ray to the centre
-        hit = (miss < r).double().reshape(res, ss, res, ss).mean((1, 3))
-        alpha.append(hit)
+        hit = torch.zeros_like(x, dtype=torch.bool)
+        for c, r in spheres:
+            oc = o - torch.tensor(c, dtype=torch.float64)
+            hit |= (oc - (oc * d).sum(-1, keepdim=True) * d).norm(dim=-1) < r  # the ray's distance to the centre
+        alpha.append(hit.double().reshape(res, ss, res, ss).mean((1, 3)))
     return torch.stack(alpha).float(), mvp.float(), mv
 
 
@@ -506,7 +514,7 @@ def test_phantom_handles_are_let_go_down_to_the_reference_genus():
     nothing changes."""
     from taichi_dr.geometry.marching_tets import marching_tets
     from taichi_dr.recon.cleanup import components_genus
-    from taichi_dr.recon.model import ReconModel, hull_genus
+    from taichi_dr.recon.model import ReconModel, hull_topology
     from taichi_dr.recon.topology import TOPOLOGY_EPS
 
     model = ReconModel(16, torch.zeros(3), 1.0, material="vertex")
@@ -530,7 +538,30 @@ def test_phantom_handles_are_let_go_down_to_the_reference_genus():
     assert released == 0 and torch.equal(same, deep)
 
     alpha, mvp, _ = _sphere_masks(0.6, 64, n_views=12)
-    assert hull_genus(mvp, alpha, 20, torch.zeros(3), 0.9) == 0.0
+    assert hull_topology(mvp, alpha, 20, torch.zeros(3), 0.9) == (1, 0.0)
+
+
+def test_the_grid_is_refined_when_the_default_one_cuts_thin_parts_off():
+    """choose_grid_res: a ball with a thin leg (radius 0.022, under half of grid 40's cell): the default grid for
+    96-px masks (40) cuts the visual hull into more pieces than grid 64 does, so the run takes 64 and, the
+    coarse hull being no reference, caps no genus; a plain ball keeps 40; a user's grid is kept, and a
+    finer one gets the default grid's genus as its cap unless the default grid cut its hull."""
+    from taichi_dr.recon.loop import choose_grid_res
+
+    leg = [((0.35 + 0.02 * i, 0.01 * i, 0.004 * i), 0.022) for i in range(26)]  # 1.7 px wide
+    center, half = torch.zeros(3), 0.95
+    alpha, mvp, _ = _spheres_masks([((0.0, 0.0, 0.0), 0.4)] + leg, 96, n_views=12, ss=2)
+    grid, cap, report = choose_grid_res(None, (96, 96), mvp, alpha, center, half)
+    assert report["default_grid_res"] == 40 and report["hull_pieces"]["40"] > report["hull_pieces"]["64"] == 1
+    assert grid == 64 and cap is None
+    assert choose_grid_res(64, (96, 96), mvp, alpha, center, half)[:2] == (64, None)
+    assert choose_grid_res(32, (96, 96), mvp, alpha, center, half)[:2] == (32, None)
+
+    alpha, mvp, _ = _spheres_masks([((0.0, 0.0, 0.0), 0.4)], 96, n_views=12, ss=2)
+    grid, cap, report = choose_grid_res(None, (96, 96), mvp, alpha, center, half)
+    assert (grid, cap) == (40, None) and report["hull_pieces"] == {"40": 1, "64": 1}
+    assert choose_grid_res(64, (96, 96), mvp, alpha, center, half)[:2] == (64, 0.0)
+    assert choose_grid_res(None, (256, 256), mvp, alpha, center, half) == (64, None, {"default_grid_res": 64})
 
 
 def test_the_start_shape_moves_inward_by_the_shrink():

@@ -193,3 +193,38 @@ def test_shrink_moves_the_surface_inward_but_keeps_a_thin_ring():
         shrink_keeping_topology(sdf[:-1], 1.0, R)
     with pytest.raises(ValueError, match="sdf"):
         shrink_keeping_topology(sdf < 0, 1.0, R)
+
+
+def test_a_thin_leg_on_a_thick_body_keeps_its_own_thickness():
+    """A ball 5 cells deep with a leg 0.8 cells thick attached: the leg's depth is its own local thickness (the
+    largest inscribed ball over it), not the ball's depth next to it, so the shrink moves the ball's surface by
+    the full 1.5 cells and leaves the leg alone beyond its root. A plain shift, or a leg read as being as
+    deep as the body it joins (the Mitsuba cow's legs, docs/08 round 16), loses the leg."""
+    from taichi_dr.recon.topology import local_thickness, shrink_keeping_topology
+
+    R = 28
+    grid = TetGrid.create(R, float(R))
+    p = grid.verts.double()
+    ball = (p - torch.tensor([-6.0, 0.0, 0.0], dtype=torch.float64)).norm(dim=1) - 5.0
+    axis = p[:, 0].clamp(-3.0, 9.0)  # the leg: a capsule along x, off the lattice lines
+    leg = torch.stack([p[:, 0] - axis, p[:, 1] - 0.3, p[:, 2] - 0.2], 1).norm(dim=1) - 0.8
+    sdf = torch.minimum(ball, leg).float()
+    before = _betti((sdf < 0).numpy(), grid)
+    assert before == (1, 0, 0)
+    leg_far = (p[:, 0] > 1.0) & (leg < 1.0)  # the leg beyond its root, and the lattice points just outside it
+    body = (p[:, 0] < -7.0) & (ball < 2.0)
+    assert int((sdf[leg_far] < 0).sum()) >= 10 and int((sdf[leg_far] + 1.5 < 0).sum()) == 0
+
+    n = R + 1
+    local = torch.from_numpy(local_thickness(sdf.reshape(n, n, n).numpy(), 4.0).reshape(-1))
+    assert float(local[leg_far].max()) <= 0.8 + 1e-5  # no deeper ball reaches past the root
+    assert float(local[body].min()) >= 4.0  # the ball's 4-deep core covers its surface and the points outside
+
+    out, held = shrink_keeping_topology(sdf, 1.5, R)
+    assert _betti((out < 0).numpy(), grid) == before
+    assert torch.equal(out[leg_far], sdf[leg_far])  # thinner than min_depth: not moved
+    assert torch.allclose(out[body], sdf[body] + 1.5)
+    with pytest.raises(ValueError, match="sdf"):
+        local_thickness(sdf.numpy(), 4.0)
+    with pytest.raises(ValueError, match="cap"):
+        local_thickness(sdf.reshape(n, n, n).numpy(), -1.0)

@@ -57,7 +57,7 @@ from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
-from taichi_dr.recon.model import ReconModel, hull_bounds, hull_genus, pixel_footprint
+from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, pixel_footprint
 from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -110,6 +110,45 @@ def auto_grid_res(train_hw: Tuple[int, int]) -> int:
     """``grid_res`` when the user left it unset: from the training images' longer side (``AUTO_GRID``)."""
     limit, small, large = AUTO_GRID
     return small if max(train_hw) <= limit else large
+
+
+def choose_grid_res(grid_res: Optional[int], train_hw: Tuple[int, int], mvp: torch.Tensor, alpha: torch.Tensor,
+                    center: torch.Tensor, half: float) -> Tuple[int, Optional[float], Dict]:
+    """The DMTet grid for these masks and the genus cap of its start shape.
+
+    Unset, the grid is ``auto_grid_res`` of the image size, except that a small-image grid (40) that
+    cuts the visual hull into more pieces than the large-image grid (64) does is too coarse for the
+    object's thin parts, and the run takes 64 (the Mitsuba cow at 128²: grid 40's hull has 4 pieces,
+    its legs cut off and not regrown, grid 64's one; docs/08 round 16). A grid above the default gets
+    the default grid's hull genus as the cap of its start's (``ReconModel.init_from_hull(max_genus=)``:
+    the fine lattice resolves phantom handles, round 15), unless the default grid cut the hull into
+    more pieces than this grid: then its genus is no reference either.
+
+    Args:
+        grid_res: the user's grid (``None``: choose).
+        train_hw: training image size; mvp: ``[N, 4, 4]`` cameras; alpha: ``[N, H, W]`` masks.
+        center: ``[3]`` the grid cube's centre; half: its half size (world units).
+
+    Returns:
+        ``(grid_res, max_genus or None, report)``; ``report`` (for ``metrics.json``) has the default
+        grid and the hull's pieces on each grid compared.
+    """
+    ref = auto_grid_res(train_hw)
+    report: Dict = {"default_grid_res": ref}
+    if grid_res is None:
+        fine = AUTO_GRID[2]
+        if ref >= fine:
+            return ref, None, report
+        pieces = {ref: hull_topology(mvp, alpha, ref, center, half)[0],
+                  fine: hull_topology(mvp, alpha, fine, center, half)[0]}
+        report["hull_pieces"] = {str(k): v for k, v in pieces.items()}
+        return (fine if pieces[ref] > pieces[fine] else ref), None, report
+    if grid_res <= ref:
+        return grid_res, None, report
+    (p_ref, g_ref), p_fine = hull_topology(mvp, alpha, ref, center, half), \
+        hull_topology(mvp, alpha, grid_res, center, half)[0]
+    report["hull_pieces"] = {str(ref): p_ref, str(grid_res): p_fine}
+    return grid_res, (g_ref if p_ref <= p_fine else None), report
 
 
 SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
@@ -215,16 +254,14 @@ class _Run:
         center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
         self.center, self.half = center, half
         hw = tuple(train.images.shape[1:3])
-        self.grid_res = cfg.grid_res or auto_grid_res(hw)
         box_half = half * 1.15  # the grid's cube: the hull's bounds and a margin
+        # the grid: the default for the image size unless it cuts thin parts off; a finer one's start
+        # gets the default grid's genus as a cap (phantom handles; docs/08 rounds 15-16)
+        self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_all, train.images[..., 3],
+                                                                     center, box_half)
         self.model = ReconModel(self.grid_res, center, box_half, cfg.sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
-        # a grid finer than the default for these images resolves phantom handles of the hull: the
-        # default grid's hull genus caps the start's (ReconModel.init_from_hull, docs/08 round 15)
-        ref_res = auto_grid_res(hw)
-        max_genus = hull_genus(mvp_all, train.images[..., 3], ref_res, center, box_half) \
-            if self.grid_res > ref_res else None
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
                                   shrink=hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell),
@@ -664,7 +701,7 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
     export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
-                     "vertices": int(verts.shape[0]), "grid_res": run.grid_res,
+                     "vertices": int(verts.shape[0]), "grid_res": run.grid_res, "grid_choice": run.grid_report,
                      "train_res": list(train.images.shape[1:3]), "refine_res": list(refine_data.images.shape[1:3]),
                      "train_views": len(train),
                      **batch_layout(len(train), cfg.batch, ctx),
