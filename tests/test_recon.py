@@ -557,6 +557,14 @@ def test_the_grid_is_refined_when_the_default_one_cuts_thin_parts_off():
     assert choose_grid_res(64, (96, 96), mvp, alpha, center, half)[:2] == (64, None)
     assert choose_grid_res(32, (96, 96), mvp, alpha, center, half)[:2] == (32, None)
 
+    # the leg is thin in the masks, the ball is not (nor is empty space)
+    from taichi_dr.recon.model import thin_in_masks
+    on_leg = [[0.35 + 0.02 * i, 0.01 * i, 0.004 * i] for i in (8, 14, 20)]
+    probe = torch.tensor(on_leg + [[0.0, 0.0, 0.0], [-0.2, 0.1, 0.0], [-0.8, 0.0, 0.5]])
+    assert thin_in_masks(probe, mvp, alpha, max_px=4.0).tolist() == [True, True, True, False, False, False]
+    with pytest.raises(ValueError, match="alpha"):
+        thin_in_masks(probe, mvp, alpha[0], max_px=4.0)
+
     alpha, mvp, _ = _spheres_masks([((0.0, 0.0, 0.0), 0.4)], 96, n_views=12, ss=2)
     grid, cap, report = choose_grid_res(None, (96, 96), mvp, alpha, center, half)
     assert (grid, cap) == (40, None) and report["hull_pieces"] == {"40": 1, "64": 1}

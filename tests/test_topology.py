@@ -222,8 +222,17 @@ def test_a_thin_leg_on_a_thick_body_keeps_its_own_thickness():
 
     out, held = shrink_keeping_topology(sdf, 1.5, R)
     assert _betti((out < 0).numpy(), grid) == before
-    assert torch.equal(out[leg_far], sdf[leg_far])  # thinner than min_depth: not moved
+    leg_in = leg_far & (sdf < 0)
+    assert torch.equal(out[leg_in], sdf[leg_in])  # thinner than min_depth: its inside points do not move
+    # the points just outside it keep the window's shift (as far out as before), which leaves the leg inside
+    assert bool((out[leg_far & (sdf >= 0)] >= sdf[leg_far & (sdf >= 0)]).all())
     assert torch.allclose(out[body], sdf[body] + 1.5)
+    # only the points the caller marks may keep their own thickness: with none marked the leg is shrunk
+    none, _ = shrink_keeping_topology(sdf, 1.5, R, thin_parts=torch.zeros_like(sdf, dtype=torch.bool))
+    assert not torch.equal(none[leg_in], sdf[leg_in])
+    assert torch.equal(shrink_keeping_topology(sdf, 1.5, R, thin_parts=sdf < 0)[0], out)
+    with pytest.raises(ValueError, match="thin_parts"):
+        shrink_keeping_topology(sdf, 1.5, R, thin_parts=torch.ones(5, dtype=torch.bool))
     with pytest.raises(ValueError, match="sdf"):
         local_thickness(sdf.numpy(), 4.0)
     with pytest.raises(ValueError, match="cap"):

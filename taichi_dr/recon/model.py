@@ -33,7 +33,7 @@ from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds",
-           "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_topology"]
+           "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_topology", "thin_in_masks"]
 
 
 class ColorField(nn.Module):
@@ -243,7 +243,10 @@ class ReconModel(nn.Module):
                 sdf = torch.where(fused.isfinite().to(sdf.device), f, sdf)
         kept = released = 0
         if shrink > 0:
-            sdf, held = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution)
+            # thin parts the masks show keep their own thickness (not thin hull excess; docs/08 round 16)
+            px = self.dmtet.cell / pixel_footprint(mvp, tuple(alpha.shape[1:]), self.dmtet.verts.mean(0))
+            thin = thin_in_masks(self.dmtet.verts, mvp, alpha, (shrink + 1.0) * px)
+            sdf, held = shrink_keeping_topology(sdf, shrink, self.dmtet.resolution, thin_parts=thin.to(sdf.device))
             kept = int(held.sum())
             if max_genus is not None and kept > 0:
                 sdf, released = self._release_phantom_handles(sdf, held, max_genus)
@@ -329,6 +332,42 @@ def hull_sdf(occ: torch.Tensor, resolution: int, clamp: float = 4.0) -> torch.Te
     sdf = torch.from_numpy(d_out - d_in).float().reshape(-1)
     sdf = torch.where(sdf > 0, sdf - 0.5, sdf + 0.5)
     return sdf.clamp(-clamp, clamp).to(occ.device)
+
+
+def thin_in_masks(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor, max_px: float,
+                  chunk_views: int = 8) -> torch.Tensor:
+    """``[P]`` bool: points that some view shows on a thin part of its mask, i.e. within a pixel of
+    the mask's medial axis where the mask is at most ``2 · max_px`` wide (a ridge pixel of its
+    inside distance, 0.5 to ``max_px`` px from the silhouette).
+
+    Why: a thin part the images show (a leg, a spout) and thin hull excess (the lip the visual hull
+    leaves at a torus' hole, inside the silhouettes of the views that do not look through it) are
+    both thin on the lattice; only the first is thin in the masks.
+
+    Args:
+        points: ``[P, 3]`` world positions; mvp: ``[N, 4, 4]`` cameras; alpha: ``[N, H, W]`` masks
+            (rows bottom-up); max_px: the widest half-width that counts as thin (pixels).
+    """
+    from scipy.ndimage import maximum_filter
+
+    if alpha.dim() != 3 or mvp.shape != (alpha.shape[0], 4, 4):
+        raise ValueError(f"alpha, mvp: expected [N, H, W] and [N, 4, 4], got {list(alpha.shape)} and "
+                         f"{list(mvp.shape)}")
+    H, W = alpha.shape[1:]
+    depth = -_mask_distance_px(alpha).numpy()  # > 0 inside
+    peak = np.stack([maximum_filter(d, size=3) for d in depth])
+    ridge = (depth >= 0.5) & (depth <= max_px) & (depth >= peak - 1e-6)
+    ridge = torch.from_numpy(np.stack([maximum_filter(r, size=3) for r in ridge]))  # a pixel's tolerance
+    pts = points.detach().float().cpu()
+    out = torch.zeros(pts.shape[0], dtype=torch.bool)
+    for s in range(0, mvp.shape[0], chunk_views):
+        clip = transform_pos(mvp[s:s + chunk_views].float().cpu(), pts)
+        ndc, vis = _in_image(clip)
+        x = ((ndc[..., 0] + 1) * 0.5 * W).long().clamp(0, W - 1)
+        y = ((ndc[..., 1] + 1) * 0.5 * H).long().clamp(0, H - 1)
+        for k in range(clip.shape[0]):
+            out |= vis[k] & ridge[s + k][y[k], x[k]]
+    return out.to(points.device)
 
 
 def _mask_distance_px(alpha: torch.Tensor) -> torch.Tensor:
