@@ -353,20 +353,19 @@ def thin_in_masks(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor, 
     if alpha.dim() != 3 or mvp.shape != (alpha.shape[0], 4, 4):
         raise ValueError(f"alpha, mvp: expected [N, H, W] and [N, 4, 4], got {list(alpha.shape)} and "
                          f"{list(mvp.shape)}")
-    H, W = alpha.shape[1:]
     depth = -_mask_distance_px(alpha).numpy()  # > 0 inside
     peak = np.stack([maximum_filter(d, size=3) for d in depth])
     ridge = (depth >= 0.5) & (depth <= max_px) & (depth >= peak - 1e-6)
-    ridge = torch.from_numpy(np.stack([maximum_filter(r, size=3) for r in ridge]))  # a pixel's tolerance
+    ridge = np.stack([maximum_filter(r, size=3) for r in ridge])  # a pixel's tolerance
+    ridge = torch.from_numpy(ridge).float().unsqueeze(1)  # [N, 1, H, W]
     pts = points.detach().float().cpu()
     out = torch.zeros(pts.shape[0], dtype=torch.bool)
     for s in range(0, mvp.shape[0], chunk_views):
-        clip = transform_pos(mvp[s:s + chunk_views].float().cpu(), pts)
-        ndc, vis = _in_image(clip)
-        x = ((ndc[..., 0] + 1) * 0.5 * W).long().clamp(0, W - 1)
-        y = ((ndc[..., 1] + 1) * 0.5 * H).long().clamp(0, H - 1)
-        for k in range(clip.shape[0]):
-            out |= vis[k] & ridge[s + k][y[k], x[k]]
+        # the pixel under each projection, sampled as visual_hull samples the masks (rows bottom-up)
+        ndc, vis = _in_image(transform_pos(mvp[s:s + chunk_views].float().cpu(), pts))
+        on = F.grid_sample(ridge[s:s + chunk_views], ndc.unsqueeze(1), mode="nearest", padding_mode="border",
+                           align_corners=False)[:, 0, 0] > 0.5  # [n, P]
+        out |= (vis & on).any(0)
     return out.to(points.device)
 
 
