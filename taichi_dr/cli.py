@@ -23,7 +23,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
 
 _ARCHES = ["auto", "cpu", "cuda", "gpu", "vulkan"]
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -319,5 +319,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
 
 
+def entry(argv: Optional[List[str]] = None) -> None:
+    """The ``taichi-dr`` console script: :func:`main`, then exit with its status.
+
+    A torchrun rank leaves with ``os._exit`` once its outputs are written and its process group is
+    gone (``finish``), skipping the interpreter's teardown: there torch's C++ communication threads
+    are destroyed in an unspecified order, and a finished two-rank run once aborted at exit
+    ("terminate called without an active exception", SIGABRT; seen once in about eight CI runs of
+    the test suite), which torchrun reports as a failed job. Nothing is lost: every output is
+    written and renamed into place before ``main`` returns, and stdio and logging are flushed here
+    first. A plain process exits normally.
+    """
+    rc = main(argv)
+    try:
+        from taichi_dr.recon.distributed import torchrun_env
+
+        env = torchrun_env()
+    except ValueError:  # a malformed torchrun environment was reported by main() already
+        env = None
+    if env is not None and env[1] > 1:
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

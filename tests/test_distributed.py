@@ -56,12 +56,41 @@ def _signal_driver(tmp_path, rank: int, it: int, sig: str) -> str:
         f"        os.kill(os.getpid(), signal.{sig})\n"
         "    return orig(self)\n"
         "loop._Run.step = step\n"
-        "from taichi_dr.cli import main\n"
-        "sys.exit(main())\n")
+        "from taichi_dr.cli import entry\n"
+        "entry()\n")
     return str(driver)
 
 
 # ---------------------------------------------------------------------------------------------- fast
+def test_a_torchrun_rank_of_the_cli_skips_interpreter_teardown(monkeypatch):
+    """`taichi-dr` under torchrun (WORLD_SIZE > 1) leaves with os._exit(status) after main() returned
+    (C++ communication threads torn down at interpreter exit once aborted a finished run); a plain
+    process, or a one-rank launch, exits through sys.exit."""
+    from taichi_dr import cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(rc):
+        raise Exited(rc)
+    monkeypatch.setattr(cli, "main", lambda argv=None: 7)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.entry([])
+    assert e.value.code == 7
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit):
+        cli.entry([])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(Exited) as e:
+        cli.entry([])
+    assert e.value.args == (7,)
+
+
 def test_batch_is_a_function_of_seed_and_iteration_not_of_ranks():
     whole = local_batch(10, (6, 5), seed=3, it=7, batch=5)
     assert whole.view_share == 1.0 and whole.once_share == 1.0 and whole.idx.numel() == 5

@@ -52,6 +52,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert m["test_mask_iou"] > 0.8 and m["iterations"] == 40 and m["triangles"] > 0
     assert json.load(open(os.path.join(out, "metrics.json")))["triangles"] == m["triangles"]
     assert m["grid_res"] == 16 and m["grid_choice"]["default_grid_res"] in (40, 64)  # the user's grid is kept
+    assert m["shrink_rate_scale"] == 1.0  # a user's grid keeps the tuned rate
 
     # an interrupted run continues at the right iteration
     out2 = str(tmp_path / "run2")
@@ -238,6 +239,33 @@ def test_longer_dmtet_pass_takes_smaller_geometry_steps(dataset, tmp_path):
             geo, rest = run.opt.param_groups
             assert geo["lr"] == pytest.approx(0.01 * factor * (1.0 if iters == 100 else 0.25))
             assert rest["lr"] == pytest.approx(0.01)
+
+
+def test_the_dmtet_rate_grows_with_the_start_shrink(dataset, tmp_path):
+    """On the grid the run chooses, a start shrunk by more cells than the tuned pass grows back (0.6)
+    gets a proportionally larger geometry rate in direct mode, up to 2x, so that the silhouettes can
+    grow back (docs/08 round 17); a user's grid, no shrink, or MLP mode keep the tuned rate."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import (MLP_LR_FACTOR, SHRINK_RATE_MAX, SHRINK_REACH_CELLS, _Run,
+                                      shrink_rate_scale)
+
+    assert shrink_rate_scale(0.0) == 1.0 and shrink_rate_scale(SHRINK_REACH_CELLS) == 1.0
+    assert shrink_rate_scale(1.5 * SHRINK_REACH_CELLS) == pytest.approx(1.5)
+    assert shrink_rate_scale(10.0) == SHRINK_RATE_MAX == 2.0
+    with pytest.raises(ValueError, match="shrink_cells"):
+        shrink_rate_scale(-0.1)
+    train = load_nerf(dataset[0], "train")
+    # 32-px views on the automatic grid (40): 1.5 px is several cells, the factor is at its cap
+    auto = _Run(ReconConfig(iters=200, carve=False), train, str(tmp_path))
+    assert auto.shrink_cells > 2 * SHRINK_REACH_CELLS and auto.rate_scale == 2.0
+    assert auto.opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert auto.opt.param_groups[1]["lr"] == pytest.approx(0.01)  # colours and light keep theirs
+    user = _Run(ReconConfig(iters=200, grid_res=auto.grid_res, carve=False), train, str(tmp_path))
+    assert user.shrink_cells == pytest.approx(auto.shrink_cells) and user.opt.param_groups[0]["lr"] == 0.01
+    unshrunk = _Run(ReconConfig(iters=200, carve=False, hull_shrink_px=0.0), train, str(tmp_path))
+    assert unshrunk.shrink_cells == 0.0 and unshrunk.opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    mlp = _Run(ReconConfig(iters=200, carve=False, sdf_mode="mlp"), train, str(tmp_path))
+    assert mlp.rate_scale == 1.0 and mlp.opt.param_groups[0]["lr"] == pytest.approx(0.01 * MLP_LR_FACTOR)
 
 
 def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ between pixel centres) is collapsed away, keeping the surface closed (recon/coll
 
 Both passes use Adam with an exponentially decaying learning rate (×0.1 over a pass); a DMTet pass
 longer than the 200 iterations its rates were tuned at takes proportionally smaller geometry steps
-(``dmtet_rate_scale``: ×200 / iters: the same total movement in more, less noisy steps), and in
+(``dmtet_rate_scale``: ×200 / iters: the same total movement in more, less noisy steps; a start
+shrunk by more than 0.6 cells on the grid the run chose takes a larger one, ``shrink_rate_scale``,
+so that the pass can grow it back), and in
 direct mode those steps are smooth (``geometry/lattice_smooth.py``: the SDF and offsets move by
 ``(I + λL)⁻¹`` times Adam's step, λ = ``dmtet_smoothing`` × (grid / 40)², so one-cell lumps are damped). A
 checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``resume=True``
@@ -155,6 +157,8 @@ SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collap
 KD_SMOOTH_POINTS = 4096  # surface points per step for the albedo smoothness term (cost ~ 2x that many pixels)
 MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
 REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the default `iters` is 2x it)
+SHRINK_REACH_CELLS = 0.6  # the start's shrink the tuned DMTet pass grows back (cells; shrink_rate_scale)
+SHRINK_RATE_MAX = 2.0  # the largest rate factor shrink_rate_scale gives (the largest measured)
 
 
 def dmtet_rate_scale(iters: int) -> float:
@@ -174,6 +178,26 @@ def dmtet_rate_scale(iters: int) -> float:
     if iters < 1:
         raise ValueError(f"iters: expected >= 1, got {iters}")
     return min(1.0, REF_DMTET_ITERS / iters)
+
+
+def shrink_rate_scale(shrink_cells: float) -> float:
+    """Factor on the DMTet pass' geometry rate (direct mode, automatic grid) that lets it grow back
+    the start's shrink.
+
+    The pass starts ``shrink_cells`` inside the carved visual hull (:func:`hull_shrink_cells`), and
+    only the mask and image losses bring the surface back out to the silhouettes. Adam moves an SDF
+    value by at most about the rate per step, so the tuned pass (0.005 cells a step over 400 steps,
+    ×0.1 over the pass) moves the surface at most Σ rate ≈ 0.78 cells, and a silhouette's gradient
+    reaches a vertex only in the views where it lies on the outline. A larger shrink was not grown
+    back (measured, held-out cow at 128², grid 64, shrink 1.11 cells: the DMTet pass alone ended
+    ~1 px inside every silhouette, test IoU 0.859; rate ×2: 0.919). So the rate is scaled by
+    ``shrink_cells / 0.6``, never below 1 (most datasets measured shrink at most 0.59 cells and run
+    unchanged; what moves is grid 64 chosen for thin parts at 128² and objects small in their
+    frame) and never above 2, the largest factor measured (docs/08 round 17).
+    """
+    if shrink_cells < 0:
+        raise ValueError(f"shrink_cells: expected >= 0, got {shrink_cells}")
+    return min(SHRINK_RATE_MAX, max(1.0, float(shrink_cells) / SHRINK_REACH_CELLS))
 
 
 def dmtet_smoothing(cfg: ReconConfig, grid_res: int) -> float:
@@ -262,10 +286,14 @@ class _Run:
         self.model = ReconModel(self.grid_res, center, box_half, cfg.sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res))
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
+        self.shrink_cells = hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell)
+        # per-vertex steps with the grid chosen here only: at a user's grid finer than the images need, the
+        # larger rate regrew the hull excess the shrink removes (torus, grid 64: 3.79e-5 -> 4.41e-5; docs/08)
+        self.rate_scale = shrink_rate_scale(self.shrink_cells) if cfg.sdf_mode == "direct" and cfg.grid_res is None \
+            else 1.0
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
-                                  shrink=hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell),
-                                  max_genus=max_genus)
+                                  shrink=self.shrink_cells, max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.sdf_reg_scale = sdf_reg_scale(cfg)
@@ -283,6 +311,7 @@ class _Run:
         # is at least as precise. The MLP's weights take a smaller rate (each moves every vertex).
         # (scaling the rate by grid_res / 40 helped the torus at grid 64 but ruined grid 96: docs/08)
         lr = cfg.lr_geometry * dmtet_rate_scale(cfg.iters)  # a longer pass: the same total movement, smaller steps
+        lr *= self.rate_scale  # enough reach to grow the start's shrink back
         geo = [{"params": m.dmtet.parameters(), "lr": lr if m.dmtet.mode == "direct" else lr * MLP_LR_FACTOR}]
         return torch.optim.Adam(geo + [{"params": list(m.color.parameters()) + list(m.light.parameters()),
                                         "lr": cfg.lr_color}])
@@ -702,6 +731,7 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
                      "vertices": int(verts.shape[0]), "grid_res": run.grid_res, "grid_choice": run.grid_report,
+                     "shrink_rate_scale": round(run.rate_scale, 4),
                      "train_res": list(train.images.shape[1:3]), "refine_res": list(refine_data.images.shape[1:3]),
                      "train_views": len(train),
                      **batch_layout(len(train), cfg.batch, ctx),
