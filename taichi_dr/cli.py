@@ -335,7 +335,7 @@ def entry(argv: Optional[List[str]] = None) -> None:
         from taichi_dr.recon.distributed import torchrun_env
 
         env = torchrun_env()
-    except ValueError:  # a malformed torchrun environment was reported by main() already
+    except ValueError:  # a malformed WORLD_SIZE/RANK: no process group was formed, exit normally
         env = None
     if env is not None and env[1] > 1:
         import logging

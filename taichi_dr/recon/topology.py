@@ -279,6 +279,9 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     for name, value in (("shrink", shrink), ("min_depth", min_depth), ("full_depth", full_depth)):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    if thin_parts is not None and (thin_parts.shape != sdf.shape or thin_parts.dtype != torch.bool):
+        raise ValueError(f"thin_parts: expected a bool tensor of shape {list(sdf.shape)}, got "
+                         f"{thin_parts.dtype} {list(thin_parts.shape)}")
     grid = sdf.detach().reshape(n, n, n).cpu().numpy()
     depth = np.clip(-grid, 0, None)
     # ±(ceil(max(shrink, full_depth)) + 2) cells: from a point near the surface to the axis of the part it
@@ -292,9 +295,6 @@ def shrink_keeping_topology(sdf: torch.Tensor, shrink: float, resolution: int,
     thickness = local_thickness(grid, thin)
     own = (thickness < thin) & (grid < 0)
     if thin_parts is not None:
-        if thin_parts.shape != sdf.shape or thin_parts.dtype != torch.bool:
-            raise ValueError(f"thin_parts: expected a bool tensor of shape {list(sdf.shape)}, got "
-                             f"{thin_parts.dtype} {list(thin_parts.shape)}")
         own &= thin_parts.detach().cpu().numpy().reshape(n, n, n)
     local = torch.from_numpy(np.where(own, thickness, local).reshape(-1)).to(sdf)
     shift = (local - min_depth).clamp(0.0, shrink)
