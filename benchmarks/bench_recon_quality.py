@@ -102,10 +102,11 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
 def cost_table(data: str, steps: int = 4, grids=(40, 64, 96, 128), sizes=(128, 256, 512, 800),
                batches=(4, 8)) -> None:
     """Seconds per DMTet iteration (median of ``steps`` after one warm-up) for each grid resolution
-    at the stored image size and for each training size at grid 40, per batch size."""
-    from taichi_dr.recon.loop import _Run
+    at the stored image size and for each training size at grid 40, per batch size; ``ss``: the
+    losses' samples per pixel side the defaults take at that size (``supersample_factor``)."""
+    from taichi_dr.recon.loop import _Run, supersample_factor
 
-    print(f"{'grid':>5s} {'train px':>8s} {'batch':>5s} {'s/iter':>7s}", flush=True)
+    print(f"{'grid':>5s} {'train px':>8s} {'ss':>3s} {'batch':>5s} {'s/iter':>7s}", flush=True)
     configs = [(g, None) for g in grids] + [(40, r) for r in sizes]
     for batch in batches:
         for g, r in configs:
@@ -118,7 +119,9 @@ def cost_table(data: str, steps: int = 4, grids=(40, 64, 96, 128), sizes=(128, 2
                 t0 = time.perf_counter()
                 run.step()
                 times.append(time.perf_counter() - t0)
-            print(f"{g:5d} {train.images.shape[1]:8d} {batch:5d} {sorted(times)[len(times) // 2]:7.2f}", flush=True)
+            ss = supersample_factor(cfg.supersample, tuple(train.images.shape[1:3]))
+            print(f"{g:5d} {train.images.shape[1]:8d} {ss:3d} {batch:5d} {sorted(times)[len(times) // 2]:7.2f}",
+                  flush=True)
 
 
 def print_table(rows) -> None:

@@ -60,7 +60,9 @@ def _bounded(f: dataclasses.Field, base: type, optional: bool):
         what = {int: "an integer", float: "a number", str: "a string"}[base]
         bounds = [f">= {meta['min']}" if "min" in meta else "", f"> {meta['gt']}" if "gt" in meta else "",
                   f"<= {meta['max']}" if "max" in meta else ""]
-        expected = " ".join([what] + [b for b in bounds if b]) + (" or none" if optional else "")
+        expected = " and ".join([what + " " + b if i == 0 else b for i, b in enumerate(x for x in bounds if x)]) \
+            if any(bounds) else what
+        expected += " or none" if optional else ""
         try:
             value = base(text)
         except ValueError:

@@ -222,6 +222,15 @@ def test_ctrl_c_prints_one_line_and_exits_130(ds, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["it"] >= 1
 
 
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own SIGINT handler (KeyboardInterrupt) during the test, whatever the runner inherited: a
+    shell starting pytest in the background ignores SIGINT, and the loop rightly keeps a host's choice."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
 def _after_optimizer_step(monkeypatch, it: int, action) -> None:
     """Call ``action()`` right after the optimiser step of training step ``it`` (mid-step)."""
     from taichi_dr.recon import loop
@@ -246,11 +255,12 @@ def _after_optimizer_step(monkeypatch, it: int, action) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_mid_step_finishes_the_step_then_stops(ds, tmp_path, capsys, monkeypatch, default_ctrl_c):
     """The signal lands inside a step (here right after the optimiser step, before the iteration count
     advances): the step is finished and the checkpoint holds it whole, so a resumed run repeats no step."""
-    # Python runs the handler before the next bytecode: between the optimiser step and `it += 1`
-    _after_optimizer_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # Python runs the handler before the next bytecode: between the optimiser step and `it += 1`.
+    # raise_signal delivers it to this thread before it returns (os.kill(getpid()) may pick another)
+    _after_optimizer_step(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "midstep"
     rc, stdout, err = cli(["reconstruct", ds, "--out", str(out), "--checkpoint-every", "100"] + TINY, capsys)

@@ -28,9 +28,9 @@ def test_loader_reads_our_dataset_and_cameras_round_trip(dataset):
         px = ((clip[..., :2] / clip[..., 3:] + 1) * 16).long().clamp(0, 31)
         alpha = torch.stack([ds.images[i, px[i, :, 1], px[i, :, 0], 3] for i in range(12)])
         return float((alpha > 0.1).float().mean())
-    assert hit_rate(ds.mvp) > 0.9  # thin tube at 32 px: silhouette vertices sit on partial pixels
+    assert hit_rate(ds.mvp) > 0.95  # thin tube at 32 px: silhouette vertices sit on partial pixels (0.989)
     flip_y = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0]))  # a top-down image convention would miss
-    assert hit_rate(flip_y @ ds.mvp) < 0.75
+    assert hit_rate(flip_y @ ds.mvp) < 0.85  # ~1/5 of them (0.80: the knot is nearly symmetric in y)
     half = load_nerf(root, "test", train_res=16)
     assert half.images.shape == (4, 16, 16, 4)
 

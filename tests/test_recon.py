@@ -53,6 +53,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert json.load(open(os.path.join(out, "metrics.json")))["triangles"] == m["triangles"]
     assert m["grid_res"] == 16 and m["grid_choice"]["default_grid_res"] in (40, 64)  # the user's grid is kept
     assert m["shrink_rate_scale"] == 1.0  # a user's grid keeps the tuned rate
+    assert m["supersample"] == {"dmtet": 2, "refine": 2}  # 32-px views: the losses render at 64 px
 
     # an interrupted run continues at the right iteration
     out2 = str(tmp_path / "run2")
@@ -266,6 +267,35 @@ def test_the_dmtet_rate_grows_with_the_start_shrink(dataset, tmp_path):
     assert unshrunk.shrink_cells == 0.0 and unshrunk.opt.param_groups[0]["lr"] == pytest.approx(0.01)
     mlp = _Run(ReconConfig(iters=200, carve=False, sdf_mode="mlp"), train, str(tmp_path))
     assert mlp.rate_scale == 1.0 and mlp.opt.param_groups[0]["lr"] == pytest.approx(0.01 * MLP_LR_FACTOR)
+
+
+def test_the_losses_render_supersampled_below_256_px(dataset, tmp_path, monkeypatch):
+    """supersample=None: the smallest k with k x the longer side >= 256 px, at most 2 (128² -> 2, 256²
+    and up -> 1); a user's value is kept. Both passes render their losses' images with it, and
+    metrics.json reports it (docs/08 round 18)."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon import loop as recon_mod
+    from taichi_dr.recon.loop import SUPERSAMPLE_MAX, supersample_factor
+
+    assert [supersample_factor(None, hw) for hw in ((128, 128), (256, 256), (800, 800), (100, 200), (32, 32))] == \
+        [2, 1, 1, 2, SUPERSAMPLE_MAX]
+    assert supersample_factor(3, (800, 800)) == 3 and supersample_factor(1, (32, 32)) == 1
+    with pytest.raises(ValueError, match="supersample"):
+        ReconConfig(supersample=0).validate()
+    seen = []
+    orig = recon_mod.render_mesh_views
+
+    def spy(*args, supersample=1, **kw):
+        seen.append(supersample)
+        return orig(*args, supersample=supersample, **kw)
+    monkeypatch.setattr(recon_mod, "render_mesh_views", spy)
+    train = load_nerf(dataset[0], "train")
+    for value, want in ((None, 2), (1, 1), (3, 3)):
+        seen.clear()
+        run = recon_mod._Run(ReconConfig(iters=2, refine_iters=0, grid_res=12, batch=2, material="vertex",
+                                         carve=False, supersample=value), train, str(tmp_path))
+        run.step()
+        assert seen == [want], (value, seen)
 
 
 def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):
@@ -517,7 +547,9 @@ def test_final_cleanup_collapses_invisible_faces_and_the_material_follows(datase
     H, W = train.images.shape[1:3]
     left = (face_pixels(v, f, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)]) == 0).sum(1)
     assert rep["invisible_left"] == {f"{H}x{W}": int(left[0]), f"{2 * H}x{2 * W}": int(left[1])}
-    assert int(left.sum()) <= 0.01 * f.shape[0]
+    # slivers between pixel centres of 32-px views that no collapse may remove: 13-23 of ~1170 faces at
+    # 1x + 2x on the demo's 4x4-sample images (6-7 on its one-sample ones); a real run leaves 0-1 of ~7000
+    assert int(left.sum()) <= 0.025 * f.shape[0]
 
 
 def test_pixel_footprint_is_depth_over_focal_length():

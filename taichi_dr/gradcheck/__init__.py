@@ -19,7 +19,8 @@ import torch
 
 __all__ = ["Case", "check_case", "all_cases", "run", "format_table", "case_id"]
 
-_AREAS = ("rasterize", "interpolate", "antialias", "texture", "light", "shading", "losses", "geometry")
+_AREAS = ("rasterize", "interpolate", "antialias", "texture", "light", "shading", "losses", "geometry",
+          "pipeline")
 
 
 @dataclasses.dataclass(frozen=True)

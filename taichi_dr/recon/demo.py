@@ -22,6 +22,7 @@ __all__ = ["trefoil_sdf", "trefoil_albedo", "make_demo_mesh", "make_demo_dataset
 
 DEMO_FOVX = math.radians(45.0)
 DEMO_RADIUS = 3.2
+DEMO_SUPERSAMPLE = 4  # samples per pixel side of the demo images (box filter)
 
 
 def _trefoil_curve(n: int = 720) -> torch.Tensor:
@@ -76,8 +77,10 @@ def make_demo_dataset(root: str, res: int = 128, n_train: int = 24, n_test: int 
         mv = torch.linalg.inv(c2w)
         imgs = []
         for i in range(n):  # one view at a time keeps memory flat
+            # 4×4 samples per pixel, box-filtered: pixels are area averages, like a path tracer's
             imgs.append(render_mesh_views(mesh.verts, mesh.faces, mesh.colors, (proj @ mv[i])[None].to(dev),
-                                          camera_position(mv[i:i + 1]).to(dev), (res, res), light)[0])
+                                          camera_position(mv[i:i + 1]).to(dev), (res, res), light,
+                                          supersample=DEMO_SUPERSAMPLE)[0])
         write_nerf_dataset(root, split, torch.stack(imgs), c2w, DEMO_FOVX)
     save_obj(os.path.join(root, "gt_mesh.obj"), mesh)
     return mesh
