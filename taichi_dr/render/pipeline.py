@@ -3,6 +3,7 @@ the demo dataset and ``taichi-dr render``:
 
     clip = P·MV·v  ->  rasterize  ->  interpolate (normals, colours)  ->  shade
     ->  composite over a background  ->  antialias (silhouette gradients)
+    [->  the mean of k×k samples per pixel, ``supersample=k``: pixel-area averages]
 
 The material is per-vertex albedo, or per pixel: a field of world position evaluated on the
 covered pixels (pass 1 of the reconstruction) or 2-D textures looked up with mipmapped trilinear
