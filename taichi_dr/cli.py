@@ -58,11 +58,10 @@ def _bounded(f: dataclasses.Field, base: type, optional: bool):
         if optional and text.lower() == "none":
             return None
         what = {int: "an integer", float: "a number", str: "a string"}[base]
-        bounds = [f">= {meta['min']}" if "min" in meta else "", f"> {meta['gt']}" if "gt" in meta else "",
-                  f"<= {meta['max']}" if "max" in meta else ""]
-        expected = " and ".join([what + " " + b if i == 0 else b for i, b in enumerate(x for x in bounds if x)]) \
-            if any(bounds) else what
-        expected += " or none" if optional else ""
+        bounds = " and ".join(b for b in (f">= {meta['min']}" if "min" in meta else "",
+                                          f"> {meta['gt']}" if "gt" in meta else "",
+                                          f"<= {meta['max']}" if "max" in meta else "") if b)
+        expected = (f"{what} {bounds}" if bounds else what) + (" or none" if optional else "")
         try:
             value = base(text)
         except ValueError:

@@ -162,7 +162,7 @@ REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the def
 SHRINK_REACH_CELLS = 0.6  # the start's shrink the tuned DMTet pass grows back (cells; shrink_rate_scale)
 SHRINK_RATE_MAX = 2.0  # the largest rate factor shrink_rate_scale gives (the largest measured)
 SUPERSAMPLE_PX = 256  # automatic supersampling renders the losses' images at least this large (longer side)
-SUPERSAMPLE_MAX = 2  # ... with at most this factor (4 samples per pixel: the largest measured)
+SUPERSAMPLE_MAX = 2  # ... with at most this factor (3x3 on the cow: same IoU as 2x2; docs/08 round 18)
 
 
 def supersample_factor(cfg_value: Optional[int], hw: Tuple[int, int]) -> int:
@@ -174,8 +174,8 @@ def supersample_factor(cfg_value: Optional[int], hw: Tuple[int, int]) -> int:
     also fit that approximation's errors, most where outlines curve and parts are 1-2 px wide.
     In pixels of the image those errors are the same at any size, but a smaller image has more of
     its object within a pixel of an outline: 128² images take k = 2 (cow: test IoU 0.966 -> 0.976,
-    Homer 0.969 -> 0.972, time x1.5; docs/08 round 18), images of 256 px and more k = 1. Two is
-    the largest factor measured (4 would cost 16x the pixels of a 64² image).
+    Homer 0.969 -> 0.972, time x1.5; docs/08 round 18), images of 256 px and more k = 1. The cap
+    is 2: 3×3 gave the cow the same IoU (0.976), and 4 would cost 16x the pixels of a 64² image.
     """
     if cfg_value is not None:
         return int(cfg_value)
