@@ -75,6 +75,7 @@ def test_checkpoint_from_before_smooth_dmtet_steps_resumes_without_them(tmp_path
     torch.save({"config": {"grid_res": 16, "iters": 30, "removed_setting": 1}}, str(tmp_path / "checkpoint.pt"))
     saved = checkpoint_config(str(tmp_path))
     assert saved["dmtet_smoothing"] == 0.0 and saved["grid_res"] == 16 and "removed_setting" not in saved
+    assert saved["refine_subdivide"] == 0  # written before round 19: refined its DMTet mesh unsubdivided
     torch.save({"config": {"grid_res": 16, "dmtet_smoothing": 2.0}}, str(tmp_path / "checkpoint.pt"))
     assert checkpoint_config(str(tmp_path))["dmtet_smoothing"] == 2.0  # a newer checkpoint's own value
 
@@ -342,6 +343,8 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
     assert metrics["cleanup"]["dmtet"]["topology_fixed_points"] >= 0
+    dm, rf = metrics["cleanup"]["dmtet"], metrics["cleanup"]["refine"]
+    assert dm["subdivided_faces"] == 4 * dm["faces_out"] == rf["faces_in"]  # one midpoint subdivision between
     for rep in metrics["cleanup"].values():  # with the collapse of invisible faces, at 1x and 2x
         assert set(rep["invisible_left"]) == {"24x24", "48x48"} and rep["collapsed_faces"] >= 0
 

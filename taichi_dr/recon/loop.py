@@ -59,6 +59,7 @@ from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, 
 from taichi_dr.recon.collapse import collapse_invisible, flip_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
+from taichi_dr.recon.subdivide import subdivide_midpoint
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, pixel_footprint
@@ -161,6 +162,7 @@ MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geomet
 REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the default `iters` is 2x it)
 SHRINK_REACH_CELLS = 0.6  # the start's shrink the tuned DMTet pass grows back (cells; shrink_rate_scale)
 SHRINK_RATE_MAX = 2.0  # the largest rate factor shrink_rate_scale gives (the largest measured)
+COLLAPSE_ROUNDS = 16  # collapse_invisible's rounds on an unsubdivided mesh (its default)
 SUPERSAMPLE_PX = 256  # automatic supersampling renders the losses' images at least this large (longer side)
 SUPERSAMPLE_MAX = 2  # ... with at most this factor (3x3 on the cow: same IoU as 2x2; docs/08 round 18)
 
@@ -355,7 +357,10 @@ class _Run:
     def _collapse_invisible(self, verts, faces, rep):
         """:func:`~taichi_dr.recon.collapse.collapse_invisible` on the visibility views; the collapses
         and what stays invisible go into ``rep``."""
-        out = collapse_invisible(verts.detach(), faces, *self._visibility_views(), report=rep)
+        # a subdivided mesh has 4^n times the faces between pixel centres: as many more rounds at most
+        # (each stops early once nothing is left to collapse)
+        out = collapse_invisible(verts.detach(), faces, *self._visibility_views(), report=rep,
+                                 rounds=COLLAPSE_ROUNDS * 4 ** self.cfg.refine_subdivide)
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
@@ -428,6 +433,9 @@ class _Run:
             v, f = self._collapse_invisible(v, f, rep)[:2]
             f = self._flip_invisible(v, f, rep)[0]
             self.cleanup[self.phase]["topology_fixed_points"] = self._topology_fixed
+            # four faces per face, the surface unmoved: room to follow curves within a cell (recon/subdivide.py)
+            v, f = subdivide_midpoint(v, f, self.cfg.refine_subdivide)
+            self.cleanup[self.phase]["subdivided_faces"] = int(f.shape[0])
         # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
         f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3],
                                                   normal_map=self.cfg.normal_map)

@@ -1,0 +1,94 @@
+"""Midpoint subdivision before the refinement pass (recon/subdivide.py)."""
+import pytest
+import torch
+
+from taichi_dr.geometry.marching_tets import marching_tets
+from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.recon.cleanup import components_genus, nonmanifold_vertices
+from taichi_dr.recon.subdivide import subdivide_midpoint
+
+
+def torus(res=12):
+    """A closed genus-1 marching-tets surface (sign changes on every kind of tet edge)."""
+    grid = TetGrid.create(res, 2.4)
+    p = grid.verts.double()
+    sdf = (torch.sqrt(p[:, 0] ** 2 + p[:, 1] ** 2) - 0.6) ** 2 + p[:, 2] ** 2 - 0.3 ** 2
+    return marching_tets(p, sdf, grid)
+
+
+def edge_uses(f):
+    f = f.long()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(1).values
+    return torch.unique(e, dim=0, return_counts=True)
+
+
+def face_normals(v, f):
+    t = v[f.long()]
+    return torch.linalg.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+
+
+def test_one_triangle_splits_into_four_equal_quarters_with_its_orientation():
+    v = torch.tensor([[0.0, 0, 0], [2, 0, 0], [0, 2, 0]], dtype=torch.float64)
+    f = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+    v2, f2 = subdivide_midpoint(v, f)
+    assert v2.shape == (6, 3) and f2.shape == (4, 3) and f2.dtype == torch.int32 and v2.dtype == torch.float64
+    assert torch.equal(v2[:3], v)  # the old vertices keep their indices and positions
+    assert {tuple(p) for p in v2[3:].tolist()} == {(1.0, 0.0, 0.0), (1.0, 1.0, 0.0), (0.0, 1.0, 0.0)}
+    n = face_normals(v2, f2)
+    assert torch.allclose(n, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(4, 3))  # same side, 1/4 area
+
+
+def test_a_closed_surface_stays_closed_manifold_and_in_place():
+    v, f = torus()
+    _, uses = edge_uses(f)
+    assert (uses == 2).all()
+    c0, g0 = components_genus(f)
+    area0 = face_normals(v, f).norm(dim=1).sum()
+    n_edges = uses.numel()
+    for times in (1, 2):
+        v2, f2 = subdivide_midpoint(v, f, times)
+        assert f2.shape[0] == f.shape[0] * 4 ** times
+        if times == 1:
+            assert v2.shape[0] == v.shape[0] + n_edges
+        _, uses2 = edge_uses(f2)
+        assert (uses2 == 2).all()  # closed: every edge between exactly two faces
+        assert components_genus(f2) == (c0, g0) == (1, 1.0)
+        assert not nonmanifold_vertices(f2.long().numpy(), v2.shape[0]).any()
+        # the surface does not move: same area, and every new face lies in an old face's plane
+        assert torch.allclose(face_normals(v2, f2).norm(dim=1).sum(), area0, rtol=1e-12)
+    v1, f1 = subdivide_midpoint(v, f)
+    parent = torch.arange(f.shape[0]).repeat(4)  # face k of block j comes from face k
+    n_old = torch.nn.functional.normalize(face_normals(v, f), dim=1)[parent]
+    n_new = torch.nn.functional.normalize(face_normals(v1, f1), dim=1)
+    big = face_normals(v1, f1).norm(dim=1) > 1e-8  # marching tets' near-degenerate slivers have no direction
+    assert big.float().mean() > 0.9 and ((n_old * n_new).sum(1)[big] > 1 - 1e-9).all()
+
+
+def test_zero_times_returns_the_inputs_and_bad_arguments_are_named():
+    v, f = torus(6)
+    v0, f0 = subdivide_midpoint(v, f, 0)
+    assert v0 is v and f0 is f
+    with pytest.raises(ValueError, match="times"):
+        subdivide_midpoint(v, f, -1)
+    with pytest.raises(TypeError, match="times"):
+        subdivide_midpoint(v, f, 1.0)
+    with pytest.raises(TypeError, match="times"):
+        subdivide_midpoint(v, f, True)
+    with pytest.raises(ValueError, match="faces"):
+        subdivide_midpoint(v, f + v.shape[0])
+    with pytest.raises(ValueError, match="verts"):
+        subdivide_midpoint(v[:, :2], f)
+    with pytest.raises(TypeError, match="faces"):
+        subdivide_midpoint(v, f.float())
+
+
+
+def test_the_setting_is_bounded_and_frozen():
+    from taichi_dr.recon.config import FROZEN_BEFORE_ADDED, ReconConfig
+
+    assert ReconConfig().validate().refine_subdivide == 1
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match="refine_subdivide"):
+            ReconConfig(refine_subdivide=bad).validate()
+    # a checkpoint from before the setting refined its DMTet mesh as it was: --resume keeps that
+    assert FROZEN_BEFORE_ADDED["refine_subdivide"] == 0
