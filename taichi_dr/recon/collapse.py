@@ -24,7 +24,9 @@ from scipy.sparse import coo_matrix
 from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency, face_pixels,
                                      surviving_faces)
 
-__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data"]
+__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS"]
+
+COLLAPSE_ROUNDS = 16  # collapse_invisible's default limit on rounds (each one visibility pass per raster size)
 
 
 def merge_vertex_data(x: torch.Tensor, vmap: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,7 +181,8 @@ def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndar
 
 @torch.no_grad()
 def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
-                       resolutions: Sequence[Tuple[int, int]], keep_patch: Optional[int] = None, rounds: int = 16,
+                       resolutions: Sequence[Tuple[int, int]], keep_patch: Optional[int] = None,
+                       rounds: int = COLLAPSE_ROUNDS,
                        min_cos: float = 0.0, report: Optional[CleanupReport] = None):
     """Collapse the small patches of faces that own no pixel, so that the mesh stays closed.
 

@@ -21,7 +21,9 @@ never taken for granted.
 
 Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions and colours are
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
-which recovers detail finer than the tet grid. Before it and at the end, slivers are collapsed and
+which recovers detail finer than the tet grid; it starts from the cleaned DMTet mesh split at its
+edges' midpoints (``refine_subdivide`` times, recon/subdivide.py: four faces per face, the surface
+unmoved), so it can follow curves within a grid cell. Before it and at the end, slivers are collapsed and
 faces no training view sees, and components the images do not support, are removed
 (recon/cleanup.py; docs/08 says why DMTet leaves them), and what still owns no pixel (slivers
 between pixel centres) is collapsed away, keeping the surface closed (recon/collapse.py).
@@ -56,7 +58,7 @@ from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
-from taichi_dr.recon.collapse import collapse_invisible, flip_invisible, merge_vertex_data
+from taichi_dr.recon.collapse import COLLAPSE_ROUNDS, collapse_invisible, flip_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.subdivide import subdivide_midpoint
@@ -162,7 +164,6 @@ MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geomet
 REF_DMTET_ITERS = 200  # the DMTet pass length lr_geometry was tuned at (the default `iters` is 2x it)
 SHRINK_REACH_CELLS = 0.6  # the start's shrink the tuned DMTet pass grows back (cells; shrink_rate_scale)
 SHRINK_RATE_MAX = 2.0  # the largest rate factor shrink_rate_scale gives (the largest measured)
-COLLAPSE_ROUNDS = 16  # collapse_invisible's rounds on an unsubdivided mesh (its default)
 SUPERSAMPLE_PX = 256  # automatic supersampling renders the losses' images at least this large (longer side)
 SUPERSAMPLE_MAX = 2  # ... with at most this factor (3x3 on the cow: same IoU as 2x2; docs/08 round 18)
 
