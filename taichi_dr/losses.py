@@ -10,20 +10,23 @@
 * ``sdf_reg_loss``: on every grid edge whose SDF changes sign, binary cross-entropy pushing each
   end's σ(s) towards the *other* end's sign. It makes the SDF a clean step across the surface and
   removes the floaters and internal sheets that image losses cannot see.
-* ``laplacian_loss``: uniform umbrella smoothing for the fixed-topology mesh refinement.
+* ``laplacian_loss``: uniform umbrella smoothing for the fixed-topology mesh refinement
+  (``umbrella_operator``: its sparse matrix, built once per topology).
 * ``normal_consistency_loss``: 1 − cos between the normals of the two faces of every interior
   edge. Unlike the Laplacian it does not shrink the mesh or pull vertices along the surface; it
   only penalises creases, i.e. the one-pixel bumps that shading noise carves into the surface.
 """
+import warnings
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from taichi_dr._checks import check_index, check_tensor, FLOATS, shape_str
+from taichi_dr.mesh import unique_edges
 
 __all__ = ["srgb_transfer", "linear_to_srgb", "srgb_to_linear", "tonemap_srgb", "image_loss", "mask_loss",
-           "sdf_reg_loss", "laplacian_loss", "face_pairs", "normal_consistency_loss"]
+           "sdf_reg_loss", "laplacian_loss", "umbrella_operator", "face_pairs", "normal_consistency_loss"]
 
 
 def srgb_transfer(x: torch.Tensor) -> torch.Tensor:
@@ -109,33 +112,67 @@ def sdf_reg_loss(sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
             + F.binary_cross_entropy_with_logits(b, (a > 0).to(b.dtype)))
 
 
-def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, ref: Optional[torch.Tensor] = None) -> torch.Tensor:
+def umbrella_operator(faces: torch.Tensor, num_verts: int, dtype: torch.dtype = torch.float32,
+                      device=None) -> torch.Tensor:
+    """The uniform umbrella Laplacian of a triangle mesh as a sparse ``[V, V]`` CSR matrix ``U``:
+    ``(U x)_i`` = mean of ``x`` over ``i``'s neighbours − ``x_i``.
+
+    Neighbours are counted once per incident face edge (nvdiffrec's umbrella: on a closed mesh every
+    neighbour twice, so the mean is uniform). Build it once per topology and pass it to
+    :func:`laplacian_loss` (``operator=``): one sparse product replaces the gather / scatter of all
+    ``6F`` half-edges at every call (refinement of a 138k-face mesh: 98 -> 38 ms a step, forward
+    and backward, on 2 CPU cores).
+
+    Args:
+        faces: ``[F, 3]`` int triangles.
+        num_verts: ``V``.
+        dtype, device: of the matrix (those of the positions it will multiply).
+    """
+    check_index("faces", faces, num_verts, expected="[F, 3]")
+    f = faces.long().to(device)
+    src = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    dst = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    deg = torch.zeros(num_verts, dtype=dtype, device=f.device).index_add_(0, src, torch.ones_like(src, dtype=dtype))
+    diag = torch.arange(num_verts, device=f.device)
+    idx = torch.stack([torch.cat([src, diag]), torch.cat([dst, diag])])
+    val = torch.cat([1.0 / deg[src], -torch.ones(num_verts, dtype=dtype, device=f.device)])
+    with warnings.catch_warnings():  # torch calls its CSR support "beta"; products and their gradients are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        # coalesce sums the repeated half-edges: a neighbour seen from two faces weighs 2 / deg
+        return torch.sparse_coo_tensor(idx, val, (num_verts, num_verts)).coalesce().to_sparse_csr()
+
+
+def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, ref: Optional[torch.Tensor] = None,
+                   operator: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Uniform umbrella Laplacian: mean squared (mean of neighbours − vertex), of ``verts − ref`` if given.
 
     Args:
         verts: ``[V, 3]`` float vertex positions.
         faces: ``[F, 3]`` int triangles.
         ref: optional ``[V, 3]`` reference positions (relative smoothing of the displacement).
+        operator: optional ``[V, V]`` sparse matrix from :func:`umbrella_operator` for these faces,
+            same dtype and device as ``verts`` (built here when not given).
     """
     check_tensor("verts", verts, ndim=2, last=3, dtypes=FLOATS, expected="[V, 3]")
     check_index("faces", faces, verts.shape[0], expected="[F, 3]")
     x = verts if ref is None else verts - ref
-    f = faces.long()
-    src = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    dst = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    acc = torch.zeros_like(x).index_add_(0, src, x[dst])
-    deg = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, src, torch.ones_like(src, dtype=x.dtype))
-    lap = acc / deg.clamp(min=1).unsqueeze(1) - x
+    if operator is None:
+        operator = umbrella_operator(faces, x.shape[0], x.dtype, x.device)
+    elif operator.shape != (x.shape[0], x.shape[0]) or operator.dtype != x.dtype:
+        raise ValueError(f"operator: expected a [{x.shape[0]}, {x.shape[0]}] {x.dtype} matrix (umbrella_operator), "
+                         f"got {shape_str(operator.shape)} {operator.dtype}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        lap = operator @ x
     return torch.mean(lap ** 2)
 
 
 def face_pairs(faces: torch.Tensor) -> torch.Tensor:
     """``[P, 2]`` int64: the two faces of every edge shared by exactly two faces of ``faces [F, 3]``."""
     check_index("faces", faces, int(faces.max()) + 1 if faces.numel() else 1, expected="[F, 3]")
-    f = faces.long()
-    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
-    owner = torch.arange(f.shape[0], device=f.device).repeat(3)
-    _, inv, counts = torch.unique(e, dim=0, return_inverse=True, return_counts=True)
+    edges, inv = unique_edges(faces)
+    owner = torch.arange(faces.shape[0], device=faces.device).repeat(3)
+    counts = torch.bincount(inv, minlength=edges.shape[0])
     order = torch.argsort(inv, stable=True)
     inv_sorted, own_sorted = inv[order], owner[order]
     # consecutive entries with the same edge id, on edges used exactly twice

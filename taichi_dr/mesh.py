@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["Mesh", "load_obj", "save_obj", "obj_text", "read_texture", "atomic_write", "atomic_write_text"]
+__all__ = ["Mesh", "unique_edges", "load_obj", "save_obj", "obj_text", "read_texture", "atomic_write", "atomic_write_text"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,9 +42,7 @@ class Mesh:
 
     def edges(self) -> torch.Tensor:
         """Unique undirected edges ``[E, 2]`` int64 with i < j."""
-        f = self.faces.long()
-        e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-        return torch.unique(torch.sort(e, 1)[0], dim=0)
+        return unique_edges(self.faces)[0]
 
     def bbox(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.verts.min(0)[0], self.verts.max(0)[0]
@@ -54,6 +52,23 @@ class Mesh:
         lo, hi = self.bbox()
         c, s = (lo + hi) / 2, float((hi - lo).max()) / 2
         return dataclasses.replace(self, verts=(self.verts - c) * (extent / max(s, 1e-12)))
+
+
+def unique_edges(faces: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The undirected edges of a triangle list, each once, and which one every face edge is.
+
+    Args:
+        faces: ``[F, 3]`` int vertex indices (not checked here: callers validate their inputs).
+
+    Returns:
+        ``(edges [E, 2], inverse [3F])``, both int64 on ``faces``' device: ``edges`` sorted
+        lexicographically with ``i < j`` in each row; ``inverse[k * F + t]`` is the row of face
+        ``t``'s ``k``-th edge, the edges taken as ``(v0, v1), (v1, v2), (v2, v0)``.
+    """
+    f = faces.long()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
+    edges, inverse = torch.unique(e, dim=0, return_inverse=True)
+    return edges, inverse.reshape(-1)
 
 
 def atomic_write(path: PathLike, write) -> None:

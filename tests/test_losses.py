@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from taichi_dr import image_loss, laplacian_loss, mask_loss, sdf_reg_loss, tonemap_srgb
-from taichi_dr.losses import linear_to_srgb, srgb_to_linear
+from taichi_dr.losses import linear_to_srgb, srgb_to_linear, umbrella_operator
 
 D = torch.float64
 
@@ -57,6 +57,28 @@ def test_laplacian_loss_reference_and_values():
     expected = (1.0 + 4 * 0.5 ** 2) / (5 * 3)
     assert math.isclose(float(laplacian_loss(w, f, ref=v)), expected, rel_tol=1e-12)
     assert math.isclose(float(laplacian_loss(w - v, f)), expected, rel_tol=1e-12)
+    # the operator built once (the refinement's way) gives the same value, and its gradient is exact
+    op = umbrella_operator(f, 5, D)
+    assert math.isclose(float(laplacian_loss(w, f, ref=v, operator=op)), expected, rel_tol=1e-12)
+    x = (w + 0.1 * torch.rand(5, 3, dtype=D, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: laplacian_loss(y, f, ref=v, operator=op), (x,))
+    with pytest.raises(ValueError, match="operator"):
+        laplacian_loss(w, f, operator=umbrella_operator(f, 5, torch.float32))
+
+
+def test_umbrella_operator_matches_the_half_edge_mean():
+    # on a random closed mesh (a subdivided tetrahedron), U x = mean over incident face edges - x
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0.2, 0.3, 1]], dtype=D)
+    f = torch.tensor([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]])
+    v, f = subdivide_midpoint(v, f, 2)
+    x = torch.rand(v.shape[0], 3, dtype=D, generator=torch.Generator().manual_seed(1))
+    src = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    dst = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    acc = torch.zeros_like(x).index_add_(0, src, x[dst])
+    deg = torch.zeros(x.shape[0], dtype=D).index_add_(0, src, torch.ones(src.shape[0], dtype=D))
+    assert torch.allclose(umbrella_operator(f, v.shape[0], D) @ x, acc / deg[:, None] - x, atol=1e-14)
+    assert umbrella_operator(f[:0], 3, D).to_dense().equal(-torch.eye(3, dtype=D))  # no faces: U x = -x
 
 
 def test_sdf_reg_loss_bad_input():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from taichi_dr import Mesh, load_obj, save_obj
+from taichi_dr.mesh import unique_edges
 
 
 def tetra(**extra):
@@ -46,6 +47,19 @@ def test_obj_texture_roundtrip_and_edges(tmp_path):
     n = m.normalized()
     lo, hi = n.bbox()
     assert torch.allclose((hi - lo).max(), torch.tensor(2.0)) and torch.allclose(lo + hi, torch.zeros(3), atol=1e-6)
+
+
+def test_unique_edges_inverse_names_each_face_edge():
+    m = tetra()
+    edges, inv = unique_edges(m.faces)
+    assert edges.dtype == inv.dtype == torch.int64 and inv.shape == (12,)
+    f = m.faces.long()
+    for k, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):  # inverse[k * F + t]: face t's k-th edge
+        want = torch.stack([torch.minimum(f[:, i], f[:, j]), torch.maximum(f[:, i], f[:, j])], 1)
+        assert torch.equal(edges[inv[k * 4:(k + 1) * 4]], want)
+    assert torch.bincount(inv).tolist() == [2] * 6  # a closed tetrahedron: every edge has two faces
+    e0, i0 = unique_edges(torch.zeros(0, 3, dtype=torch.int32))
+    assert e0.shape == (0, 2) and i0.shape == (0,)
 
 
 def test_obj_polygons_relative_indices_and_errors(tmp_path):

@@ -344,7 +344,8 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
     assert metrics["cleanup"]["dmtet"]["topology_fixed_points"] >= 0
     dm, rf = metrics["cleanup"]["dmtet"], metrics["cleanup"]["refine"]
-    assert dm["subdivided_faces"] == 4 * dm["faces_out"] == rf["faces_in"]  # one midpoint subdivision between
+    # the automatic choice: a small DMTet mesh is subdivided twice (16 faces per face) before the refinement
+    assert dm["subdivisions"] == 2 and dm["subdivided_faces"] == 16 * dm["faces_out"] == rf["faces_in"]
     for rep in metrics["cleanup"].values():  # with the collapse of invisible faces, at 1x and 2x
         assert set(rep["invisible_left"]) == {"24x24", "48x48"} and rep["collapsed_faces"] >= 0
 

@@ -86,9 +86,17 @@ def test_zero_times_returns_the_inputs_and_bad_arguments_are_named():
 def test_the_setting_is_bounded_and_frozen():
     from taichi_dr.recon.config import FROZEN_BEFORE_ADDED, ReconConfig
 
-    assert ReconConfig().validate().refine_subdivide == 1
+    assert ReconConfig().validate().refine_subdivide is None  # automatic: auto_subdivisions
     for bad in (-1, 3):
         with pytest.raises(ValueError, match="refine_subdivide"):
             ReconConfig(refine_subdivide=bad).validate()
     # a checkpoint from before the setting refined its DMTet mesh as it was: --resume keeps that
     assert FROZEN_BEFORE_ADDED["refine_subdivide"] == 0
+
+
+def test_auto_subdivisions_follow_the_face_budget():
+    from taichi_dr.recon.subdivide import AUTO_FACE_BUDGET, auto_subdivisions
+
+    assert auto_subdivisions(AUTO_FACE_BUDGET // 16) == 2  # the cow's 8,662 DMTet faces: 138,592 refined
+    assert auto_subdivisions(AUTO_FACE_BUDGET // 16 + 1) == 1  # a bowl's 13,616: one (217,856 would be slow)
+    assert auto_subdivisions(0) == 2 and auto_subdivisions(100, budget=1000) == 1

@@ -79,13 +79,14 @@ class ReconConfig:
                 "its weights) for a pass of up to 200 iterations; a longer pass (--iters N) uses it x 200 / N",
         "gt": 0})
     lr_color: float = field(default=0.01, metadata={"help": "learning rate of the colour MLP and light", "gt": 0})
-    refine_subdivide: int = field(default=1, metadata={
+    refine_subdivide: Optional[int] = field(default=None, metadata={
         "help": "midpoint subdivisions of the DMTet mesh before the refinement pass (each splits every triangle "
                 "into four without moving the surface): the refinement then follows curves that bend within one "
-                "grid cell (measured at 128²: Chamfer cow 4.5e-5 -> 3.9e-5, bunny 2.3e-4 -> 1.6e-4, rocker arm "
-                "5.4e-4 -> 4.5e-4; 800² gadget 2.1e-4 -> 1.4e-4, +1.8 dB; the unlit bowl 9.7e-5 -> 1.3e-4; "
-                "~1.3x the time; docs/08 round 19); 2 = cow 2.7e-5, test IoU 0.980 at 1.6-2.6x the time; 0 = refine "
-                "the DMTet mesh as it is",
+                "grid cell; none = two while the refined mesh stays within 160,000 faces (a DMTet mesh of up to "
+                "10,000), else one (measured at 128², docs/08 rounds 19-20: one over none: cow Chamfer 4.5e-5 -> "
+                "3.9e-5, 800² gadget 2.1e-4 -> 1.4e-4 and +1.8 dB; two over one: cow 3.9e-5 -> 2.7e-5 and test "
+                "IoU 0.977 -> 0.982, bunny 1.6e-4 -> 6.1e-5, rocker arm 4.5e-4 -> 1.9e-4; the time grows about "
+                "linearly with the refined faces: cow 230 s, bunny 242 s alone); 0 = refine the DMTet mesh as it is",
         "min": 0, "max": 2, "frozen": True})
     lr_refine: float = field(default=2e-3, metadata={
         "help": "learning rate of vertex positions in the refinement pass", "gt": 0})

@@ -22,8 +22,9 @@ never taken for granted.
 Pass 2 (mesh refinement, topology fixed): the extracted mesh's vertex positions and colours are
 optimised directly with the same image losses plus a Laplacian regulariser on the displacement,
 which recovers detail finer than the tet grid; it starts from the cleaned DMTet mesh split at its
-edges' midpoints (``refine_subdivide`` times, recon/subdivide.py: four faces per face, the surface
-unmoved), so it can follow curves within a grid cell. Before it and at the end, slivers are collapsed and
+edges' midpoints (``refine_subdivide`` times, automatically twice for a DMTet mesh of up to 10,000
+faces and else once; recon/subdivide.py: four faces per face, the surface unmoved), so it can
+follow curves within a grid cell. Before it and at the end, slivers are collapsed and
 faces no training view sees, and components the images do not support, are removed
 (recon/cleanup.py; docs/08 says why DMTet leaves them), and what still owns no pixel (slivers
 between pixel centres) is collapsed away, keeping the surface closed (recon/collapse.py).
@@ -54,14 +55,14 @@ from taichi_dr.camera import camera_position
 from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
 from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
-                               normal_consistency_loss, sdf_reg_loss)
+                               normal_consistency_loss, sdf_reg_loss, umbrella_operator)
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
 from taichi_dr.recon.collapse import COLLAPSE_ROUNDS, collapse_invisible, flip_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
-from taichi_dr.recon.subdivide import subdivide_midpoint
+from taichi_dr.recon.subdivide import auto_subdivisions, subdivide_midpoint
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, pixel_footprint
@@ -361,9 +362,15 @@ class _Run:
         # a subdivided mesh has 4^n times the faces between pixel centres: as many more rounds at most
         # (each stops early once nothing is left to collapse)
         out = collapse_invisible(verts.detach(), faces, *self._visibility_views(), report=rep,
-                                 rounds=COLLAPSE_ROUNDS * 4 ** self.cfg.refine_subdivide)
+                                 rounds=COLLAPSE_ROUNDS * 4 ** self._subdivisions())
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
+
+    def _subdivisions(self) -> int:
+        """How often the refinement's mesh was subdivided: the DMTet cleanup's record (a checkpoint
+        from before round 20 has none: its setting), 0 before the refinement."""
+        n = self.cleanup.get("dmtet", {}).get("subdivisions")
+        return n if n is not None else (self.cfg.refine_subdivide or 0)
 
     def _flip_invisible(self, verts, faces, rep, uv_faces=None):
         """:func:`~taichi_dr.recon.collapse.flip_invisible` for the slivers the collapses left owning
@@ -435,8 +442,10 @@ class _Run:
             f = self._flip_invisible(v, f, rep)[0]
             self.cleanup[self.phase]["topology_fixed_points"] = self._topology_fixed
             # four faces per face, the surface unmoved: room to follow curves within a cell (recon/subdivide.py)
-            v, f = subdivide_midpoint(v, f, self.cfg.refine_subdivide)
-            self.cleanup[self.phase]["subdivided_faces"] = int(f.shape[0])
+            n = self.cfg.refine_subdivide
+            n = auto_subdivisions(f.shape[0]) if n is None else n
+            v, f = subdivide_midpoint(v, f, n)
+            self.cleanup[self.phase].update(subdivisions=n, subdivided_faces=int(f.shape[0]))
         # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
         f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3],
                                                   normal_map=self.cfg.normal_map)
@@ -492,7 +501,7 @@ class _Run:
             return  # nothing removed, collapsed or flipped
         if uv_faces is not None:
             mat.uv_faces = uv_faces
-        self.mesh_faces, self._topo, self._pairs = f, None, None
+        self.mesh_faces, self._topo, self._pairs, self._lap_op = f, None, None, None
         self._set_refine_mesh(v, f, smooth=False)  # the pass is over: no optimiser will step these
         if per_vertex:  # merged vertices take the mean of their colours
             mat.logits = torch.nn.Parameter(merge_vertex_data(out[2], vmap, v.shape[0]))
@@ -530,7 +539,9 @@ class _Run:
         else:
             verts, faces, colors = self.mesh_verts, self.mesh_faces, self.mesh_colors.material()
             t = (self.it - self.history["refine_start"][-1]) / max(cfg.refine_iters, 1)
-            lap = laplacian_loss(verts, faces, self.verts0) * cfg.laplacian_weight * (1 - t) * 1e3
+            if getattr(self, "_lap_op", None) is None:  # the topology is fixed for the pass: one sparse matrix
+                self._lap_op = umbrella_operator(faces, verts.shape[0], verts.dtype, verts.device)
+            lap = laplacian_loss(verts, faces, self.verts0, self._lap_op) * cfg.laplacian_weight * (1 - t) * 1e3
             if cfg.normal_weight > 0:  # creases: the one-pixel bumps shading noise carves (docs/08)
                 if getattr(self, "_pairs", None) is None:
                     self._pairs = face_pairs(faces)

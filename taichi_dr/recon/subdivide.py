@@ -8,7 +8,11 @@ leaves the surface exactly where it was (every new vertex lies on an old edge) a
 refinement four times the faces to place. Measured at 128² (docs/08 round 19): Chamfer-L2 cow
 4.46e-5 -> 3.90e-5, rocker arm 5.36e-4 -> 4.52e-4 (test IoU 0.979 -> 0.982), box 1.96e-4 ->
 1.67e-4, 17 of 18 datasets better, at up to 1.45x the run's time; the bowl, whose base and dish
-are unlit, drifts (9.75e-5 -> 1.30e-4).
+are unlit, drifts (9.75e-5 -> 1.30e-4). A second subdivision gains again where the shape has
+detail within a cell (round 20: bunny 1.57e-4 -> 6.1e-5, rocker arm 4.52e-4 -> 1.91e-4, cow
+3.90e-5 -> 2.70e-5), but the refinement's time grows about linearly with its faces, so
+:func:`auto_subdivisions` (``ReconConfig.refine_subdivide=None``, the default) takes two only while
+the refined mesh stays within :data:`AUTO_FACE_BUDGET` faces.
 
 Why midpoints and not Loop or Catmull-Clark: smoothing schemes move the old vertices towards their
 neighbours and shrink convex parts by a fraction of an edge, i.e. of a pixel, which the mask loss
@@ -20,8 +24,21 @@ from typing import Tuple
 import torch
 
 from taichi_dr._checks import FLOATS, check_index, check_tensor
+from taichi_dr.mesh import unique_edges
 
-__all__ = ["subdivide_midpoint"]
+__all__ = ["subdivide_midpoint", "auto_subdivisions", "AUTO_FACE_BUDGET"]
+
+# faces the refinement may get from the automatic choice: two subdivisions (16 faces per face) of a
+# DMTet mesh of up to 10,000 faces. Each refinement step costs about linearly in the faces, and at 128²
+# two subdivisions of the cow (138,592 faces) took ~1.6x one's time; a bowl (13,616 -> 217,856) or
+# the 800² gadget (30,896 -> 494,336) would take far longer for no measured gain (docs/08 round 20).
+AUTO_FACE_BUDGET = 160_000
+
+
+def auto_subdivisions(num_faces: int, budget: int = AUTO_FACE_BUDGET) -> int:
+    """``refine_subdivide=None``: 2 if ``16 * num_faces <= budget``, else 1 (never 0: one subdivision
+    gains on every dataset measured but the unlit bowl; docs/08 round 19)."""
+    return 2 if 16 * int(num_faces) <= budget else 1
 
 
 def subdivide_midpoint(verts: torch.Tensor, faces: torch.Tensor, times: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +71,8 @@ def subdivide_midpoint(verts: torch.Tensor, faces: torch.Tensor, times: int = 1)
     for _ in range(times):
         f = faces.long()
         nv, nf = verts.shape[0], f.shape[0]
-        edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
         # one midpoint per undirected edge: both faces on an edge map it to the same new vertex
-        uniq, which = torch.unique(edges, dim=0, return_inverse=True)
+        uniq, which = unique_edges(f)
         mid = 0.5 * (verts[uniq[:, 0]] + verts[uniq[:, 1]])
         ab, bc, ca = (which[k * nf:(k + 1) * nf] + nv for k in range(3))
         a, b, c = f[:, 0], f[:, 1], f[:, 2]
