@@ -29,9 +29,10 @@ from taichi_dr.mesh import unique_edges
 __all__ = ["subdivide_midpoint", "auto_subdivisions", "AUTO_FACE_BUDGET"]
 
 # faces the refinement may get from the automatic choice: two subdivisions (16 faces per face) of a
-# DMTet mesh of up to 10,000 faces. Each refinement step costs about linearly in the faces, and at 128²
-# two subdivisions of the cow (138,592 faces) took ~1.6x one's time; a bowl (13,616 -> 217,856) or
-# the 800² gadget (30,896 -> 494,336) would take far longer for no measured gain (docs/08 round 20).
+# DMTet mesh of up to 10,000 faces. Each refinement step costs about linearly in the faces; at 128² the
+# bunny's 145,696 took 242 s for the whole run alone on 2 CPU cores, within #15's 5 minutes. A bowl
+# (13,616 -> 217,856) or the 800² gadget (30,896 -> 494,336) would take far longer, and the bowl
+# gained nothing from two (docs/08 rounds 19-20).
 AUTO_FACE_BUDGET = 160_000
 
 
