@@ -32,7 +32,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads (see RE
 import torch  # noqa: E402
 
 from taichi_dr.data.nerf import load_nerf  # noqa: E402
-from taichi_dr.mesh import load_obj  # noqa: E402
+from taichi_dr.mesh import load_obj, unique_edges  # noqa: E402
 from taichi_dr.metrics import normal_consistency  # noqa: E402
 from taichi_dr.recon import ReconConfig, reconstruct  # noqa: E402
 from taichi_dr.recon.cleanup import components_genus, face_components, face_pixels, nonmanifold_vertices  # noqa: E402
@@ -82,8 +82,8 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
     pix = face_pixels(mesh.verts, mesh.faces, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)])
     ncomp, _ = face_components(mesh.faces)
     f = mesh.faces.long()
-    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1)[0]
-    _, uses = torch.unique(edges, dim=0, return_counts=True)
+    edges, which = unique_edges(f)
+    uses = torch.bincount(which, minlength=edges.shape[0])  # faces per edge (2 on a closed surface)
     row = {"dataset": os.path.basename(os.path.normpath(data)), "chamfer_l2": m.get("chamfer_l2", float("nan")),
            "normal_consistency": normal_consistency(mesh.verts, mesh.faces, gt.verts, gt.faces)
            if mesh.faces.shape[0] else 0.0,

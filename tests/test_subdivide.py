@@ -4,6 +4,7 @@ import torch
 
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
+from taichi_dr.mesh import unique_edges
 from taichi_dr.recon.cleanup import components_genus, nonmanifold_vertices
 from taichi_dr.recon.subdivide import subdivide_midpoint
 
@@ -17,9 +18,9 @@ def torus(res=12):
 
 
 def edge_uses(f):
-    f = f.long()
-    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(1).values
-    return torch.unique(e, dim=0, return_counts=True)
+    """``(edges [E, 2], faces per edge [E])``."""
+    edges, which = unique_edges(f)
+    return edges, torch.bincount(which, minlength=edges.shape[0])
 
 
 def face_normals(v, f):
@@ -80,7 +81,6 @@ def test_zero_times_returns_the_inputs_and_bad_arguments_are_named():
         subdivide_midpoint(v[:, :2], f)
     with pytest.raises(TypeError, match="faces"):
         subdivide_midpoint(v, f.float())
-
 
 
 def test_the_setting_is_bounded_and_frozen():
