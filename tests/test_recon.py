@@ -54,6 +54,10 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert m["grid_res"] == 16 and m["grid_choice"]["default_grid_res"] in (40, 64)  # the user's grid is kept
     assert m["shrink_rate_scale"] == 1.0  # a user's grid keeps the tuned rate
     assert m["supersample"] == {"dmtet": 2, "refine": 2}  # 32-px views: the losses render at 64 px
+    stages = {"load", "setup", "dmtet", "refine_start", "refine", "checkpoints", "final_cleanup", "export",
+              "evaluate", "chamfer", "pictures"}
+    assert set(m["timings"]) == stages and all(t >= 0 for t in m["timings"].values())
+    assert m["timings"]["dmtet"] + m["timings"]["refine"] <= m["seconds"]  # the steps are part of the loop
 
     # an interrupted run continues at the right iteration
     out2 = str(tmp_path / "run2")
@@ -62,6 +66,9 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert saved["it"] == 15 and not os.path.exists(os.path.join(out2, "mesh.obj"))
     m2 = reconstruct(root, out2, cfg, resume=True, progress=False)
     assert m2["iterations"] == 40
+    # the timings add both processes: two loads and start shapes, the first one's DMTet steps kept
+    assert saved["timings"]["dmtet"] > 0 and m2["timings"]["dmtet"] >= saved["timings"]["dmtet"]
+    assert m2["timings"]["load"] > saved["timings"]["load"] and m2["timings"]["setup"] > saved["timings"]["setup"]
     assert len(torch.load(os.path.join(out2, "checkpoint.pt"), weights_only=False)["history"]["total"]) == 40
 
 

@@ -78,7 +78,7 @@ def test_zero_times_returns_the_inputs_and_bad_arguments_are_named():
     with pytest.raises(ValueError, match="faces"):
         subdivide_midpoint(v, f + v.shape[0])
     with pytest.raises(ValueError, match="verts"):
-        subdivide_midpoint(v[:, :2], f)
+        subdivide_midpoint(v[:, 0], f)
     with pytest.raises(TypeError, match="faces"):
         subdivide_midpoint(v, f.float())
 
@@ -100,3 +100,47 @@ def test_auto_subdivisions_follow_the_face_budget():
     assert auto_subdivisions(AUTO_FACE_BUDGET // 16) == 2  # the cow's 8,662 DMTet faces: 138,592 refined
     assert auto_subdivisions(AUTO_FACE_BUDGET // 16 + 1) == 1  # a bowl's 13,616: one (217,856 would be slow)
     assert auto_subdivisions(0) == 2 and auto_subdivisions(100, budget=1000) == 1
+
+
+
+def test_the_uv_atlas_is_split_with_the_mesh():
+    """start_material_pass unwraps the coarse mesh and splits the atlas with it: every split corner's UV
+    has the same barycentric coordinates in its coarse parent's UV triangle as its position has in the
+    parent's world triangle, so the bake and the refinement read the texture as if the fine mesh had
+    been unwrapped."""
+    from taichi_dr.recon.material import MaterialField
+    from taichi_dr.recon.texture_pass import start_material_pass
+
+    # a regular torus (no needles: every parent has a UV triangle to solve in)
+    n, m = 16, 8
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(m), indexing="ij")
+    th, ph = 2 * torch.pi * i.reshape(-1) / n, 2 * torch.pi * j.reshape(-1) / m
+    v = torch.stack([(0.6 + 0.3 * ph.cos()) * th.cos(), (0.6 + 0.3 * ph.cos()) * th.sin(), 0.3 * ph.sin()], 1)
+    a, b = i.reshape(-1) * m + j.reshape(-1), ((i.reshape(-1) + 1) % n) * m + j.reshape(-1)
+    c, d = i.reshape(-1) * m + (j.reshape(-1) + 1) % m, ((i.reshape(-1) + 1) % n) * m + (j.reshape(-1) + 1) % m
+    f = torch.cat([torch.stack([a, b, d], 1), torch.stack([a, d, c], 1)]).int()
+    F = f.shape[0]
+    v2, f2, mat = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
+    assert f2.shape == (16 * F, 3) and f2.dtype == torch.int32 and mat.uv_faces.shape == f2.shape
+    assert torch.equal(v2[:v.shape[0]], v)  # the old vertices stay first, unmoved
+    # each split stacks its children block by block, (a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca):
+    # fine face i has coarse parent i % F, and the parent's corner j is corner j of fine face j * 5F + k
+    wf, uf = f2.long(), mat.uv_faces.long()
+    par_w = torch.stack([v2[wf[j * 5 * F:j * 5 * F + F, j]] for j in range(3)], 1).double()  # [F, 3, 3]
+    par_uv = torch.stack([mat.uvs[uf[j * 5 * F:j * 5 * F + F, j]] for j in range(3)], 1).double()  # [F, 3, 2]
+    k = torch.arange(16 * F) % F
+    e1, e2 = par_uv[:, 1] - par_uv[:, 0], par_uv[:, 2] - par_uv[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = det.abs()[k] > 1e-6
+    assert bool(ok.all())
+    for j in range(3):
+        d = mat.uvs[uf[:, j]].double() - par_uv[k, 0]
+        l1 = (d[:, 0] * e2[k, 1] - d[:, 1] * e2[k, 0]) / det[k]
+        l2 = (e1[k, 0] * d[:, 1] - e1[k, 1] * d[:, 0]) / det[k]
+        lam = torch.stack([1 - l1 - l2, l1, l2], 1)[ok]
+        assert bool((lam > -1e-3).all())  # inside the parent's UV triangle
+        w = (lam[:, :, None] * par_w[k[ok]]).sum(1)
+        assert torch.allclose(w, v2[wf[ok, j]].double(), atol=1e-4)
+    # per-vertex colours: the mesh is split the same way
+    v3, f3, cols = start_material_pass(lambda p: torch.full_like(p, 0.5), v, f, (64, 64), subdivisions=1)
+    assert f3.shape == (4 * F, 3) and cols.material().shape == (v3.shape[0], 3)

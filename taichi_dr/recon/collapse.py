@@ -60,8 +60,20 @@ def _stars(f: np.ndarray, V: int, vs: np.ndarray) -> Tuple[np.ndarray, np.ndarra
     return owner, inc_f[pos]
 
 
+def _cross(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of ``[P, 3]`` arrays (``np.cross`` is several times slower on long, thin arrays)."""
+    return np.stack([u[:, 1] * w[:, 2] - u[:, 2] * w[:, 1], u[:, 2] * w[:, 0] - u[:, 0] * w[:, 2],
+                     u[:, 0] * w[:, 1] - u[:, 1] * w[:, 0]], axis=1)
+
+
+def _dot(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of ``[P, 3]`` arrays."""
+    return np.einsum("ij,ij->i", u, w)
+
+
 def _normals(p: np.ndarray) -> np.ndarray:
-    return np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    """``[P, 3]`` twice-area normals of the triangles ``p [P, 3 corners, 3]``."""
+    return _cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
 
 
 def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float):
@@ -72,7 +84,7 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
     Returns:
         ``(a [E], b [E], t [E], own [P], star [P])``: the edges' end vertices (``a < b``), the
         merged position ``a + t (b - a)`` (``nan``: no collapse allowed), and the faces around
-        either end of each edge (``star``; edge ``own``; a face of both ends appears twice).
+        either end of each edge (``star``; edge ``own``, ascending; a face of both ends appears twice).
     """
     V = v.shape[0]
     e_all = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
@@ -100,30 +112,49 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
     # surviving face over. For a sliver all are within its tiny size; for a face seen only at
     # grazing angles (the inside of a hole) the midpoint would cut a chord into a curved surface.
     (own_a, sf_a), (own_b, sf_b) = _stars(f, V, a), _stars(f, V, b)
-    own, sf = np.r_[own_a, own_b], np.r_[sf_a, sf_b]  # (edge, face of its star); shared faces twice
+    # (edge, face of its star), grouped by edge (shared faces twice): _select_collapses reduces per edge
+    own, sf = np.r_[own_a, own_b], np.r_[sf_a, sf_b]
+    order = np.argsort(own, kind="stable")
+    own, sf = own[order], sf[order]
     E = len(ck)
     tri = f[sf]
     is_ab = (tri == a[own, None]) | (tri == b[own, None])
-    surv = is_ab.sum(1) == 1
-    p_old = v[tri]
-    n_old = _normals(p_old)
-    l_old = np.linalg.norm(n_old, axis=1)  # twice the area: the quadric's weight
-    unit = n_old / np.maximum(l_old, 1e-300)[:, None]
-    d_a = (unit * (v[a][own] - p_old[:, 0])).sum(1)  # a's distance to each plane ...
-    k = (unit * (v[b] - v[a])[own]).sum(1)  # ... and its rate of change along the edge
+    # per face once (a face lies in the stars of many edges): its twice-area normal, the quadric's
+    # weight (its length), and its plane's offset along the unit normal
+    fn = _normals(v[f])
+    fl = np.sqrt(_dot(fn, fn))
+    fu = fn / np.maximum(fl, 1e-300)[:, None]
+    foff = _dot(fu, v[f[:, 0]])
+    n_old, l_old, unit = fn[sf], fl[sf], fu[sf]
+    va, vb = v[a], v[b]
+    d_a = _dot(unit, va[own]) - foff[sf]  # a's distance to each plane ...
+    k = _dot(unit, (vb - va)[own])  # ... and its rate of change along the edge
     t_best = np.clip(-np.bincount(own, l_old * d_a * k, E) / np.maximum(np.bincount(own, l_old * k * k, E), 1e-300),
                      0.0, 1.0)
+    # the faces that survive the collapse (one end of the edge in them; a face of exactly zero area has
+    # no orientation to lose: it is itself a sliver). Their moved corner x = a + t (b - a) and the two
+    # others p1, p2 (in the face's order) give the new normal (p1 - x) x (p2 - x) = p1 x p2 + x x (p1 - p2):
+    # linear in t, n0 + t n1, so each trial position costs a few vector operations
+    n_ab = is_ab[:, 0].astype(np.int8) + is_ab[:, 1] + is_ab[:, 2]
+    si = np.nonzero((n_ab == 1) & (l_old > 0))[0]
+    j = is_ab[si].argmax(1)
+    ts = tri[si]
+    rs = np.arange(len(si))
+    p1, p2 = v[ts[rs, (j + 1) % 3]], v[ts[rs, (j + 2) % 3]]
+    dp = p1 - p2
+    o_s = own[si]
+    n0 = _cross(p1, p2) + _cross(va[o_s], dp)
+    n1 = _cross((vb - va)[o_s], dp)
+    no, lo = n_old[si], l_old[si]
+    c0, c1 = _dot(no, n0), _dot(no, n1)  # n_old . n_new, linear in t
+    q0, q1, q2 = _dot(n0, n0), 2.0 * _dot(n0, n1), _dot(n1, n1)  # |n_new|^2, quadratic in t
     t, best = np.full(E, np.nan), np.full(E, np.inf)  # merged position a + t (b - a); nan: none is valid
     for t_try in (t_best, np.full(E, 0.5), np.zeros(E), np.ones(E)):
-        p_new = p_old.copy()
-        target = v[a] + t_try[:, None] * (v[b] - v[a])
-        p_new[is_ab] = np.broadcast_to(target[own, None, :], p_old.shape)[is_ab]
-        n_new = _normals(p_new)
-        cos = (n_old * n_new).sum(1) / np.maximum(l_old * np.linalg.norm(n_new, axis=1), 1e-300)
-        # a face of exactly zero area has no orientation to lose (it is itself a sliver)
-        flips = surv & (cos <= min_cos) & (l_old > 0)
+        tt = t_try[o_s]
+        ln = np.sqrt(np.maximum(q0 + tt * (q1 + tt * q2), 0.0))
+        cos = (c0 + tt * c1) / np.maximum(lo * ln, 1e-300)
         err = np.bincount(own, l_old * (d_a + t_try[own] * k) ** 2, E)
-        good = (np.bincount(own[flips], minlength=E) == 0) & (err < best)
+        good = (np.bincount(o_s[cos <= min_cos], minlength=E) == 0) & (err < best)
         t[good], best[good] = t_try[good], err[good]
     t[~ok] = np.nan
     return a, b, t, own, sf
@@ -147,16 +178,18 @@ def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: f
     idx = np.nonzero(ok)[0]
     rank[idx[np.argsort(np.linalg.norm(v[a[idx]] - v[b[idx]], axis=1), kind="stable")]] = np.arange(len(idx))
     active, chosen = ok.copy(), np.zeros(len(a), dtype=bool)
+    star = f[sf]  # [P, 3] vertices of each (edge, star face) row; rows are grouped by edge
+    s0, s1, s2 = (np.ascontiguousarray(star[:, q]) for q in range(3))
+    first = np.searchsorted(own, np.arange(len(a)))  # every edge has >= 2 rows (its own faces, twice)
     while active.any():
         vmin = np.full(V, big)
         np.minimum.at(vmin, a[active], rank[active])
         np.minimum.at(vmin, b[active], rank[active])
-        emin = np.full(len(a), big)
-        np.minimum.at(emin, own, vmin[f[sf]].min(axis=1))
+        emin = np.minimum.reduceat(np.minimum(np.minimum(vmin[s0], vmin[s1]), vmin[s2]), first)
         win = active & (emin == rank)
         chosen |= win
         locked = np.zeros(V, dtype=bool)
-        locked[f[sf[win[own]]].reshape(-1)] = True  # every vertex of a winner's star
+        locked[star[win[own]].reshape(-1)] = True  # every vertex of a winner's star
         active &= ~(locked[a] | locked[b])
     return np.stack([a[chosen], b[chosen]], axis=1), t[chosen]
 
@@ -257,6 +290,65 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
     return out_v, out_f, torch.from_numpy(vmap.astype(np.int64)), torch.from_numpy(rows.astype(np.int64)), rep
 
 
+def _flip_candidates(v: np.ndarray, f: np.ndarray, uv: Optional[np.ndarray], bad: np.ndarray, min_cos: float):
+    """The flips :func:`flip_invisible` makes this round for the faces ``bad [B]`` (in that order, a
+    face taking part in at most one): ``(i [K], o [K], new [K, 2, 3], new_uv [K, 2, 3] or None)``, the
+    face, its neighbour across its longest edge, and the two faces (and UV faces) replacing them."""
+    V = v.shape[0]
+    keys = _edge_keys(f, V).reshape(3, -1).T  # [F, 3]: key of the edge starting at each corner
+    flat = keys.T.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    sk = flat[order]
+    owner_face = order % f.shape[0]  # the face of each sorted key ([3F] is corner-major)
+    valence = np.bincount(f.reshape(-1), minlength=V)  # faces around each vertex
+    p = v[f[bad]]  # [B, 3, 3]
+    length = np.linalg.norm(p[:, [1, 2, 0]] - p, axis=2)  # edge from corner j to j + 1
+    kk = length.argmax(1)
+    rows = np.arange(len(bad))
+    a, b, c = f[bad, kk], f[bad, (kk + 1) % 3], f[bad, (kk + 2) % 3]
+    # the neighbour across ab: the edge's key must belong to exactly two faces
+    lo_, hi_ = np.searchsorted(sk, keys[bad, kk], "left"), np.searchsorted(sk, keys[bad, kk], "right")
+    ok = hi_ - lo_ == 2
+    pos = np.where(ok, lo_, 0)
+    f1, f2_ = owner_face[pos], owner_face[np.minimum(pos + 1, len(sk) - 1)]
+    o = np.where(f1 == bad, f2_, f1)
+    # the neighbour must be (b, a, d) in its cyclic order, d not c, and the edge cd must not exist yet
+    fo = f[o]
+    ko = ((fo != a[:, None]) & (fo != b[:, None])).argmax(1)
+    d = fo[rows, ko]
+    ok &= (d != c) & (fo[rows, (ko + 1) % 3] == b)
+    cd = np.minimum(c, d).astype(np.int64) * V + np.maximum(c, d)
+    at = np.minimum(np.searchsorted(sk, cd), len(sk) - 1)
+    ok &= sk[at] != cd
+    ok &= np.minimum(valence[a], valence[b]) > 3  # else a or b would keep two faces: a fold over itself
+    # both new normals against the pair's area-weighted normal (a sliver's own normal means little)
+    new = np.stack([np.stack([c, a, d], 1), np.stack([c, d, b], 1)], 1)  # [B, 2, 3]
+    n_old = _normals(p) + _normals(v[fo])
+    n_new = [_normals(v[new[:, q]]) for q in range(2)]
+    l_o = np.linalg.norm(n_old, axis=1)
+    for n in n_new:
+        l_n = np.linalg.norm(n, axis=1)
+        ok &= (l_n > 0) & (l_o > 0)
+        ok &= (n * n_old).sum(1) > min_cos * np.maximum(l_n * l_o, 1e-300)
+    new_uv = None
+    if uv is not None:  # a and b must carry the same UV vertices in both faces
+        ui, uo = uv[bad], uv[o]
+        ua_a, ua_b, ua_c = ui[rows, kk], ui[rows, (kk + 1) % 3], ui[rows, (kk + 2) % 3]
+        ub_d, ub_b, ub_a = uo[rows, ko], uo[rows, (ko + 1) % 3], uo[rows, (ko + 2) % 3]
+        ok &= (ua_a == ub_a) & (ua_b == ub_b)
+        new_uv = np.stack([np.stack([ua_c, ua_a, ub_d], 1), np.stack([ua_c, ub_d, ua_b], 1)], 1)
+    # first come, first served (``bad``'s order): a face takes part in one flip per round
+    used, take = set(), []
+    for r in np.nonzero(ok)[0].tolist():
+        i, j_ = int(bad[r]), int(o[r])
+        if i in used or j_ in used:
+            continue
+        used.update((i, j_))
+        take.append(r)
+    take = np.asarray(take, dtype=np.int64)
+    return bad[take], o[take], new[take], None if new_uv is None else new_uv[take]
+
+
 def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
                    resolutions: Sequence[Tuple[int, int]], uv_faces: Optional[torch.Tensor] = None,
                    min_pixels: int = 2, min_cos: float = 0.5, rounds: int = 2,
@@ -305,65 +397,26 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         bad = np.nonzero((pix < min_pixels).any(axis=0))[0]
         if bad.size == 0:
             break
-        key = _edge_keys(f, V).reshape(3, -1).T  # [F, 3]: key of the edge starting at each corner
-        owner = {}
-        for fi, k in zip(np.tile(np.arange(len(f)), 3), _edge_keys(f, V)):
-            owner.setdefault(int(k), []).append(int(fi))
-        valence = np.bincount(f.reshape(-1), minlength=V)  # faces around each vertex
-        used, flips = set(), []
-        for i in bad.tolist():
-            p = v[f[i]]
-            k = int(np.argmax([np.linalg.norm(p[(j + 1) % 3] - p[j]) for j in range(3)]))
-            a, b, c = f[i, k], f[i, (k + 1) % 3], f[i, (k + 2) % 3]
-            nb = owner.get(int(key[i, k]), [])
-            if len(nb) != 2:
-                continue
-            o = nb[0] if nb[1] == i else nb[1]
-            if o in used or i in used:
-                continue
-            ko = int(np.nonzero((f[o] != a) & (f[o] != b))[0][0])
-            d = f[o, ko]
-            if d == c or int(min(c, d) * V + max(c, d)) in owner or f[o, (ko + 1) % 3] != b:
-                continue  # cd exists already, or the neighbour is not (b, a, d) (orientation)
-            if min(valence[a], valence[b]) <= 3:
-                continue  # a or b would keep two faces: a fold over itself
-            new = np.array([[c, a, d], [c, d, b]])
-            # against the pair's area-weighted normal: a sliver's own normal means little
-            n_old = _normals(v[np.stack([f[i], f[o]])]).sum(0)
-            n_new = _normals(v[new])
-            lo, ln = np.linalg.norm(n_old), np.linalg.norm(n_new, axis=1)
-            if ln.min() <= 0 or lo <= 0:
-                continue
-            if ((n_new @ n_old) / (ln * lo)).min() <= min_cos:
-                continue
-            if uv is not None:  # a and b must carry the same UV vertices in both faces
-                ua = {int(f[i, j]): int(uv[i, j]) for j in range(3)}
-                ub = {int(f[o, j]): int(uv[o, j]) for j in range(3)}
-                if ua[int(a)] != ub[int(a)] or ua[int(b)] != ub[int(b)]:
-                    continue
-                new_uv = np.array([[ua[int(c)], ua[int(a)], ub[int(d)]], [ua[int(c)], ub[int(d)], ua[int(b)]]])
-            else:
-                new_uv = None
-            used.update((i, o))
-            flips.append((i, o, new, new_uv))
-        if not flips:
+        fi, fo, new, new_uv = _flip_candidates(v, f, uv, bad, min_cos)
+        if len(fi) == 0:
             break
+        both = np.r_[fi, fo]
         f2 = f.copy()
-        uv2 = None if uv is None else uv.copy()
-        for i, o, new, new_uv in flips:
-            f2[[i, o]] = new
-            if uv2 is not None:
-                uv2[[i, o]] = new_uv
+        f2[fi], f2[fo] = new[:, 0], new[:, 1]
+        uv2 = None
+        if uv is not None:
+            uv2 = uv.copy()
+            uv2[fi], uv2[fo] = new_uv[:, 0], new_uv[:, 1]
         pix2 = pixels(f2)
-        undone = 0
-        for i, o, _, _ in flips:  # undo what did not help
-            if (pix2[:, [i, o]] < min_pixels).any():
-                f2[[i, o]] = f[[i, o]]
-                if uv2 is not None:
-                    uv2[[i, o]] = uv[[i, o]]
-                undone += 1
-        kept += len(flips) - undone
-        if undone == len(flips):
+        # undo what did not help
+        bad_pair = (pix2[:, fi] < min_pixels).any(axis=0) | (pix2[:, fo] < min_pixels).any(axis=0)
+        back = both[np.r_[bad_pair, bad_pair]]
+        f2[back] = f[back]
+        if uv2 is not None:
+            uv2[back] = uv[back]
+        undone = int(bad_pair.sum())
+        kept += len(fi) - undone
+        if undone == len(fi):
             break
         # an undone pair changes which of its neighbours' pixels it occludes: rasterize again then
         f, uv, pix = f2, uv2, (pixels(f2) if undone else pix2)

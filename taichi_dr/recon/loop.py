@@ -39,6 +39,7 @@ direct mode those steps are smooth (``geometry/lattice_smooth.py``: the SDF and 
 checkpoint is written every ``checkpoint_every`` iterations and on Ctrl-C; ``resume=True``
 continues from it with the iteration count, models, optimiser and loss history restored.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -62,7 +63,7 @@ from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, 
 from taichi_dr.recon.collapse import COLLAPSE_ROUNDS, collapse_invisible, flip_invisible, merge_vertex_data
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
-from taichi_dr.recon.subdivide import auto_subdivisions, subdivide_midpoint
+from taichi_dr.recon.subdivide import auto_subdivisions
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
 from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, pixel_footprint
@@ -287,6 +288,26 @@ def _auto_train_res(data_dir: str, cap: Optional[int] = None) -> Optional[Tuple[
     return max(1, round(h * k)), max(1, round(w * k))
 
 
+class _Stopwatch:
+    """Wall seconds per stage of a run (``metrics.json`` -> ``timings``), kept in the checkpoint so that
+    a resumed run adds to what the first process spent. ``with watch("stage"):`` adds the block's
+    time to that stage (also when it raises)."""
+
+    def __init__(self):
+        self.spent: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.spent[stage] = self.spent.get(stage, 0.0) + time.time() - t
+
+    def report(self) -> Dict[str, float]:
+        return {k: round(v, 2) for k, v in self.spent.items()}
+
+
 class _Run:
     """State of one reconstruction; a class only so that checkpointing sees everything in one place."""
 
@@ -327,6 +348,7 @@ class _Run:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mesh_param = self.smoother = self.mesh_faces = self.mesh_colors = self.verts0 = None
         self.cleanup: Dict[str, Dict[str, int]] = {}  # phase -> clean_faces report
+        self.watch = _Stopwatch()  # wall seconds per stage (metrics.json -> timings)
 
     def _dmtet_optimizer(self):
         m, cfg = self.model, self.cfg
@@ -444,11 +466,11 @@ class _Run:
             # four faces per face, the surface unmoved: room to follow curves within a cell (recon/subdivide.py)
             n = self.cfg.refine_subdivide
             n = auto_subdivisions(f.shape[0]) if n is None else n
-            v, f = subdivide_midpoint(v, f, n)
-            self.cleanup[self.phase].update(subdivisions=n, subdivided_faces=int(f.shape[0]))
-        # the material moves from the field to UV textures (or per-vertex colours): recon/texture_pass.py
-        f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3],
-                                                  normal_map=self.cfg.normal_map)
+            self.cleanup[self.phase].update(subdivisions=n, subdivided_faces=int(f.shape[0]) * 4 ** n)
+        # the material moves from the field to UV textures (or per-vertex colours), and the mesh is split
+        # n times after the UV atlas is made (recon/texture_pass.py)
+        v, f, self.mesh_colors = start_material_pass(self.model.color, v, f, self.refine_data.images.shape[1:3],
+                                                     normal_map=self.cfg.normal_map, subdivisions=n)
         self.mesh_colors.to(v.device)  # its buffers (bounds, uv atlas) next to the parameters
         self.mesh_faces = f
         self._set_refine_mesh(v, f, smooth=True)
@@ -580,7 +602,7 @@ class _Run:
         s = {"it": self.it, "phase": self.phase, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
              "sched": self.sched.state_dict(), "history": self.history, "gen": self.gen.get_state(),
              "config": dataclasses.asdict(self.cfg), "center": self.center, "half": self.half,
-             "cleanup": self.cleanup}
+             "cleanup": self.cleanup, "timings": dict(self.watch.spent)}
         if self.phase == "refine":
             s.update(mesh_verts=self.mesh_verts.detach(), mesh_faces=self.mesh_faces,
                      mesh_colors=self.mesh_colors, verts0=self.verts0)
@@ -590,6 +612,11 @@ class _Run:
         self.model.load_state_dict(s["model"])
         self.it, self.history = s["it"], s["history"]
         self.cleanup = s.get("cleanup", {})
+        # the first process' stages plus what this one spent before resuming (loading, the start shape)
+        spent = dict(s.get("timings", {}))  # a checkpoint from before round 21 has none
+        for k, v in self.watch.spent.items():
+            spent[k] = spent.get(k, 0.0) + v
+        self.watch.spent = spent
         self.gen.set_state(s["gen"])
         if s["phase"] == "refine":
             self.phase = "refine"
@@ -656,6 +683,7 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         PeerLostError: under torchrun, another rank died; reported on stderr (attribute
             ``reported``) after writing ``checkpoint.pt``.
     """
+    t_load = time.time()
     # every argument and input file is checked before any work starts (raises ValueError/TypeError)
     cfg, resume_state, gt = check_inputs(data_dir, out_dir, config, resume, gt_mesh)
     ctx = init_distributed(enabled=distributed)  # one process unless launched by torchrun
@@ -689,13 +717,16 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     test = None if test is None else _to_device(test, device)
     t0 = time.time()
     run = _Run(cfg, train, out_dir, ctx, refine_data)
+    # inputs checked and loaded (with --gt, the ground truth too), then the start shape (visual hull)
+    run.watch.spent.update(load=t0 - t_load, setup=time.time() - t0)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
 
     saved = {"it": None}  # the iteration of the last checkpoint written (or resumed from)
 
     def checkpoint():
         if ctx.is_main:  # every rank holds the same state; one writes it
-            save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
+            with run.watch("checkpoints"):
+                save_checkpoint(ckpt, {**run.state(), "seconds": elapsed_before + time.time() - t0})
         saved["it"] = run.it
     elapsed_before = 0.0
     if resume:
@@ -717,9 +748,11 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     try:
         while run.it < total:
             if run.phase == "dmtet" and run.it >= cfg.iters:
-                run.start_refine()
-                share_state(ctx, run)  # every rank continues from rank 0's mesh, atlas and cleanup
-            loss = run.step()
+                with run.watch("refine_start"):  # cleanup, subdivision, UV atlas and texture bake
+                    run.start_refine()
+                    share_state(ctx, run)  # every rank continues from rank 0's mesh, atlas and cleanup
+            with run.watch(run.phase):
+                loss = run.step()
             bar.update(1)
             bar.set_postfix(phase=run.phase, loss=f"{loss:.4f}")
             if run.it % cfg.checkpoint_every == 0 or run.it == total:
@@ -765,12 +798,13 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
     if not ctx.is_main:
         return finish(ctx)  # wait for rank 0's outputs; return its metrics
 
-    run.finish_cleanup()  # no face that no training view sees, no unsupported floaters (recon/cleanup.py)
+    with run.watch("final_cleanup"):
+        run.finish_cleanup()  # no face that no training view sees, no unsupported floaters (recon/cleanup.py)
     with torch.no_grad():
         verts, faces, colors = run.current_mesh()
         verts = verts.detach().clone()
-    # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
-    export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
+    with run.watch("export"):  # mesh.obj/.mtl + textures + mesh.glb + light files (recon/export.py)
+        export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
                      "vertices": int(verts.shape[0]), "grid_res": run.grid_res, "grid_choice": run.grid_report,
                      "shrink_rate_scale": round(run.rate_scale, 4),
@@ -784,14 +818,18 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
                      "removed_invisible_faces": sum(r["invisible_faces"] for r in run.cleanup.values()),
                      "removed_components": sum(r["removed_components"] for r in run.cleanup.values())}
     if test is not None:
-        metrics.update(_evaluate(run, test, out_dir))
+        with run.watch("evaluate"):
+            metrics.update(_evaluate(run, test, out_dir))
     if gt is not None and faces.shape[0] > 0:
-        metrics["chamfer_l2"] = chamfer_distance(verts.detach().cpu(), faces.cpu(), gt.verts, gt.faces,
-                                                 num_samples=cfg.chamfer_samples)
-    history = run.history
-    save_loss_plot(os.path.join(out_dir, "loss.png"), history)
-    if faces.shape[0] > 0:
-        save_turntable(os.path.join(out_dir, "turntable.gif"), verts, faces, colors,
-                       run.model.light(), res=cfg.turntable_res, frames=cfg.turntable_frames)
+        with run.watch("chamfer"):
+            metrics["chamfer_l2"] = chamfer_distance(verts.detach().cpu(), faces.cpu(), gt.verts, gt.faces,
+                                                     num_samples=cfg.chamfer_samples)
+    with run.watch("pictures"):
+        save_loss_plot(os.path.join(out_dir, "loss.png"), run.history)
+        if faces.shape[0] > 0:
+            save_turntable(os.path.join(out_dir, "turntable.gif"), verts, faces, colors,
+                           run.model.light(), res=cfg.turntable_res, frames=cfg.turntable_frames)
+    # wall seconds per stage, over every process of a resumed run (the last stages of this one only)
+    metrics["timings"] = run.watch.report()
     save_json(os.path.join(out_dir, "metrics.json"), metrics)
     return finish(ctx, metrics)

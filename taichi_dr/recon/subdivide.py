@@ -51,19 +51,21 @@ def subdivide_midpoint(verts: torch.Tensor, faces: torch.Tensor, times: int = 1)
     orientation. The surface (and so its area) does not move.
 
     Args:
-        verts: ``[V, 3]`` float32/float64.
+        verts: ``[V, D]`` float32/float64 positions (``D = 3``) or any per-vertex attribute that
+            varies linearly along an edge, e.g. the UVs ``[T, 2]`` of an atlas with its ``uv_faces``:
+            the children of a face come out in the same order whatever the vertex numbering.
         faces: ``[F, 3]`` int32/int64 indices into ``verts``.
         times: number of subdivisions (``0`` returns the inputs), an int ``>= 0``.
 
     Returns:
-        ``(verts [V + E, 3], faces [4F, 3])`` for one subdivision (E: the number of distinct edges),
+        ``(verts [V + E, D], faces [4F, 3])`` for one subdivision (E: the number of distinct edges),
         same dtypes and devices as the inputs; the first ``V`` vertices are the old ones.
 
     Raises:
         TypeError: ``verts``/``faces`` are not tensors of a supported dtype, or ``times`` is not an int.
         ValueError: wrong shapes, indices out of range, or ``times < 0``.
     """
-    check_tensor("verts", verts, ndim=2, last=3, dtypes=FLOATS, expected="[V, 3]")
+    check_tensor("verts", verts, ndim=2, dtypes=FLOATS, expected="[V, D]")
     check_index("faces", faces, verts.shape[0], expected="[F, 3]")
     if isinstance(times, bool) or not isinstance(times, int):
         raise TypeError(f"times: expected an int >= 0, got {type(times).__name__}")
