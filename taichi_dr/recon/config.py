@@ -115,8 +115,10 @@ class ReconConfig:
         "choices": ("field", "vertex"), "frozen": True})
     normal_map: bool = field(default=True, metadata={
         "help": "learn a tangent-space normal map in the refinement pass (material=field; nvdiffrec)"})
-    laplacian_weight: float = field(default=50.0, metadata={
-        "help": "weight of the Laplacian regulariser in the refinement pass", "min": 0})
+    laplacian_weight: float = field(default=25.0, metadata={
+        "help": "weight of the Laplacian regulariser on the refinement pass' displacement (decays to 0 over "
+                "the pass); 25 since round 21 (50 before: the detailed shapes gain, e.g. rocker arm Chamfer "
+                "1.9e-4 -> 1.6e-4; the shadowed bowl loses; docs/08)", "min": 0})
     normal_weight: float = field(default=0.0, metadata={
         "help": "weight of the normal-consistency regulariser (1 - cos between neighbouring faces) in the "
                 "refinement pass: smooths one-pixel bumps without shrinking", "min": 0})

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr.recon.material import KS_MAX, KS_MIN
+from taichi_dr.recon.subdivide import subdivide_midpoint
 from taichi_dr.render.interpolate import interpolate
 from taichi_dr.render.rasterize import rasterize
 from taichi_dr.render.texture import texture
@@ -252,7 +253,6 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
         ``clamp_()`` (after each step).
     """
     from taichi_dr.recon.material import MaterialField
-    from taichi_dr.recon.subdivide import subdivide_midpoint
 
     if isinstance(field, MaterialField):
         R = texture_resolution(image_hw)
