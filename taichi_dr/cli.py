@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.gt is not None:
                 from taichi_dr.mesh import load_obj
 
-                load_obj(args.gt)
+                args.gt = load_obj(args.gt)  # parsed once, before any work; reconstruct() takes the Mesh
     if args.cmd == "render" and not os.path.isfile(args.mesh):
         from taichi_dr.mesh import load_obj
 

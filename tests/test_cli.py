@@ -138,6 +138,12 @@ def test_library_checks_before_work(ds, tmp_path):
         reconstruct(ds, str(out), ReconConfig(batch=0), progress=False)
     with pytest.raises(ValueError, match="missing.obj"):
         reconstruct(ds, str(out), ReconConfig(), gt_mesh=str(tmp_path / "missing.obj"), progress=False)
+    with pytest.raises(TypeError, match="gt_mesh"):  # a path or a loaded Mesh
+        reconstruct(ds, str(out), ReconConfig(), gt_mesh=42, progress=False)
+    from taichi_dr.mesh import Mesh
+    with pytest.raises(ValueError, match="gt_mesh.*0 faces"):
+        reconstruct(ds, str(out), ReconConfig(), gt_mesh=Mesh(torch.zeros(3, 3), torch.zeros(0, 3, dtype=torch.int32)),
+                    progress=False)
     assert not out.exists()
 
 

@@ -7,11 +7,14 @@ trains for minutes and then fails on its last step.
 """
 import dataclasses
 import os
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import torch
 
 from taichi_dr.recon.config import FROZEN_BEFORE_ADDED, ReconConfig
+
+if TYPE_CHECKING:
+    from taichi_dr.mesh import Mesh
 
 __all__ = ["check_dataset_dir", "check_inputs", "check_finite", "checkpoint_config"]
 
@@ -47,7 +50,7 @@ def checkpoint_config(out_dir: str) -> Dict:
 
 
 def check_inputs(data_dir: str, out_dir: str, config: Optional[ReconConfig], resume: bool,
-                 gt_mesh: Optional[str]) -> Tuple[ReconConfig, Optional[Dict], Optional[object]]:
+                 gt_mesh: Optional[Union[str, "Mesh"]]) -> Tuple[ReconConfig, Optional[Dict], Optional[object]]:
     """Validate everything :func:`~taichi_dr.recon.reconstruct` is given, before it starts.
 
     Args:
@@ -61,7 +64,7 @@ def check_inputs(data_dir: str, out_dir: str, config: Optional[ReconConfig], res
     Raises:
         ValueError / TypeError: naming the argument or setting, the expected and the actual value.
     """
-    from taichi_dr.mesh import load_obj
+    from taichi_dr.mesh import Mesh, load_obj
     from taichi_dr.recon.outputs import load_checkpoint
 
     check_dataset_dir(data_dir)
@@ -84,10 +87,16 @@ def check_inputs(data_dir: str, out_dir: str, config: Optional[ReconConfig], res
                                  f"{saved[f.name]!r}, got {getattr(config, f.name)!r}); start a new output folder")
     config = (config if config is not None else ReconConfig()).validate()
     gt = None
-    if gt_mesh is not None:
+    if gt_mesh is not None and not isinstance(gt_mesh, Mesh):  # a path (a loaded Mesh is used as it is)
+        if not isinstance(gt_mesh, (str, os.PathLike)):
+            raise TypeError(f"gt_mesh: expected an OBJ file path or a taichi_dr.mesh.Mesh, got {type(gt_mesh).__name__}")
         if os.path.isdir(gt_mesh):
             raise ValueError(f"{gt_mesh}: is a directory (expected a ground-truth OBJ file for the Chamfer distance)")
         gt = load_obj(gt_mesh)
+    elif gt_mesh is not None:
+        if gt_mesh.faces.shape[0] == 0:
+            raise ValueError("gt_mesh: expected a mesh with faces, got 0 faces")
+        gt = gt_mesh
     return config, state, gt
 
 

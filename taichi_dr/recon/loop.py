@@ -47,7 +47,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from tqdm import tqdm
@@ -57,6 +57,7 @@ from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
 from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
                                normal_consistency_loss, sdf_reg_loss, umbrella_operator)
+from taichi_dr.mesh import Mesh
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
@@ -656,7 +657,8 @@ def _evaluate(run: _Run, test, out_dir: str) -> Dict[str, float]:
 
 
 def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = None, resume: bool = False,
-                gt_mesh: Optional[str] = None, progress: bool = True, distributed: Optional[bool] = None) -> Dict:
+                gt_mesh: Optional[Union[str, Mesh]] = None, progress: bool = True,
+                distributed: Optional[bool] = None) -> Dict:
     """Reconstruct a mesh from a NeRF-synthetic style dataset; write all outputs into ``out_dir``.
 
     Args:
@@ -666,7 +668,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
             settings), ``loss.png``, ``renders/``, ``turntable.gif``, ``checkpoint.pt``).
         config: :class:`ReconConfig` (``None``: defaults, or with ``resume`` the checkpoint's).
         resume: continue from ``out_dir/checkpoint.pt``.
-        gt_mesh: optional ground-truth OBJ for the Chamfer distance (loaded before training).
+        gt_mesh: optional ground truth for the Chamfer distance: an OBJ path (loaded before training)
+            or a loaded :class:`~taichi_dr.mesh.Mesh`.
         distributed: ``None``: data-parallel over the ranks when launched by ``torchrun`` (rank 0
             writes every file; all ranks return its metrics); ``False``: one process regardless.
 
