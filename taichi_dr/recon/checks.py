@@ -87,16 +87,16 @@ def check_inputs(data_dir: str, out_dir: str, config: Optional[ReconConfig], res
                                  f"{saved[f.name]!r}, got {getattr(config, f.name)!r}); start a new output folder")
     config = (config if config is not None else ReconConfig()).validate()
     gt = None
-    if gt_mesh is not None and not isinstance(gt_mesh, Mesh):  # a path (a loaded Mesh is used as it is)
+    if isinstance(gt_mesh, Mesh):  # already loaded (the CLI parses --gt in its own checks)
+        if gt_mesh.faces.shape[0] == 0:
+            raise ValueError("gt_mesh: expected a mesh with faces, got 0 faces")
+        gt = gt_mesh
+    elif gt_mesh is not None:
         if not isinstance(gt_mesh, (str, os.PathLike)):
             raise TypeError(f"gt_mesh: expected an OBJ file path or a taichi_dr.mesh.Mesh, got {type(gt_mesh).__name__}")
         if os.path.isdir(gt_mesh):
             raise ValueError(f"{gt_mesh}: is a directory (expected a ground-truth OBJ file for the Chamfer distance)")
         gt = load_obj(gt_mesh)
-    elif gt_mesh is not None:
-        if gt_mesh.faces.shape[0] == 0:
-            raise ValueError("gt_mesh: expected a mesh with faces, got 0 faces")
-        gt = gt_mesh
     return config, state, gt
 
 

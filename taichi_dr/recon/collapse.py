@@ -125,7 +125,7 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
     fl = np.sqrt(_dot(fn, fn))
     fu = fn / np.maximum(fl, 1e-300)[:, None]
     foff = _dot(fu, v[f[:, 0]])
-    n_old, l_old, unit = fn[sf], fl[sf], fu[sf]
+    l_old, unit = fl[sf], fu[sf]
     va, vb = v[a], v[b]
     d_a = _dot(unit, va[own]) - foff[sf]  # a's distance to each plane ...
     k = _dot(unit, (vb - va)[own])  # ... and its rate of change along the edge
@@ -145,7 +145,7 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
     o_s = own[si]
     n0 = _cross(p1, p2) + _cross(va[o_s], dp)
     n1 = _cross((vb - va)[o_s], dp)
-    no, lo = n_old[si], l_old[si]
+    no, lo = fn[sf[si]], l_old[si]
     c0, c1 = _dot(no, n0), _dot(no, n1)  # n_old . n_new, linear in t
     q0, q1, q2 = _dot(n0, n0), 2.0 * _dot(n0, n1), _dot(n1, n1)  # |n_new|^2, quadratic in t
     t, best = np.full(E, np.nan), np.full(E, np.inf)  # merged position a + t (b - a); nan: none is valid
@@ -295,8 +295,8 @@ def _flip_candidates(v: np.ndarray, f: np.ndarray, uv: Optional[np.ndarray], bad
     face taking part in at most one): ``(i [K], o [K], new [K, 2, 3], new_uv [K, 2, 3] or None)``, the
     face, its neighbour across its longest edge, and the two faces (and UV faces) replacing them."""
     V = v.shape[0]
-    keys = _edge_keys(f, V).reshape(3, -1).T  # [F, 3]: key of the edge starting at each corner
-    flat = keys.T.reshape(-1)
+    flat = _edge_keys(f, V)  # [3F], corner-major
+    keys = flat.reshape(3, -1).T  # [F, 3]: key of the edge starting at each corner
     order = np.argsort(flat, kind="stable")
     sk = flat[order]
     owner_face = order % f.shape[0]  # the face of each sorted key ([3F] is corner-major)
@@ -329,7 +329,7 @@ def _flip_candidates(v: np.ndarray, f: np.ndarray, uv: Optional[np.ndarray], bad
     for n in n_new:
         l_n = np.linalg.norm(n, axis=1)
         ok &= (l_n > 0) & (l_o > 0)
-        ok &= (n * n_old).sum(1) > min_cos * np.maximum(l_n * l_o, 1e-300)
+        ok &= _dot(n, n_old) > min_cos * np.maximum(l_n * l_o, 1e-300)
     new_uv = None
     if uv is not None:  # a and b must carry the same UV vertices in both faces
         ui, uo = uv[bad], uv[o]

@@ -206,8 +206,19 @@ def make_textured_material(verts: torch.Tensor, faces: torch.Tensor, field: Call
         :class:`TexturedMaterial`.
     """
     R = texture_resolution(image_hw)
-    faces2, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
+    _, faces2, uvs, uv_faces = _atlas(verts, faces, R)
     return faces2, _baked_material(verts, faces2, uvs, uv_faces, field, R, normal_map)
+
+
+def _atlas(verts: torch.Tensor, faces: torch.Tensor, R: int, subdivisions: int = 0):
+    """The mesh's UV atlas for an ``R``² texture, then the mesh and the atlas split ``subdivisions`` times
+    at their edges' midpoints together (row k of ``faces`` and ``uv_faces`` stays one triangle):
+    ``(verts, faces, uvs, uv_faces)``, on ``verts``' device. Unwrapping before the split gives the same
+    charts while xatlas sees 4^n times fewer faces (the Mitsuba cup: 9,620 instead of 153,920)."""
+    faces, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
+    verts, faces = subdivide_midpoint(verts, faces, subdivisions)
+    uvs, uv_faces = subdivide_midpoint(uvs, uv_faces, subdivisions)
+    return verts, faces, uvs, uv_faces
 
 
 def _baked_material(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor,
@@ -256,9 +267,7 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
 
     if isinstance(field, MaterialField):
         R = texture_resolution(image_hw)
-        faces, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
-        verts, faces = subdivide_midpoint(verts, faces, subdivisions)
-        uvs, uv_faces = subdivide_midpoint(uvs, uv_faces, subdivisions)  # the same split in the atlas
+        verts, faces, uvs, uv_faces = _atlas(verts, faces, R, subdivisions)
         return verts, faces, _baked_material(verts, faces, uvs, uv_faces, field, R, normal_map)
     verts, faces = subdivide_midpoint(verts, faces, subdivisions)
     with torch.no_grad():
