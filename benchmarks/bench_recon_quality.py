@@ -6,7 +6,12 @@ time, the number of connected components of the output mesh, its genus (from the
 characteristic; compare with the object's: a spurious handle is a fold no camera sees), its
 non-manifold vertices (two sheets pinched together), its edges not shared by exactly two
 faces (0: closed) and the number of its faces that own no pixel in any training view, rasterized at
-the training resolution and at twice it.
+the training resolution and at twice it. ``unseen`` / ``1-2 views`` are the shares of the ground
+truth's area that no / one or two training views see (a depth test at twice the training size),
+each followed by the share of the Chamfer's ground truth → mesh half that lies there (``err``):
+error few images could correct (the walls of a narrow hole, the inside of a deep cup). ``floor``
+is the Chamfer of the ground truth against a second sampling of itself, what the sample-based
+estimator reports for a perfect mesh.
 
 Usage::
 
@@ -33,9 +38,10 @@ import torch  # noqa: E402
 
 from taichi_dr.data.nerf import load_nerf  # noqa: E402
 from taichi_dr.mesh import load_obj, unique_edges  # noqa: E402
-from taichi_dr.metrics import normal_consistency  # noqa: E402
+from taichi_dr.metrics import normal_consistency, unseen_error  # noqa: E402
 from taichi_dr.recon import ReconConfig, reconstruct  # noqa: E402
-from taichi_dr.recon.cleanup import components_genus, face_components, face_pixels, nonmanifold_vertices  # noqa: E402
+from taichi_dr.recon.cleanup import (components_genus, face_components, face_pixels, nonmanifold_vertices,  # noqa: E402
+                                     points_views)
 
 TINY = dict(iters=20, refine_iters=6, grid_res=12, batch=2, turntable_frames=2, turntable_res=16,
             chamfer_samples=2000, checkpoint_every=1000)
@@ -93,6 +99,13 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
            "faces": int(mesh.faces.shape[0]),
            "genus": components_genus(mesh.faces)[1],
            "nonmanifold_vertices": int(nonmanifold_vertices(f.numpy(), mesh.verts.shape[0]).sum())}
+    if mesh.faces.shape[0]:
+        # the ground truth no / one or two training views see (a depth test at 2x the training
+        # size), and the share of the Chamfer's gt -> mesh half that lies there
+        mvp = train.proj.unsqueeze(0) @ train.mv
+        row.update(unseen_error(mesh.verts, mesh.faces, gt.verts, gt.faces,
+                                lambda p: points_views(p, gt.verts, gt.faces, mvp, (2 * H, 2 * W)),
+                                num_samples=cfg.chamfer_samples))
     for k in ("removed_invisible_faces", "removed_components"):
         if k in m:
             row[k] = m[k]
@@ -125,13 +138,17 @@ def cost_table(data: str, steps: int = 4, grids=(40, 64, 96, 128), sizes=(128, 2
 
 
 def print_table(rows) -> None:
+    nan = float("nan")
     print(f"{'dataset':14s} {'chamfer':>9s} {'normals':>7s} {'IoU':>6s} {'PSNR':>6s} {'time s':>7s} "
-          f"{'comps':>5s} {'genus':>5s} {'nonm':>4s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s}")
+          f"{'comps':>5s} {'genus':>5s} {'nonm':>4s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s} "
+          f"{'unseen':>6s} {'err':>5s} {'1-2 views':>9s} {'err':>5s} {'floor':>8s}")
     for r in rows:
         print(f"{r['dataset']:14s} {r['chamfer_l2']:9.2e} {r['normal_consistency']:7.4f} {r['test_iou']:6.4f} "
               f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['genus']:5g} "
               f"{r['nonmanifold_vertices']:4d} {r['open_edges']:5d} "
-              f"{r['invisible_1x']:5d} {r['invisible_2x']:5d} {r['faces']:7d}", flush=True)
+              f"{r['invisible_1x']:5d} {r['invisible_2x']:5d} {r['faces']:7d} {r.get('unseen_area', nan):6.3f} "
+              f"{r.get('unseen_error_share', nan):5.2f} {r.get('few_views_area', nan):9.3f} "
+              f"{r.get('few_views_error_share', nan):5.2f} {r.get('chamfer_floor', nan):8.1e}", flush=True)
 
 
 def main(argv=None) -> int:

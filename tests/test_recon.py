@@ -350,6 +350,8 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     assert row["faces"] > 0 and np.isfinite(row["chamfer_l2"]) and 0 < row["test_iou"] <= 1
     assert row["components"] >= 1 and row["invisible_1x"] >= 0 and row["invisible_2x"] >= 0
     assert row["genus"] == int(row["genus"]) and row["nonmanifold_vertices"] == 0 and row["open_edges"] == 0
+    assert 0 <= row["unseen_area"] <= 1 and 0 <= row["unseen_error_share"] <= 1 and row["chamfer_floor"] > 0
+    assert 0 <= row["few_views_area"] + row["unseen_area"] <= 1
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
     assert metrics["cleanup"]["dmtet"]["topology_fixed_points"] >= 0

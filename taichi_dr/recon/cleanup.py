@@ -32,10 +32,11 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from taichi_dr.camera import transform_pos
+from taichi_dr.camera import nearest_pixel, transform_pos
+from taichi_dr.render.interpolate import interpolate
 from taichi_dr.render.rasterize import rasterize
 
-__all__ = ["face_visibility", "face_pixels", "face_components", "clean_faces", "compact", "clean_mesh",
+__all__ = ["face_visibility", "face_pixels", "points_views", "face_components", "clean_faces", "compact", "clean_mesh",
            "collapse_short_edges", "surviving_faces", "nonmanifold_vertices", "components_genus", "CleanupReport"]
 
 
@@ -344,6 +345,51 @@ def face_pixels(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
     """
     res = _check_resolutions(resolutions)
     return torch.stack([face_visibility(verts, faces, mvp, r)[0] for r in res])
+
+
+def points_views(points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
+                 resolution: Tuple[int, int]) -> torch.Tensor:
+    """How many views see each point *on* a mesh's surface: a depth test per view.
+
+    In each view the mesh's camera-space depth ``w`` (clip w: the distance along the view axis) is
+    rasterized, and a point counts as seen where it projects into the image and its depth is at
+    most the largest covered depth of the 3×3 pixels around its own plus two pixel widths at that
+    depth: the neighbourhood and the margin take up the depth a grazing surface spans within a
+    pixel (points within about a pixel of an outline, where the depth changes fastest, are
+    decided either way). Unlike pixel ownership (:func:`face_visibility`) this does not depend on
+    the tessellation: a visible face smaller than a pixel owns none.
+
+    Args:
+        points: ``[S, 3]`` float points on the surface of ``verts``/``faces`` (``[V, 3]``, ``[F, 3]``).
+        mvp: ``[N, 4, 4]`` float perspective projection · model-view per view.
+        resolution: ``(H, W)`` raster size.
+
+    Returns:
+        ``[S]`` int64, the number of views that see each point (0: unseen).
+    """
+    if points.dim() != 2 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected shape [S, 3], got {list(points.shape)}")
+    if mvp.dim() != 3 or mvp.shape[1:] != (4, 4):
+        raise ValueError(f"mvp: expected shape [N, 4, 4], got {list(mvp.shape)}")
+    H, W = _check_resolutions([resolution])[0]
+    views = torch.zeros(points.shape[0], dtype=torch.int64)
+    p = points.float().cpu()
+    tri = faces.int().contiguous()
+    for i in range(mvp.shape[0]):
+        m = mvp[i].float()
+        clip = transform_pos(m.unsqueeze(0), verts.detach().float())
+        rast, _ = rasterize(clip, tri, (H, W), grad_db=False)
+        w, _ = interpolate(clip[0, :, 3:].contiguous(), rast, tri)
+        covered = rast[0, ..., 3] > 0
+        depth = torch.where(covered, w[0, ..., 0], torch.full_like(w[0, ..., 0], -float("inf"))).cpu()
+        far = torch.nn.functional.max_pool2d(depth[None, None], 3, stride=1, padding=1)[0, 0]
+        iy, ix, ok = nearest_pixel(m.cpu(), p, (H, W))
+        wp = transform_pos(m.cpu(), p)[0, :, 3]
+        # one pixel's height in world units at depth wp: row 1 of P·MV is f·(MV's unit row 1) for a
+        # perspective P (f = cot(fovy / 2)), so its norm is f whatever the camera's rotation
+        pixel = 2.0 * wp / (float(m[1, :3].norm()) * H)
+        views += (ok & (wp <= far[iy, ix] + 2.0 * pixel)).long()
+    return views
 
 
 def _check_resolutions(resolutions) -> list:
