@@ -100,12 +100,18 @@ def chamfer_distance(verts_a: torch.Tensor, faces_a: torch.Tensor, verts_b: torc
                      num_samples: int = 100_000, seed: int = 0) -> float:
     """Chamfer-L2: mean over both directions of the squared distance from area-weighted samples of
     one surface to the nearest sample of the other, ``½(mean_a d² + mean_b d²)``."""
+    _, da, _, db, _ = _chamfer_samples(verts_a, faces_a, verts_b, faces_b, num_samples, seed)
+    return 0.5 * (float(da.mean()) + float(db.mean()))
+
+
+def _chamfer_samples(verts_a, faces_a, verts_b, faces_b, num_samples: int, seed: int):
+    """:func:`chamfer_distance`'s samples and distances: ``(pa, da, pb, db, generator)`` with
+    ``pa``/``pb`` ``[S, 3]`` float64 samples of each surface and ``da``/``db`` ``[S]`` the squared
+    distance of each to the other surface's nearest sample (the generator continues the draws)."""
     g = torch.Generator().manual_seed(seed)
     pa, _ = sample_surface(verts_a, faces_a, num_samples, g)
     pb, _ = sample_surface(verts_b, faces_b, num_samples, g)
-    da, _ = _nearest(pa, pb)
-    db, _ = _nearest(pb, pa)
-    return 0.5 * (float(da.mean()) + float(db.mean()))
+    return pa, _nearest(pa, pb)[0], pb, _nearest(pb, pa)[0], g
 
 
 def unseen_error(verts: torch.Tensor, faces: torch.Tensor, gt_verts: torch.Tensor, gt_faces: torch.Tensor,
@@ -116,11 +122,11 @@ def unseen_error(verts: torch.Tensor, faces: torch.Tensor, gt_verts: torch.Tenso
     A multi-view reconstruction can only guess surface that no training view shows (the walls of a
     narrow hole, the inside of a deep cup), and surface one or two views see at a slant is barely
     constrained: the silhouettes and the regulariser decide it there. This splits the ground
-    truth → reconstruction half of :func:`chamfer_distance` (same samples and nearest-sample
-    distances) by how many views see each ground-truth sample, and also gives the Chamfer of the
-    ground truth against a second sampling of itself: the floor of the estimator at this sample
-    count (the nearest *sample* lies farther than the nearest *surface* point, by about the sample
-    spacing).
+    truth → reconstruction half of ``chamfer_distance(verts, faces, gt_verts, gt_faces,
+    num_samples, seed)`` (the reconstruction's own metric: the same samples and distances) by how
+    many views see each ground-truth sample, and also gives the Chamfer of the ground truth against
+    a second sampling of itself: the floor of the estimator at this sample count (the nearest
+    *sample* lies farther than the nearest *surface* point, by about the sample spacing).
 
     Args:
         verts, faces: the reconstruction ``[V, 3]`` float, ``[F, 3]`` int.
@@ -140,10 +146,7 @@ def unseen_error(verts: torch.Tensor, faces: torch.Tensor, gt_verts: torch.Tenso
     """
     if not callable(gt_views):
         raise TypeError(f"gt_views: expected a function of points [S, 3] -> [S] int, got {type(gt_views).__name__}")
-    g = torch.Generator().manual_seed(seed)
-    pg, _ = sample_surface(gt_verts, gt_faces, num_samples, g)
-    pr, _ = sample_surface(verts, faces, num_samples, g)
-    d, _ = _nearest(pg, pr)
+    _, _, pg, d, g = _chamfer_samples(verts, faces, gt_verts, gt_faces, num_samples, seed)
     views = gt_views(pg)
     check_tensor("gt_views(points)", views, ndim=1, dtypes=(torch.int32, torch.int64), expected=f"[{num_samples}] int")
     if views.shape[0] != num_samples:
