@@ -35,7 +35,8 @@ normals) under four fixed directional lights with shadows, one render per light 
 Layout (NeRF-synthetic / Blender): ``transforms_{train,test}.json`` (``camera_angle_x``, frames with
 ``file_path`` and camera-to-world ``transform_matrix``, OpenGL camera frame: looks down −Z, +Y up),
 ``train/r_<i>.png`` / ``test/r_<i>.png`` (8-bit sRGB, straight alpha = pixel coverage), ``gt.obj``
-(world coordinates). World is Z-up; cameras sit on a sphere of radius 4 looking at the origin: a
+(world coordinates), ``render_info.json`` (the command, settings, package versions and the source
+OBJ's SHA-256: what another render must match to give the same images). World is Z-up; cameras sit on a sphere of radius 4 looking at the origin: a
 Fibonacci sphere for training, a 25° ring between them for testing.
 
 Any OBJ can be rendered the same way (``--obj``): it is centred, scaled to ``--size`` (longest side)
@@ -384,6 +385,34 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
     print(f"[{name}] {n_train} train + {n_test} test views at {res}² in {time.time() - t0:.1f}s", flush=True)
 
 
+def write_render_info(out: str, args: argparse.Namespace, argv, source: str = None) -> dict:
+    """Write ``<out>/render_info.json``: how the dataset was made, so that a reconstruction's numbers
+    can be tied to its images. The command line, every setting, the versions of the packages that
+    shape the pixels (Mitsuba, Dr.Jit, xatlas for the baked texture's atlas, numpy, torch, taichi,
+    taichi-dr) and, for ``--obj``, the SHA-256 of the source file. Why: the same command with another
+    Mitsuba or source file gives other images (re-rendered held-out sets reconstructed differently
+    by more than a run's spread, docs/08 round 24). Returns the dict written."""
+    import hashlib
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("mitsuba", "drjit", "xatlas", "numpy", "torch", "taichi", "taichi-dr"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    info = {"command": ["scripts/make_mitsuba_dataset.py", *argv], "settings": vars(args), "versions": versions}
+    if source is not None:
+        with open(source, "rb") as fh:
+            info["source_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, "render_info.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(info, fh, indent=2)
+    os.replace(tmp, os.path.join(out, "render_info.json"))
+    return info
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True,
@@ -403,6 +432,7 @@ def main(argv=None):
     ap.add_argument("--variant", default="llvm_ad_rgb", help="Mitsuba variant (llvm_ad_rgb or scalar_rgb)")
     ap.add_argument("--bsdf", default="diffuse", choices=("diffuse", "plastic"),
                     help="material: Lambert, or glossy plastic (GGX highlights of the four lights)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     if math.isqrt(args.spp) ** 2 != args.spp:
         ap.error(f"--spp: expected a square number, got {args.spp}")
@@ -431,10 +461,12 @@ def main(argv=None):
         normals = vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # one per position: UV seams do not show
         render_mesh(args.out, name, mesh, normals, None, args.res, args.spp, args.n_train, args.n_test,
                     args.variant, args.bsdf)
+        write_render_info(args.out, args, argv, source=args.obj)
         return 0
     for name in args.shapes:
         render_shape(os.path.join(args.out, name), name, args.res, args.spp, args.n_train, args.n_test,
                      args.variant, args.gt_res, args.bsdf, args.dots)
+        write_render_info(os.path.join(args.out, name), args, argv)
     return 0
 
 

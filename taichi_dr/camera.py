@@ -167,17 +167,20 @@ def transform_pos(mvp: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,vj->nvi", mvp.to(verts.dtype), homo).contiguous()
 
 
-def nearest_pixel(mvp: torch.Tensor, points: torch.Tensor, hw: Tuple[int, int]
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nearest_pixel(mvp: torch.Tensor, points: torch.Tensor, hw: Tuple[int, int], with_depth: bool = False
+                  ) -> Tuple[torch.Tensor, ...]:
     """The pixel whose centre is nearest to each point's projection under one camera.
 
     Args:
         mvp: ``[4, 4]``; points: ``[P, 3]`` float; hw: ``(H, W)`` image size (rows bottom-up, as
             :func:`~taichi_dr.render.rasterize.rasterize` writes them).
+        with_depth: also return each point's clip ``w`` (its depth along the view axis for a
+            perspective ``mvp``), from the same projection.
 
     Returns:
         ``(iy, ix, ok)`` ``[P]``: row and column (int64, clamped into the image) and whether the
-        point is in front of the camera and projects inside the image.
+        point is in front of the camera and projects inside the image; ``(iy, ix, ok, w)`` with
+        ``with_depth`` (``w`` ``[P]``, the points' dtype).
     """
     H, W = hw
     c = transform_pos(mvp, points)[0]
@@ -187,4 +190,5 @@ def nearest_pixel(mvp: torch.Tensor, points: torch.Tensor, hw: Tuple[int, int]
     ix = ((ndc[:, 0] + 1) * 0.5 * W - 0.5).round().long()
     iy = ((ndc[:, 1] + 1) * 0.5 * H - 0.5).round().long()
     ok &= (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-    return iy.clamp(0, H - 1), ix.clamp(0, W - 1), ok
+    out = iy.clamp(0, H - 1), ix.clamp(0, W - 1), ok
+    return (*out, w) if with_depth else out

@@ -101,7 +101,17 @@ def chamfer_distance(verts_a: torch.Tensor, faces_a: torch.Tensor, verts_b: torc
     """Chamfer-L2: mean over both directions of the squared distance from area-weighted samples of
     one surface to the nearest sample of the other, ``½(mean_a d² + mean_b d²)``."""
     _, da, _, db, _ = _chamfer_samples(verts_a, faces_a, verts_b, faces_b, num_samples, seed)
+    return _symmetric_mean(da, db)
+
+
+def _symmetric_mean(da: torch.Tensor, db: torch.Tensor) -> float:
+    """Chamfer-L2 from the two directions' squared distances ``[S]``: ``½(mean da + mean db)``."""
     return 0.5 * (float(da.mean()) + float(db.mean()))
+
+
+def _two_way(pa: torch.Tensor, pb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances ``[S]`` from each sample of ``pa`` to its nearest in ``pb``, and back."""
+    return _nearest(pa, pb)[0], _nearest(pb, pa)[0]
 
 
 def _chamfer_samples(verts_a, faces_a, verts_b, faces_b, num_samples: int, seed: int):
@@ -111,7 +121,8 @@ def _chamfer_samples(verts_a, faces_a, verts_b, faces_b, num_samples: int, seed:
     g = torch.Generator().manual_seed(seed)
     pa, _ = sample_surface(verts_a, faces_a, num_samples, g)
     pb, _ = sample_surface(verts_b, faces_b, num_samples, g)
-    return pa, _nearest(pa, pb)[0], pb, _nearest(pb, pa)[0], g
+    da, db = _two_way(pa, pb)
+    return pa, da, pb, db, g
 
 
 def unseen_error(verts: torch.Tensor, faces: torch.Tensor, gt_verts: torch.Tensor, gt_faces: torch.Tensor,
@@ -154,7 +165,7 @@ def unseen_error(verts: torch.Tensor, faces: torch.Tensor, gt_verts: torch.Tenso
     views = views.cpu()
     total = float(d.sum())
     pg2, _ = sample_surface(gt_verts, gt_faces, num_samples, g)
-    floor = 0.5 * (float(_nearest(pg, pg2)[0].mean()) + float(_nearest(pg2, pg)[0].mean()))
+    floor = _symmetric_mean(*_two_way(pg, pg2))
     out = {}
     for name, sel in (("unseen", views == 0), ("few_views", (views >= 1) & (views <= 2))):
         out[f"{name}_area"] = float(sel.double().mean())

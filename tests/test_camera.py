@@ -58,3 +58,8 @@ def test_nearest_pixel_matches_the_raster_convention():
     assert ok.tolist() == [True, True, True, False, False]
     assert iy[:3].tolist() == [0, 5, 2] and ix[:3].tolist() == [0, 7, 3]
     assert (iy >= 0).all() and (iy < H).all() and (ix >= 0).all() and (ix < W).all()  # clamped
+    # with_depth: the same pixels plus the points' clip w (their depth along the view axis: 3 on z = 0)
+    *same, w = nearest_pixel(mvp, torch.stack(pts), (H, W), with_depth=True)
+    assert all(torch.equal(a, b) for a, b in zip(same, (iy, ix, ok)))
+    torch.testing.assert_close(w, transform_pos(mvp, torch.stack(pts))[0, :, 3])
+    torch.testing.assert_close(w[:3], torch.full((3,), 3.0), atol=1e-4, rtol=0)

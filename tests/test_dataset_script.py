@@ -128,3 +128,22 @@ def test_an_unreadable_texture_exits_2_with_one_line(script, tmp_path, capsys):
         script.main(["--out", str(tmp_path / "out"), "--obj", path, "--texture", str(bad)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--texture:" in err and "cannot read texture" in err
+
+
+def test_render_info_records_the_command_versions_and_source(script, tmp_path):
+    """render_info.json ties a dataset to what made its pixels: the command, the settings, the
+    package versions (None for one not installed) and the source file's SHA-256; written atomically."""
+    import hashlib
+    import json
+
+    src = tmp_path / "box.obj"
+    _box_obj(str(src), 1.0, 1.0, 1.0)
+    argv = ["--out", str(tmp_path / "d"), "--obj", str(src), "--up", "y"]
+    args = script.argparse.Namespace(out=str(tmp_path / "d"), obj=str(src), up="y", res=128)
+    script.write_render_info(str(tmp_path / "d"), args, argv, source=str(src))
+    info = json.loads((tmp_path / "d" / "render_info.json").read_text())
+    assert info["command"][1:] == argv and info["settings"]["up"] == "y" and info["settings"]["res"] == 128
+    assert info["versions"]["numpy"] == np.__version__ and info["versions"]["torch"] == torch.__version__
+    assert set(info["versions"]) >= {"mitsuba", "drjit", "xatlas", "taichi", "taichi-dr"}
+    assert info["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["render_info.json"]  # no temporary left

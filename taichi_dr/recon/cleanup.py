@@ -383,8 +383,7 @@ def points_views(points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor,
         covered = rast[0, ..., 3] > 0
         depth = torch.where(covered, w[0, ..., 0], torch.full_like(w[0, ..., 0], -float("inf"))).cpu()
         far = torch.nn.functional.max_pool2d(depth[None, None], 3, stride=1, padding=1)[0, 0]
-        iy, ix, ok = nearest_pixel(m.cpu(), p, (H, W))
-        wp = transform_pos(m.cpu(), p)[0, :, 3]
+        iy, ix, ok, wp = nearest_pixel(m.cpu(), p, (H, W), with_depth=True)
         # one pixel's height in world units at depth wp: row 1 of P·MV is f·(MV's unit row 1) for a
         # perspective P (f = cot(fovy / 2)), so its norm is f whatever the camera's rotation
         pixel = 2.0 * wp / (float(m[1, :3].norm()) * H)
