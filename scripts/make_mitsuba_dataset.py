@@ -73,6 +73,7 @@ import torch
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
 from taichi_dr.mesh import Mesh, read_texture, save_obj
+from taichi_dr.recon.outputs import save_json
 from taichi_dr.render.shading import vertex_normals
 
 CAMERA_ANGLE_X = 0.6911112070083618  # NeRF-synthetic Blender scenes (~39.6°)
@@ -405,11 +406,7 @@ def write_render_info(out: str, args: argparse.Namespace, argv, source: str = No
     if source is not None:
         with open(source, "rb") as fh:
             info["source_sha256"] = hashlib.sha256(fh.read()).hexdigest()
-    os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, "render_info.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(info, fh, indent=2)
-    os.replace(tmp, os.path.join(out, "render_info.json"))
+    save_json(os.path.join(out, "render_info.json"), info)  # atomic, as every file a run writes
     return info
 
 
