@@ -7,6 +7,7 @@ import torch
 
 from taichi_dr import DMTet, TetGrid, marching_tets, sdf_reg_loss, sdf_reg_weight
 from taichi_dr.geometry.marching_tets import NUM_TRIANGLES
+from taichi_dr.geometry.dmtet import positional_encoding
 
 UNIT_TET = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
 
@@ -181,6 +182,21 @@ def test_dmtet_forward_bounds_mesh_and_gradients():
     d = DMTet(grid_resolution=8, mode="direct")
     d.init_from_sdf(lambda p: p.norm(dim=-1) - 0.5)
     assert d.mesh()[1].shape[0] > 0
+
+
+def test_dmtet_mlp_caches_the_grid_encoding_outside_checkpoints():
+    """The MLP reads the grid's positional encoding from a buffer computed once: the same values as
+    encoding the vertices each step, and no entry in the state dict (older checkpoints still load)."""
+    m = DMTet(grid_resolution=6, scale=2.0, hidden_dim=16, num_layers=2, multires=3)
+    assert torch.equal(m.encoding, positional_encoding(m.verts / (m.scale / 2), 3))
+    sd = m.state_dict()
+    assert "encoding" not in sd
+    other = DMTet(grid_resolution=6, scale=2.0, hidden_dim=16, num_layers=2, multires=3)
+    other.load_state_dict(sd)  # strict: the buffer is neither expected nor missing
+    a, b = m(), other()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    direct = m.net(positional_encoding(m.verts / (m.scale / 2), 3))
+    assert torch.equal(a[0], direct[:, 0])
 
 
 def test_sdf_reg_loss_and_schedule():

@@ -102,6 +102,34 @@ def test_auto_subdivisions_follow_the_face_budget():
     assert auto_subdivisions(0) == 2 and auto_subdivisions(100, budget=1000) == 1
 
 
+def test_a_finer_user_grid_keeps_the_default_grids_subdivisions():
+    """A DMTet mesh has about grid² faces: the budget scales with (grid / default grid)² when the user
+    made the grid finer (the Mitsuba torus at grid 64: 15,452 faces, two subdivisions as at grid 40),
+    up to AUTO_FACE_CAP; an automatic grid (the cow's 64 at 128²) and a coarser one keep the budget."""
+    from types import SimpleNamespace
+
+    from taichi_dr.recon.config import ReconConfig
+    from taichi_dr.recon.loop import _Run
+    from taichi_dr.recon.subdivide import AUTO_FACE_BUDGET, AUTO_FACE_CAP, auto_subdivisions
+
+    assert auto_subdivisions(15_452) == 1 and auto_subdivisions(15_452, grid_scale=(64 / 40) ** 2) == 2
+    assert auto_subdivisions(AUTO_FACE_CAP // 16, grid_scale=100.0) == 2
+    assert auto_subdivisions(AUTO_FACE_CAP // 16 + 1, grid_scale=100.0) == 1  # grid 128: not millions
+    assert auto_subdivisions(AUTO_FACE_BUDGET // 16 + 1, grid_scale=1.0) == 1
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="grid_scale"):
+            auto_subdivisions(10, grid_scale=bad)
+
+    def scale(user, chosen, default):
+        run = SimpleNamespace(cfg=ReconConfig(grid_res=user), grid_res=chosen,
+                              grid_report={"default_grid_res": default})
+        return _Run._user_grid_scale(run)
+
+    assert scale(64, 64, 40) == pytest.approx((64 / 40) ** 2) and scale(96, 96, 64) == pytest.approx(2.25)
+    assert scale(None, 64, 40) == 1.0  # the automatic choice for thin parts (the cow): defaults unchanged
+    assert scale(32, 32, 40) == 1.0 and scale(40, 40, 40) == 1.0
+
+
 
 def test_the_uv_atlas_is_split_with_the_mesh():
     """start_material_pass unwraps the coarse mesh and splits the atlas with it: every split corner's UV

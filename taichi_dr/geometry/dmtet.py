@@ -83,6 +83,10 @@ class DMTet(nn.Module):
         V = grid.verts.shape[0]
         if mode == "mlp":
             self.net = mlp([3 + 6 * multires] + [hidden_dim] * num_layers + [4])
+            # the grid never moves (offsets are outputs), so its encoding is computed once: its sin/cos
+            # were ~13 % of each step's network time at grid 64 (274,625 vertices); not saved in checkpoints
+            self.register_buffer("encoding", positional_encoding(self.verts / (self.scale / 2), multires),
+                                 persistent=False)
         else:
             self.sdf_param = nn.Parameter(torch.rand(V) - 0.1)  # nvdiffrec's init: mostly outside
             self.deform_param = nn.Parameter(torch.zeros(V, 3))
@@ -102,7 +106,7 @@ class DMTet(nn.Module):
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(sdf [V], offsets [V, 3])`` (float32), offsets bounded by half a cell."""
         if self.mode == "mlp":
-            out = self.net(positional_encoding(self.verts / (self.scale / 2), self.multires))
+            out = self.net(self.encoding)
             sdf, raw = out[:, 0], out[:, 1:]
         else:
             sdf, raw = self.sdf_param, self.deform_param
@@ -143,7 +147,7 @@ class DMTet(nn.Module):
         target = target.to(self.verts.device).float()
         near = torch.nonzero(target.abs() < band)[:, 0]
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        enc = positional_encoding(self.verts / (self.scale / 2), self.multires)
+        enc = self.encoding
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.01)
         for _ in range(steps):

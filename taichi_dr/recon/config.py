@@ -83,7 +83,8 @@ class ReconConfig:
         "help": "midpoint subdivisions of the DMTet mesh before the refinement pass (each splits every triangle "
                 "into four without moving the surface): the refinement then follows curves that bend within one "
                 "grid cell; none = two while the refined mesh stays within 160,000 faces (a DMTet mesh of up to "
-                "10,000), else one (measured at 128², docs/08 rounds 19-20: one over none: cow Chamfer 4.5e-5 -> "
+                "10,000; on a --grid-res finer than the default, 160,000 x (grid / default)², at most 640,000), "
+                "else one (measured at 128², docs/08 rounds 19-20: one over none: cow Chamfer 4.5e-5 -> "
                 "3.9e-5, 800² gadget 2.1e-4 -> 1.4e-4 and +1.8 dB; two over one: cow 3.9e-5 -> 2.7e-5 and test "
                 "IoU 0.977 -> 0.982, bunny 1.6e-4 -> 6.1e-5, rocker arm 4.5e-4 -> 1.9e-4; the time grows about "
                 "linearly with the refined faces: cow 230 s, bunny 242 s alone); 0 = refine the DMTet mesh as it is",
@@ -101,9 +102,11 @@ class ReconConfig:
                 "1.21e-5, normal consistency 0.965 -> 0.984; docs/08 round 13); 0 = free per-vertex steps",
         "min": 0, "frozen": True})
     sdf_mode: str = field(default="direct", metadata={
-        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP: better on "
-                "smooth shapes, torus Chamfer 6.6e-5 -> 3.4e-5, but its smooth SDF loses thin parts, 800² gadget "
-                "27.8 -> 23.7 dB; 1.6-2x the time)",
+        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP on the "
+                "grid's positionally encoded vertices; at 128² better on 8 of 12 shapes measured in round 25, "
+                "rocker arm Chamfer 1.04e-4 -> 6.8e-5, beetle 8.9e-4 -> 5.5e-4, worse on the box 1.51e-4 -> "
+                "1.76e-4; about the same time at grid 40, but at grid 64 its network over every vertex triples "
+                "the DMTet pass; round 4 measured its smooth SDF losing the 800² gadget's thin rods; docs/08)",
         "choices": ("direct", "mlp"), "frozen": True})
     light: str = field(default="env", metadata={
         "help": "light model: env (learnable environment map, split-sum GGX; measured +0.8 dB on "
