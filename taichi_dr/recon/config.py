@@ -103,10 +103,11 @@ class ReconConfig:
         "min": 0, "frozen": True})
     sdf_mode: str = field(default="direct", metadata={
         "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP on the "
-                "grid's positionally encoded vertices; at 128² better on 8 of 12 shapes measured in round 25, "
+                "grid's positionally encoded vertices; at 128² better on 9 of 13 shapes measured in round 25, "
                 "rocker arm Chamfer 1.04e-4 -> 6.8e-5, beetle 8.9e-4 -> 5.5e-4, worse on the box 1.51e-4 -> "
                 "1.76e-4; about the same time at grid 40, but at grid 64 its network over every vertex triples "
-                "the DMTet pass; round 4 measured its smooth SDF losing the 800² gadget's thin rods; docs/08)",
+                "the DMTet pass; its smooth SDF merges or loses thin parts: 800² gadget 1.31e-4 -> 1.42e-4, "
+                "30.5 -> 30.0 dB, 5 -> 3 pieces; docs/08 round 25)",
         "choices": ("direct", "mlp"), "frozen": True})
     light: str = field(default="env", metadata={
         "help": "light model: env (learnable environment map, split-sum GGX; measured +0.8 dB on "
