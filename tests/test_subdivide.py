@@ -102,10 +102,11 @@ def test_auto_subdivisions_follow_the_face_budget():
     assert auto_subdivisions(0) == 2 and auto_subdivisions(100, budget=1000) == 1
 
 
-def test_a_finer_user_grid_keeps_the_default_grids_subdivisions():
-    """A DMTet mesh has about grid² faces: the budget scales with (grid / default grid)² when the user
-    made the grid finer (the Mitsuba torus at grid 64: 15,452 faces, two subdivisions as at grid 40),
-    up to AUTO_FACE_CAP; an automatic grid (the cow's 64 at 128²) and a coarser one keep the budget."""
+def test_a_finer_grid_keeps_the_default_grids_subdivisions():
+    """A DMTet mesh has about grid² faces: the budget scales with (grid / default grid)² on a grid finer
+    than the image size's default (the Mitsuba torus at grid 64: 15,452 faces, two subdivisions as at
+    grid 40), up to AUTO_FACE_CAP, whether the user or the thin-parts rule chose it; the default grid
+    and a coarser one keep the budget."""
     from types import SimpleNamespace
 
     from taichi_dr.recon.config import ReconConfig
@@ -123,11 +124,11 @@ def test_a_finer_user_grid_keeps_the_default_grids_subdivisions():
     def scale(user, chosen, default):
         run = SimpleNamespace(cfg=ReconConfig(grid_res=user), grid_res=chosen,
                               grid_report={"default_grid_res": default})
-        return _Run._user_grid_scale(run)
+        return _Run._grid_scale(run)
 
     assert scale(64, 64, 40) == pytest.approx((64 / 40) ** 2) and scale(96, 96, 64) == pytest.approx(2.25)
-    assert scale(None, 64, 40) == 1.0  # the automatic choice for thin parts (the cow): defaults unchanged
-    assert scale(32, 32, 40) == 1.0 and scale(40, 40, 40) == 1.0
+    assert scale(None, 64, 40) == scale(64, 64, 40)  # the thin-parts rule's 64 (the cow): same grid, same rule
+    assert scale(None, 40, 40) == 1.0 and scale(32, 32, 40) == 1.0 and scale(40, 40, 40) == 1.0
 
 
 

@@ -389,11 +389,12 @@ class _Run:
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
-    def _user_grid_scale(self) -> float:
-        """``(grid_res / default grid)²`` for a grid the user set finer than the image size's default,
-        else 1: the subdivision budget grows with it (``auto_subdivisions``); an automatic grid keeps 1."""
+    def _grid_scale(self) -> float:
+        """``(grid_res / default grid)²`` for a grid finer than the image size's default (the user's, or
+        the automatic 64 for thin parts at 128²), else 1: the subdivision budget grows with it
+        (``auto_subdivisions``), so the same grid gets the same subdivisions whoever chose it."""
         ref = self.grid_report.get("default_grid_res", self.grid_res)
-        return (self.grid_res / ref) ** 2 if self.cfg.grid_res is not None and self.grid_res > ref else 1.0
+        return (self.grid_res / ref) ** 2 if self.grid_res > ref else 1.0
 
     def _subdivisions(self) -> int:
         """How often the refinement's mesh was subdivided: the DMTet cleanup's record (a checkpoint
@@ -472,7 +473,7 @@ class _Run:
             self.cleanup[self.phase]["topology_fixed_points"] = self._topology_fixed
             # four faces per face, the surface unmoved: room to follow curves within a cell (recon/subdivide.py)
             n = self.cfg.refine_subdivide
-            n = auto_subdivisions(f.shape[0], grid_scale=self._user_grid_scale()) if n is None else n
+            n = auto_subdivisions(f.shape[0], grid_scale=self._grid_scale()) if n is None else n
             self.cleanup[self.phase].update(subdivisions=n, subdivided_faces=int(f.shape[0]) * 4 ** n)
         # the material moves from the field to UV textures (or per-vertex colours), and the mesh is split
         # n times after the UV atlas is made (recon/texture_pass.py)

@@ -34,7 +34,7 @@ __all__ = ["subdivide_midpoint", "auto_subdivisions", "AUTO_FACE_BUDGET", "AUTO_
 # (13,616 -> 217,856) or the 800² gadget (30,896 -> 494,336) would take far longer, and the bowl
 # gained nothing from two (docs/08 rounds 19-20).
 AUTO_FACE_BUDGET = 160_000
-# the most faces two subdivisions may give on a grid the user made finer than the default (below)
+# the most faces two subdivisions may give on a grid finer than the image size's default (below)
 AUTO_FACE_CAP = 640_000
 
 
@@ -43,8 +43,8 @@ def auto_subdivisions(num_faces: int, budget: int = AUTO_FACE_BUDGET, grid_scale
     :data:`AUTO_FACE_CAP`), else 1 (never 0: one subdivision gains on every dataset measured but the
     unlit bowl; docs/08 round 19).
 
-    ``grid_scale`` is ``(grid_res / default grid)²`` when the user asked for a grid finer than the
-    image size's default, else 1. A DMTet mesh has about grid² faces, so without it a finer grid's
+    ``grid_scale`` is ``(grid_res / default grid)²`` for a grid finer than the image size's default
+    (a user's, or the automatic 64 for thin parts), else 1. A DMTet mesh has about grid² faces, so without it a finer grid's
     mesh crossed the budget and its refinement got one subdivision where the default grid's got
     two: coarser refinement steps than the defaults', and a worse result (torus at grid 64:
     Chamfer 2.87e-5 against the defaults' 2.50e-5; with two subdivisions 2.37e-5; docs/08 round 25).
