@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from taichi_dr import DMTet, TetGrid, marching_tets, sdf_reg_loss, sdf_reg_weight
-from taichi_dr.geometry.marching_tets import NUM_TRIANGLES
 from taichi_dr.geometry.dmtet import positional_encoding
+from taichi_dr.geometry.marching_tets import NUM_TRIANGLES
 
 UNIT_TET = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
 

@@ -39,16 +39,17 @@ AUTO_FACE_CAP = 640_000
 
 
 def auto_subdivisions(num_faces: int, budget: int = AUTO_FACE_BUDGET, grid_scale: float = 1.0) -> int:
-    """``refine_subdivide=None``: 2 if ``16 * num_faces <= budget * grid_scale`` (and within
-    :data:`AUTO_FACE_CAP`), else 1 (never 0: one subdivision gains on every dataset measured but the
-    unlit bowl; docs/08 round 19).
+    """``refine_subdivide=None``: 2 if ``16 * num_faces <= budget * grid_scale`` and within
+    :data:`AUTO_FACE_CAP` (or within ``budget`` where a caller's budget is the larger), else 1 (never
+    0: one subdivision gains on every dataset measured but the unlit bowl; docs/08 round 19).
 
     ``grid_scale`` is ``(grid_res / default grid)²`` for a grid finer than the image size's default
-    (a user's, or the automatic 64 for thin parts), else 1. A DMTet mesh has about grid² faces, so without it a finer grid's
-    mesh crossed the budget and its refinement got one subdivision where the default grid's got
-    two: coarser refinement steps than the defaults', and a worse result (torus at grid 64:
-    Chamfer 2.87e-5 against the defaults' 2.50e-5; with two subdivisions 2.37e-5; docs/08 round 25).
-    The user who picks the finer grid pays its time; the cap keeps grid 128 from reaching millions.
+    (a user's, or the automatic 64 for thin parts), else 1. A DMTet mesh has about grid² faces, so
+    without it a finer grid's mesh crossed the budget and its refinement got one subdivision where
+    the default grid's got two: coarser refinement steps than the defaults', and a worse result
+    (torus at grid 64: Chamfer 2.87e-5 against the defaults' 2.50e-5; with two subdivisions
+    2.37e-5; docs/08 round 25). The user who picks the finer grid pays its time; the cap keeps grid
+    128 from reaching millions of faces.
     """
     if not grid_scale >= 1.0:
         raise ValueError(f"grid_scale: expected a number >= 1, got {grid_scale!r}")
