@@ -106,7 +106,7 @@ def measure(data: str, out: str, cfg: ReconConfig) -> dict:
         row.update(unseen_error(mesh.verts, mesh.faces, gt.verts, gt.faces,
                                 lambda p: points_views(p, gt.verts, gt.faces, mvp, (2 * H, 2 * W)),
                                 num_samples=cfg.chamfer_samples))
-    for k in ("removed_invisible_faces", "removed_components"):
+    for k in ("removed_invisible_faces", "removed_components", "grid_res", "sdf_mode"):  # sdf_mode: "auto" resolved
         if k in m:
             row[k] = m[k]
     return row
@@ -141,14 +141,15 @@ def print_table(rows) -> None:
     nan = float("nan")
     print(f"{'dataset':14s} {'chamfer':>9s} {'normals':>7s} {'IoU':>6s} {'PSNR':>6s} {'time s':>7s} "
           f"{'comps':>5s} {'genus':>5s} {'nonm':>4s} {'open':>5s} {'inv1x':>5s} {'inv2x':>5s} {'faces':>7s} "
-          f"{'unseen':>6s} {'err':>5s} {'1-2 views':>9s} {'err':>5s} {'floor':>8s}")
+          f"{'unseen':>6s} {'err':>5s} {'1-2 views':>9s} {'err':>5s} {'floor':>8s} {'grid':>4s} {'sdf':>6s}")
     for r in rows:
         print(f"{r['dataset']:14s} {r['chamfer_l2']:9.2e} {r['normal_consistency']:7.4f} {r['test_iou']:6.4f} "
               f"{r['test_psnr']:6.2f} {r['seconds']:7.1f} {r['components']:5d} {r['genus']:5g} "
               f"{r['nonmanifold_vertices']:4d} {r['open_edges']:5d} "
               f"{r['invisible_1x']:5d} {r['invisible_2x']:5d} {r['faces']:7d} {r.get('unseen_area', nan):6.3f} "
               f"{r.get('unseen_error_share', nan):5.2f} {r.get('few_views_area', nan):9.3f} "
-              f"{r.get('few_views_error_share', nan):5.2f} {r.get('chamfer_floor', nan):8.1e}", flush=True)
+              f"{r.get('few_views_error_share', nan):5.2f} {r.get('chamfer_floor', nan):8.1e} "
+              f"{r.get('grid_res', 0):4d} {r.get('sdf_mode', '-'):>6s}", flush=True)
 
 
 def main(argv=None) -> int:

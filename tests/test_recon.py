@@ -52,6 +52,7 @@ def test_fast_end_to_end_reconstruction_and_resume(dataset, tmp_path):
     assert m["test_mask_iou"] > 0.8 and m["iterations"] == 40 and m["triangles"] > 0
     assert json.load(open(os.path.join(out, "metrics.json")))["triangles"] == m["triangles"]
     assert m["grid_res"] == 16 and m["grid_choice"]["default_grid_res"] in (40, 64)  # the user's grid is kept
+    assert m["sdf_mode"] == "mlp"  # "auto" on a coarse grid
     assert m["shrink_rate_scale"] == 1.0  # a user's grid keeps the tuned rate
     assert m["supersample"] == {"dmtet": 2, "refine": 2}  # 32-px views: the losses render at 64 px
     stages = {"load", "setup", "dmtet", "refine_start", "refine", "checkpoints", "final_cleanup", "export",
@@ -83,6 +84,8 @@ def test_checkpoint_from_before_smooth_dmtet_steps_resumes_without_them(tmp_path
     saved = checkpoint_config(str(tmp_path))
     assert saved["dmtet_smoothing"] == 0.0 and saved["grid_res"] == 16 and "removed_setting" not in saved
     assert saved["refine_subdivide"] == 0  # written before round 19: refined its DMTet mesh unsubdivided
+    assert saved["sdf_mode"] == "direct"  # the default until round 26's "auto"
+    assert saved["mlp_frequencies"] == 4  # the network's encoding until round 26
     torch.save({"config": {"grid_res": 16, "dmtet_smoothing": 2.0}}, str(tmp_path / "checkpoint.pt"))
     assert checkpoint_config(str(tmp_path))["dmtet_smoothing"] == 2.0  # a newer checkpoint's own value
 
@@ -129,8 +132,8 @@ def test_dmtet_mesh_keeps_the_start_topology(dataset, tmp_path):
 
     root, _ = dataset
     # free per-vertex parameters (no smooth steps): setting one parameter then sets one lattice point's SDF
-    run = _Run(ReconConfig(grid_res=16, batch=2, carve=False, dmtet_smoothing=0.0), load_nerf(root, "train"),
-               str(tmp_path))
+    run = _Run(ReconConfig(grid_res=16, batch=2, carve=False, dmtet_smoothing=0.0, sdf_mode="direct"),
+               load_nerf(root, "train"), str(tmp_path))
     _, f0 = run._dmtet_mesh_with_start_topology()
     n0 = face_components(f0)[0]
     assert run._topology_fixed == 0
@@ -226,12 +229,43 @@ def test_sdf_regulariser_scale_follows_the_sdf_mode():
     on the MLP it moved the whole surface, torus Chamfer 1.27e-4 -> 3.4e-5 without it)."""
     from taichi_dr.recon.loop import sdf_reg_scale
 
-    assert sdf_reg_scale(ReconConfig()) == 1.0
-    assert sdf_reg_scale(ReconConfig(sdf_mode="mlp")) == 0.0
-    assert sdf_reg_scale(ReconConfig(sdf_mode="mlp", sdf_reg_scale=0.5)) == 0.5
-    assert sdf_reg_scale(ReconConfig(sdf_reg_scale=0.0)) == 0.0
+    assert sdf_reg_scale(ReconConfig(), "direct") == 1.0
+    assert sdf_reg_scale(ReconConfig(), "mlp") == 0.0  # the run's mode ("auto" resolved), not the setting
+    assert sdf_reg_scale(ReconConfig(sdf_mode="mlp", sdf_reg_scale=0.5), "mlp") == 0.5
+    assert sdf_reg_scale(ReconConfig(sdf_reg_scale=0.0), "direct") == 0.0
     with pytest.raises(ValueError, match="sdf_reg_scale"):
         ReconConfig(sdf_reg_scale=-1.0).validate()
+
+
+def test_auto_sdf_mode_takes_the_mlp_on_coarse_grids(dataset, tmp_path):
+    """sdf_mode="auto" (the default) resolves by the run's grid: the MLP up to AUTO_MLP_MAX_GRID cells
+    (round 25: better on 9 of 13 shapes at grid 40, same time), direct on finer grids (thin parts, 3x
+    the DMTet pass); an explicit mode is kept at any grid; the run and metrics.json use the resolved one."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import AUTO_MLP_MAX_GRID, _Run, resolve_sdf_mode
+
+    assert ReconConfig().sdf_mode == "auto"
+    assert resolve_sdf_mode("auto", AUTO_MLP_MAX_GRID) == "mlp" and resolve_sdf_mode("auto", 8) == "mlp"
+    assert resolve_sdf_mode("auto", AUTO_MLP_MAX_GRID + 1) == "direct" and resolve_sdf_mode("auto", 64) == "direct"
+    assert resolve_sdf_mode("direct", 8) == "direct" and resolve_sdf_mode("mlp", 96) == "mlp"
+    with pytest.raises(ValueError, match="sdf_mode"):
+        resolve_sdf_mode("neural", 40)
+    with pytest.raises(ValueError, match="grid_res"):
+        resolve_sdf_mode("auto", 0)
+    with pytest.raises(ValueError, match="sdf_mode"):
+        ReconConfig(sdf_mode="neural").validate()
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="mlp_frequencies"):
+            ReconConfig(mlp_frequencies=bad).validate()
+    train = load_nerf(dataset[0], "train")
+    coarse = _Run(ReconConfig(grid_res=8, carve=False), train, str(tmp_path))
+    assert coarse.sdf_mode == coarse.model.dmtet.mode == "mlp" and coarse.sdf_reg_scale == 0.0
+    assert coarse.model.dmtet.multires == ReconConfig().mlp_frequencies == 6
+    assert coarse.model.dmtet.encoding.shape == (coarse.model.dmtet.verts.shape[0], 3 + 6 * 6)
+    three = _Run(ReconConfig(grid_res=8, carve=False, mlp_frequencies=3), train, str(tmp_path))
+    assert three.model.dmtet.encoding.shape[1] == 3 + 6 * 3
+    fine = _Run(ReconConfig(grid_res=AUTO_MLP_MAX_GRID + 1, carve=False), train, str(tmp_path))
+    assert fine.sdf_mode == fine.model.dmtet.mode == "direct" and fine.sdf_reg_scale == 1.0
 
 
 def test_longer_dmtet_pass_takes_smaller_geometry_steps(dataset, tmp_path):
@@ -268,13 +302,15 @@ def test_the_dmtet_rate_grows_with_the_start_shrink(dataset, tmp_path):
         shrink_rate_scale(-0.1)
     train = load_nerf(dataset[0], "train")
     # 32-px views on the automatic grid (40): 1.5 px is several cells, the factor is at its cap
-    auto = _Run(ReconConfig(iters=200, carve=False), train, str(tmp_path))
+    auto = _Run(ReconConfig(iters=200, carve=False, sdf_mode="direct"), train, str(tmp_path))
     assert auto.shrink_cells > 2 * SHRINK_REACH_CELLS and auto.rate_scale == 2.0
     assert auto.opt.param_groups[0]["lr"] == pytest.approx(0.02)
     assert auto.opt.param_groups[1]["lr"] == pytest.approx(0.01)  # colours and light keep theirs
-    user = _Run(ReconConfig(iters=200, grid_res=auto.grid_res, carve=False), train, str(tmp_path))
+    user = _Run(ReconConfig(iters=200, grid_res=auto.grid_res, carve=False, sdf_mode="direct"), train,
+                str(tmp_path))
     assert user.shrink_cells == pytest.approx(auto.shrink_cells) and user.opt.param_groups[0]["lr"] == 0.01
-    unshrunk = _Run(ReconConfig(iters=200, carve=False, hull_shrink_px=0.0), train, str(tmp_path))
+    unshrunk = _Run(ReconConfig(iters=200, carve=False, hull_shrink_px=0.0, sdf_mode="direct"), train,
+                    str(tmp_path))
     assert unshrunk.shrink_cells == 0.0 and unshrunk.opt.param_groups[0]["lr"] == pytest.approx(0.01)
     mlp = _Run(ReconConfig(iters=200, carve=False, sdf_mode="mlp"), train, str(tmp_path))
     assert mlp.rate_scale == 1.0 and mlp.opt.param_groups[0]["lr"] == pytest.approx(0.01 * MLP_LR_FACTOR)
@@ -352,6 +388,7 @@ def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     assert row["genus"] == int(row["genus"]) and row["nonmanifold_vertices"] == 0 and row["open_edges"] == 0
     assert 0 <= row["unseen_area"] <= 1 and 0 <= row["unseen_error_share"] <= 1 and row["chamfer_floor"] > 0
     assert 0 <= row["few_views_area"] + row["unseen_area"] <= 1
+    assert row["sdf_mode"] in ("direct", "mlp") and row["grid_res"] >= 1  # the mode "auto" resolved to
     metrics = json.load(open(tmp_path / "runs" / "tiny" / "metrics.json"))
     assert set(metrics["cleanup"]) == {"dmtet", "refine"}  # both cleanups ran and were reported
     assert metrics["cleanup"]["dmtet"]["topology_fixed_points"] >= 0

@@ -38,8 +38,9 @@ __all__ = ["ReconConfig", "field_type", "read_config_json", "FROZEN_BEFORE_ADDED
 # settings that fix the model's shape ("frozen") and were added after checkpoints existed: the value
 # a checkpoint written before the field existed was made with. --resume fills it in, so an older run
 # continues as it started (round 13's smooth steps change what the DMTet parameters mean; round 19's
-# subdivision changes the refinement's mesh).
-FROZEN_BEFORE_ADDED = {"dmtet_smoothing": 0.0, "refine_subdivide": 0}
+# subdivision changes the refinement's mesh). Also frozen fields whose default changed since: the value
+# a checkpoint that lacks the key was made with (sdf_mode was "direct" until round 26's "auto").
+FROZEN_BEFORE_ADDED = {"dmtet_smoothing": 0.0, "refine_subdivide": 0, "sdf_mode": "direct", "mlp_frequencies": 4}
 
 
 @dataclasses.dataclass
@@ -102,14 +103,22 @@ class ReconConfig:
                 "one-cell lumps are damped and wide corrections are not (measured: Spot Chamfer 1.86e-5 -> "
                 "1.21e-5, normal consistency 0.965 -> 0.984; docs/08 round 13); 0 = free per-vertex steps",
         "min": 0, "frozen": True})
-    sdf_mode: str = field(default="direct", metadata={
-        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec) or mlp (a torch MLP on the "
-                "grid's positionally encoded vertices; at 128² better on 9 of 13 shapes measured in round 25, "
-                "rocker arm Chamfer 1.04e-4 -> 6.8e-5, beetle 8.9e-4 -> 5.5e-4, worse on the box 1.51e-4 -> "
-                "1.76e-4; about the same time at grid 40, but at grid 64 its network over every vertex triples "
-                "the DMTet pass; its smooth SDF merges or loses thin parts: 800² gadget 1.31e-4 -> 1.42e-4, "
-                "30.5 -> 30.0 dB, 5 -> 3 pieces; docs/08 round 25)",
-        "choices": ("direct", "mlp"), "frozen": True})
+    sdf_mode: str = field(default="auto", metadata={
+        "help": "SDF parametrisation: direct (free per-vertex values, nvdiffrec), mlp (a torch MLP on the grid's "
+                "positionally encoded vertices) or auto (mlp on grids up to 40 cells, direct on finer ones). "
+                "Measured in round 26 at 128² and grid 40, mlp over direct: 8 of 13 shapes gain, geometric mean "
+                "of the Chamfer ratios 0.90 (rocker arm 1.04e-4 -> 6.6e-5, beetle 8.9e-4 -> 4.7e-4, bowl 1.34e-4 "
+                "-> 1.06e-4; the pair loses most, 2.15e-5 -> 2.54e-5) in about the same time; on finer grids its "
+                "network over every vertex triples the DMTet pass and its smooth SDF merges or loses thin parts "
+                "(800² gadget, grid 64: 1.31e-4 -> 1.42e-4, 5 -> 3 pieces); docs/08 rounds 25-26",
+        "choices": ("auto", "direct", "mlp"), "frozen": True})
+    mlp_frequencies: int = field(default=6, metadata={
+        "help": "positional-encoding frequencies L of the SDF network (MLP mode): sin/cos(2^k π x) for k < L, "
+                "x the grid cube scaled to [-1, 1], so the finest period is 1/2^(L-1) of the cube's side: 1.25 "
+                "cells at grid 40 with 6, 5 with 4; 6 over 4 measured in round 26 (13 Mitsuba shapes at 128²: "
+                "geometric mean of the Chamfer ratios 0.97, box with a hole 1.76e-4 -> 1.54e-4, bowl "
+                "1.22e-4 -> 1.06e-4; docs/08); at most 10 (a period of 1/512 of the side, finer than any grid "
+                "cell reconstruction uses)", "min": 1, "max": 10, "frozen": True})
     light: str = field(default="env", metadata={
         "help": "light model: env (learnable environment map, split-sum GGX; measured +0.8 dB on "
                 "Spot over simple) or simple (ambient + one directional light; ~1.5x faster)",

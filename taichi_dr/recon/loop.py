@@ -161,6 +161,7 @@ def choose_grid_res(grid_res: Optional[int], train_hw: Tuple[int, int], mvp: tor
     return grid_res, (g_ref if p_ref <= p_fine else None), report
 
 
+AUTO_MLP_MAX_GRID = 40  # sdf_mode "auto": the MLP on grids up to this many cells, direct on finer ones
 SLIVER_FRACTION = 0.2  # mesh edges shorter than this many grid cells are collapsed before refinement
 KD_SMOOTH_POINTS = 4096  # surface points per step for the albedo smoothness term (cost ~ 2x that many pixels)
 MLP_LR_FACTOR = 0.15  # Adam rate of the SDF MLP's weights relative to lr_geometry (measured: docs/08)
@@ -227,10 +228,42 @@ def shrink_rate_scale(shrink_cells: float) -> float:
     return min(SHRINK_RATE_MAX, max(1.0, float(shrink_cells) / SHRINK_REACH_CELLS))
 
 
-def dmtet_smoothing(cfg: ReconConfig, grid_res: int) -> float:
+def resolve_sdf_mode(sdf_mode: str, grid_res: int) -> str:
+    """The DMTet parametrisation a run uses: ``sdf_mode`` itself unless it is ``"auto"``, which takes
+    ``"mlp"`` on grids up to ``AUTO_MLP_MAX_GRID`` cells (the small images' grid) and ``"direct"`` on finer ones.
+
+    The network's SDF is smooth where per-vertex values are free: on the coarse grid that prior is
+    what the images lack, and its cost there is about the direct mode's (round 26, thirteen Mitsuba
+    shapes at 128² and grid 40: eight gain, e.g. rocker arm Chamfer 1.04e-4 -> 6.6e-5, beetle
+    8.9e-4 -> 4.7e-4, bowl 1.34e-4 -> 1.06e-4, five lose, the pair most, +18 %; the geometric mean
+    of the ratios is 0.90; docs/08). A finer grid is there for detail the network smooths away
+    (the 800² gadget at grid 64: 5 pieces -> 3, 30.5 -> 30.0 dB; round 25), and its network over
+    every lattice point triples the DMTet pass' time.
+
+    Args:
+        sdf_mode: ``"auto"``, ``"direct"`` or ``"mlp"`` (``ReconConfig.sdf_mode``).
+        grid_res: the run's grid (``choose_grid_res``), >= 1.
+
+    Returns:
+        ``"direct"`` or ``"mlp"``.
+
+    Raises:
+        ValueError: an unknown mode or a grid below 1.
+    """
+    if sdf_mode not in ("auto", "direct", "mlp"):
+        raise ValueError(f"sdf_mode: expected one of ['auto', 'direct', 'mlp'], got {sdf_mode!r}")
+    if isinstance(grid_res, bool) or not isinstance(grid_res, int) or grid_res < 1:
+        raise ValueError(f"grid_res: expected an int >= 1, got {grid_res!r}")
+    if sdf_mode != "auto":
+        return sdf_mode
+    return "mlp" if grid_res <= AUTO_MLP_MAX_GRID else "direct"
+
+
+def dmtet_smoothing(cfg: ReconConfig, grid_res: int, sdf_mode: str) -> float:
     """λ of the DMTet pass' smooth steps at ``grid_res``: ``cfg.dmtet_smoothing`` × (grid_res / 40)², so that
-    a step spreads over the same world-space width at every grid."""
-    return float(cfg.dmtet_smoothing) * (grid_res / 40.0) ** 2 if cfg.sdf_mode == "direct" else 0.0
+    a step spreads over the same world-space width at every grid; 0 for the MLP (``sdf_mode``: the run's,
+    :func:`resolve_sdf_mode`), whose weights each move every vertex."""
+    return float(cfg.dmtet_smoothing) * (grid_res / 40.0) ** 2 if sdf_mode == "direct" else 0.0
 
 
 def hull_shrink_cells(cfg: ReconConfig, mvp: torch.Tensor, hw: Tuple[int, int], center: torch.Tensor,
@@ -240,13 +273,14 @@ def hull_shrink_cells(cfg: ReconConfig, mvp: torch.Tensor, hw: Tuple[int, int], 
     return float(cfg.hull_shrink_px) * pixel_footprint(mvp, hw, center) / float(cell)
 
 
-def sdf_reg_scale(cfg: ReconConfig) -> float:
+def sdf_reg_scale(cfg: ReconConfig, sdf_mode: str) -> float:
     """Multiplier of the SDF regulariser's schedule: ``cfg.sdf_reg_scale``, or when unset 1 in direct
-    mode (nvdiffrec's) and 0 in MLP mode (measured on the torus: Chamfer 1.27e-4 with it, 3.4e-5
-    without; the network's shared weights keep its SDF free of stray sign flips; docs/08)."""
+    mode (nvdiffrec's) and 0 in MLP mode (``sdf_mode``: the run's, :func:`resolve_sdf_mode`; measured
+    on the torus: Chamfer 1.27e-4 with it, 3.4e-5 without; the network's shared weights keep its SDF
+    free of stray sign flips; docs/08)."""
     if cfg.sdf_reg_scale is not None:
         return float(cfg.sdf_reg_scale)
-    return 0.0 if cfg.sdf_mode == "mlp" else 1.0
+    return 0.0 if sdf_mode == "mlp" else 1.0
 
 
 def _lr_lambda(total: int):
@@ -330,20 +364,22 @@ class _Run:
         # gets the default grid's genus as a cap (phantom handles; docs/08 rounds 15-16)
         self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_all, train.images[..., 3],
                                                                      center, box_half)
-        self.model = ReconModel(self.grid_res, center, box_half, cfg.sdf_mode, cfg.light, cfg.material,
-                                smoothing=dmtet_smoothing(cfg, self.grid_res))
+        self.sdf_mode = resolve_sdf_mode(cfg.sdf_mode, self.grid_res)  # "auto": by the grid (MLP on a coarse one)
+        self.model = ReconModel(self.grid_res, center, box_half, self.sdf_mode, cfg.light, cfg.material,
+                                smoothing=dmtet_smoothing(cfg, self.grid_res, self.sdf_mode),
+                                mlp_frequencies=cfg.mlp_frequencies)
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.shrink_cells = hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell)
         # per-vertex steps with the grid chosen here only: at a user's grid finer than the images need, the
         # larger rate regrew the hull excess the shrink removes (torus, grid 64: 3.79e-5 -> 4.41e-5; docs/08)
-        self.rate_scale = shrink_rate_scale(self.shrink_cells) if cfg.sdf_mode == "direct" and cfg.grid_res is None \
+        self.rate_scale = shrink_rate_scale(self.shrink_cells) if self.sdf_mode == "direct" and cfg.grid_res is None \
             else 1.0
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
                                   shrink=self.shrink_cells, max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
-        self.sdf_reg_scale = sdf_reg_scale(cfg)
+        self.sdf_reg_scale = sdf_reg_scale(cfg, self.sdf_mode)
         self.it, self.phase = 0, "dmtet"
         self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian")}
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -817,6 +853,7 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         export_mesh(out_dir, verts, faces, colors, run.model.light(), image_hw=tuple(refine_data.images.shape[1:3]))
     metrics: Dict = {"iterations": run.it, "seconds": round(seconds, 2), "triangles": int(faces.shape[0]),
                      "vertices": int(verts.shape[0]), "grid_res": run.grid_res, "grid_choice": run.grid_report,
+                     "sdf_mode": run.sdf_mode,
                      "shrink_rate_scale": round(run.rate_scale, 4),
                      "supersample": {"dmtet": supersample_factor(cfg.supersample, tuple(train.images.shape[1:3])),
                                      "refine": supersample_factor(cfg.supersample,

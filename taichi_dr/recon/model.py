@@ -167,10 +167,11 @@ class ReconModel(nn.Module):
     """DMTet + colour field + light, with the grid fitted around the visual hull."""
 
     def __init__(self, grid_res: int, center: torch.Tensor, half: float, sdf_mode: str = "direct",
-                 light: str = "simple", material: str = "field", smoothing: float = 0.0):
+                 light: str = "simple", material: str = "field", smoothing: float = 0.0, mlp_frequencies: int = 4):
         super().__init__()
         # the grid is built on the CPU; .to() moves the model
-        self.dmtet = DMTet(grid=_cube_grid(grid_res, center, half), mode=sdf_mode, smoothing=smoothing)
+        self.dmtet = DMTet(grid=_cube_grid(grid_res, center, half), mode=sdf_mode, smoothing=smoothing,
+                           multires=mlp_frequencies)
         if material not in ("field", "vertex"):
             raise ValueError(f"material: expected 'field' or 'vertex', got {material!r}")
         # 'field': per-pixel kd/ks from a hash-grid field (recon/material.py); 'vertex': per-vertex albedo
