@@ -108,7 +108,7 @@ class ReconConfig:
                 "positionally encoded vertices) or auto (mlp on grids up to 40 cells, direct on finer ones). "
                 "Measured in round 26 at 128² and grid 40, mlp over direct: 8 of 13 shapes gain, geometric mean "
                 "of the Chamfer ratios 0.90 (rocker arm 1.04e-4 -> 6.6e-5, beetle 8.9e-4 -> 4.7e-4, bowl 1.34e-4 "
-                "-> 1.06e-4; the pair loses most, 2.15e-5 -> 2.54e-5) in about the same time; on finer grids its "
+                "-> 1.06e-4; the pair loses most, 2.15e-5 -> 2.54e-5) at 12-25 % more time; on finer grids its "
                 "network over every vertex triples the DMTet pass and its smooth SDF merges or loses thin parts "
                 "(800² gadget, grid 64: 1.31e-4 -> 1.42e-4, 5 -> 3 pieces); docs/08 rounds 25-26",
         "choices": ("auto", "direct", "mlp"), "frozen": True})

@@ -233,8 +233,8 @@ def resolve_sdf_mode(sdf_mode: str, grid_res: int) -> str:
     ``"mlp"`` on grids up to ``AUTO_MLP_MAX_GRID`` cells (the small images' grid) and ``"direct"`` on finer ones.
 
     The network's SDF is smooth where per-vertex values are free: on the coarse grid that prior is
-    what the images lack, and its cost there is about the direct mode's (round 26, thirteen Mitsuba
-    shapes at 128² and grid 40: eight gain, e.g. rocker arm Chamfer 1.04e-4 -> 6.6e-5, beetle
+    what the images lack, at 12-25 % more time than direct mode (round 26, thirteen Mitsuba shapes
+    at 128² and grid 40: eight gain, e.g. rocker arm Chamfer 1.04e-4 -> 6.6e-5, beetle
     8.9e-4 -> 4.7e-4, bowl 1.34e-4 -> 1.06e-4, five lose, the pair most, +18 %; the geometric mean
     of the ratios is 0.90; docs/08). A finer grid is there for detail the network smooths away
     (the 800² gadget at grid 64: 5 pieces -> 3, 30.5 -> 30.0 dB; round 25), and its network over
