@@ -93,6 +93,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata.get('help', f.name)} (default: {'none' if default is None else default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings: a measured "+12 %" is text
         if base is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)

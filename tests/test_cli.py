@@ -118,6 +118,7 @@ def test_help_lists_every_config_field_with_its_default():
         flag = "--" + name.replace("_", "-")
         assert flag in text, flag
     assert f"(default: {ReconConfig().iters})" in text and "refinement" in text  # --iters: the refinement follows
+    assert "12-25 % more time" in " ".join(text.split())  # a "%" in a setting's help is text, not a format
 
 
 def test_config_validate_names_the_field():
