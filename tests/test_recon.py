@@ -242,8 +242,9 @@ def test_sdf_regulariser_scale_follows_the_sdf_mode():
 
 def test_auto_sdf_mode_takes_the_mlp_on_coarse_grids(dataset, tmp_path):
     """sdf_mode="auto" (the default) resolves by the run's grid: the MLP up to AUTO_MLP_MAX_GRID cells
-    (round 25: better on 9 of 13 shapes at grid 40, same time), direct on finer grids (thin parts, 3x
-    the DMTet pass); an explicit mode is kept at any grid; the run and metrics.json use the resolved one."""
+    (round 26: better on 8 of 13 shapes at grid 40, geometric mean 0.90, +12-25 % time), direct on finer
+    grids (thin parts, 3x the DMTet pass); an explicit mode is kept at any grid; the run and metrics.json
+    use the resolved one."""
     from taichi_dr.data.nerf import load_nerf
     from taichi_dr.recon.loop import AUTO_MLP_MAX_GRID, _Run, resolve_sdf_mode
 

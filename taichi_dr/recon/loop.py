@@ -250,8 +250,9 @@ def resolve_sdf_mode(sdf_mode: str, grid_res: int) -> str:
     Raises:
         ValueError: an unknown mode or a grid below 1.
     """
-    if sdf_mode not in ("auto", "direct", "mlp"):
-        raise ValueError(f"sdf_mode: expected one of ['auto', 'direct', 'mlp'], got {sdf_mode!r}")
+    modes = ReconConfig.__dataclass_fields__["sdf_mode"].metadata["choices"]  # one list: the setting's
+    if sdf_mode not in modes:
+        raise ValueError(f"sdf_mode: expected one of {list(modes)}, got {sdf_mode!r}")
     if isinstance(grid_res, bool) or not isinstance(grid_res, int) or grid_res < 1:
         raise ValueError(f"grid_res: expected an int >= 1, got {grid_res!r}")
     if sdf_mode != "auto":
@@ -364,28 +365,33 @@ class _Run:
         # gets the default grid's genus as a cap (phantom handles; docs/08 rounds 15-16)
         self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_all, train.images[..., 3],
                                                                      center, box_half)
-        self.sdf_mode = resolve_sdf_mode(cfg.sdf_mode, self.grid_res)  # "auto": by the grid (MLP on a coarse one)
-        self.model = ReconModel(self.grid_res, center, box_half, self.sdf_mode, cfg.light, cfg.material,
-                                smoothing=dmtet_smoothing(cfg, self.grid_res, self.sdf_mode),
+        sdf_mode = resolve_sdf_mode(cfg.sdf_mode, self.grid_res)  # "auto": by the grid (MLP on a coarse one)
+        self.model = ReconModel(self.grid_res, center, box_half, sdf_mode, cfg.light, cfg.material,
+                                smoothing=dmtet_smoothing(cfg, self.grid_res, sdf_mode),
                                 mlp_frequencies=cfg.mlp_frequencies)
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.shrink_cells = hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell)
         # per-vertex steps with the grid chosen here only: at a user's grid finer than the images need, the
         # larger rate regrew the hull excess the shrink removes (torus, grid 64: 3.79e-5 -> 4.41e-5; docs/08)
-        self.rate_scale = shrink_rate_scale(self.shrink_cells) if self.sdf_mode == "direct" and cfg.grid_res is None \
+        self.rate_scale = shrink_rate_scale(self.shrink_cells) if sdf_mode == "direct" and cfg.grid_res is None \
             else 1.0
         self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
                                   campos=camera_position(train.mv), stereo=cfg.stereo,
                                   shrink=self.shrink_cells, max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
-        self.sdf_reg_scale = sdf_reg_scale(cfg, self.sdf_mode)
+        self.sdf_reg_scale = sdf_reg_scale(cfg, sdf_mode)
         self.it, self.phase = 0, "dmtet"
         self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian")}
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mesh_param = self.smoother = self.mesh_faces = self.mesh_colors = self.verts0 = None
         self.cleanup: Dict[str, Dict[str, int]] = {}  # phase -> clean_faces report
         self.watch = _Stopwatch()  # wall seconds per stage (metrics.json -> timings)
+
+    @property
+    def sdf_mode(self) -> str:
+        """The DMTet parametrisation this run uses (``"direct"`` or ``"mlp"``: ``cfg.sdf_mode`` resolved)."""
+        return self.model.dmtet.mode
 
     def _dmtet_optimizer(self):
         m, cfg = self.model, self.cfg
