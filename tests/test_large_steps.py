@@ -28,6 +28,21 @@ def test_round_trip_and_identity_at_zero_lambda():
     assert torch.equal(SmoothParametrization(f, 6, lam=0.0).to_param(v), v)
 
 
+def test_solve_matches_a_dense_solve_on_a_larger_mesh():
+    """The symmetric-mode factorisation (no pivoting, minimum-degree order) against numpy's dense
+    solve, on a subdivided octahedron whose vertex numbering is shuffled (fill depends on it)."""
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+
+    v, f = subdivide_midpoint(*_octahedron(), times=4)  # 1,026 vertices
+    perm = torch.randperm(v.shape[0], generator=torch.Generator().manual_seed(1))
+    f = torch.argsort(perm)[f]
+    lam = 20.0  # the refinement's default strength
+    sp = SmoothParametrization(f, v.shape[0], lam)
+    u = torch.randn(v.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    dense = np.eye(v.shape[0]) + lam * graph_laplacian(f, v.shape[0]).toarray()
+    assert np.allclose(sp(u).numpy(), np.linalg.solve(dense, u.numpy()), rtol=0, atol=1e-10)
+
+
 def test_solve_gradient_matches_finite_differences():
     v, f = _octahedron()
     sp = SmoothParametrization(f, 6, lam=3.0)

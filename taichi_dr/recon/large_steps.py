@@ -70,8 +70,8 @@ class SmoothParametrization:
         lam: ``λ ≥ 0``, the smoothing strength (``0``: ``x = u``). The step ``(I + λL)⁻¹ g`` spreads
             over about ``√λ`` edges.
 
-    The factorisation (SuperLU, once) and the solves run on the CPU in float64: the systems are as
-    small as the mesh (a few thousand vertices) and a solve costs ~1 ms per thousand vertices.
+    The factorisation (SuperLU in symmetric mode, once) and the solves run on the CPU in float64: the
+    systems are as large as the mesh and a solve costs ~0.15 ms per thousand vertices (3 columns).
     """
 
     def __init__(self, faces: torch.Tensor, num_verts: int, lam: float):
@@ -79,7 +79,12 @@ class SmoothParametrization:
             raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
         self.lam = float(lam)
         self.matrix = (identity(num_verts, format="csc") + self.lam * graph_laplacian(faces, num_verts)).tocsc()
-        self._lu = splu(self.matrix)
+        # I + λL is symmetric and strictly diagonally dominant (positive definite), so elimination needs no
+        # pivoting and a symmetric fill-reducing order (minimum degree on A + Aᵀ) applies: a Cholesky-like
+        # factor with ~40 % fewer non-zeros than SuperLU's default (COLAMD with partial pivoting), solves
+        # about twice as fast (58k vertices: 20 -> 9.5 ms; two solves per refinement step; docs/08 round 27)
+        self._lu = splu(self.matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                        options={"SymmetricMode": True})
 
     def to_param(self, verts: torch.Tensor) -> torch.Tensor:
         """``u = (I + λL) x`` for ``verts [V, 3]`` float (no gradient; same dtype and device)."""
