@@ -1,5 +1,6 @@
 """Material field (hash grid + MLP), per-pixel materials in the renderer, UV atlas, baking, texture pass."""
 import math
+import pickle
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from taichi_dr.camera import camera_position, look_at, perspective
 from taichi_dr.recon.material import KS_MAX, KS_MIN, HashGridEncoding, MaterialField
 from taichi_dr.recon.texture_pass import (TexturedMaterial, bake, dilate, make_textured_material, texture_resolution,
-                                          unwrap)
+                                          unwrap, uv_tangent_operator, uv_tangents)
 from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
 from taichi_dr.render.texture import texture
 
@@ -223,3 +224,39 @@ def test_hashgrid_parallel_atomic_adjoint_equals_the_serial_cpu_one(monkeypatch)
         grads.append(enc.table.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_uv_tangent_operator_matches_uv_tangents_and_follows_a_new_atlas():
+    v, f = _sphere(2)
+    v = v.double()
+    faces2, mat = make_textured_material(v.float(), f, _procedural, (100, 100))
+    op = uv_tangent_operator(faces2, mat.uvs, mat.uv_faces, v.shape[0], torch.float64)
+    a = uv_tangents(v, faces2, mat.uvs, mat.uv_faces)
+    assert torch.allclose(uv_tangents(v, faces2, mat.uvs, mat.uv_faces, op), a, atol=1e-12)
+    # independent reference: each face's tangent T from its 2×2 UV system (e1, e2) = Δuv · (T, B),
+    # weighted by its UV area |det Δuv| and summed per UV corner with a plain loop
+    ref = torch.zeros(mat.uvs.shape[0], 3, dtype=torch.float64)
+    for k in range(faces2.shape[0]):
+        p, t = v[faces2[k].long()], mat.uvs.double()[mat.uv_faces[k].long()]
+        duv = torch.stack([t[1] - t[0], t[2] - t[0]])
+        tb = torch.linalg.solve(duv, torch.stack([p[1] - p[0], p[2] - p[0]]))
+        for c in mat.uv_faces[k].long():
+            ref[c] += tb[0] * torch.linalg.det(duv).abs()
+    assert torch.allclose(a, ref / ref.norm(dim=1, keepdim=True), atol=1e-9)
+    # the material keeps its matrix while nothing changes and rebuilds it for a new atlas
+    t1 = mat.tangents(v, faces2)
+    op1 = mat._tangent_op[3]
+    mat.tangents(v, faces2)
+    assert torch.allclose(t1, a, atol=1e-12) and mat._tangent_op[3] is op1
+    mat.uv_faces = mat.uv_faces[:, [1, 2, 0]].contiguous()  # the UV corners rotated on every face:
+    t2 = mat.tangents(v, faces2)  # a stale matrix would give the old answer
+    assert mat._tangent_op[3] is not op1
+    assert torch.allclose(t2, uv_tangents(v, faces2, mat.uvs, mat.uv_faces), atol=1e-12)
+    with pytest.raises(ValueError, match="uv_faces"):
+        uv_tangent_operator(faces2, mat.uvs, mat.uv_faces[:-1], v.shape[0])
+    with pytest.raises(ValueError, match="operator"):
+        uv_tangents(v.float(), faces2, mat.uvs, mat.uv_faces, op)  # built for float64
+    # a checkpoint pickles the material: without the cache, which the copy rebuilds on first use
+    copy = pickle.loads(pickle.dumps(mat))
+    assert not hasattr(copy, "_tangent_op") and hasattr(mat, "_tangent_op")
+    assert torch.allclose(copy.tangents(v, faces2), t2, atol=1e-12)

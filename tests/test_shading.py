@@ -10,6 +10,7 @@ import torch
 import shading_reference as ref
 from taichi_dr import (DirectionalLight, PointLight, ggx_bsdf, ggx_specular, lambert, perturb_normal,
                        vertex_normals)
+from taichi_dr.render.shading import VertexNormalOperator
 
 D = torch.float64
 
@@ -188,3 +189,45 @@ def test_light_shade_bad_input():
         DirectionalLight(torch.zeros(3), torch.ones(3)).shade(pos, n, kd, ks, cam)
     with pytest.raises(ValueError, match="color"):
         PointLight(torch.ones(3), torch.ones(2)).shade(pos, n, kd, ks, cam)
+
+
+def _mesh_with_odd_faces():
+    """A shuffled sphere patch plus a degenerate face (a vertex twice) and an unused vertex."""
+    v, f = sphere_mesh()
+    g = torch.Generator().manual_seed(3)
+    perm = torch.randperm(v.shape[0], generator=g)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.shape[0])
+    v = torch.cat([v[perm] + 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype), torch.zeros(1, 3, dtype=v.dtype)])
+    f = torch.cat([inv[f.long()], torch.tensor([[5, 5, 9]])]).to(torch.int32)
+    return v, f
+
+
+def test_vertex_normal_operator_matches_the_scatter_and_its_gradient_is_exact():
+    v, f = _mesh_with_odd_faces()
+    op = VertexNormalOperator(f, v.shape[0], torch.float64)
+    assert torch.allclose(vertex_normals(v, f, op), vertex_normals(v, f), atol=1e-12)
+    assert torch.equal(vertex_normals(v, f, op)[-1], torch.tensor([0.0, 0.0, 1.0], dtype=D))  # unused vertex
+    # the backward (stored transposes) against the index_add path's autograd, then finite differences
+    w = torch.randn(v.shape, generator=torch.Generator().manual_seed(4), dtype=D)
+    x1, x2 = v.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    (vertex_normals(x1, f, op) * w).sum().backward()
+    (vertex_normals(x2, f) * w).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-10)
+    small = sphere_mesh(6)
+    op_small = VertexNormalOperator(small[1], small[0].shape[0], torch.float64)
+    x = small[0].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: vertex_normals(p, small[1], op_small), (x,), eps=1e-6, atol=1e-7)
+
+
+def test_vertex_normal_operator_rejects_another_mesh():
+    v, f = _mesh_with_odd_faces()
+    op = VertexNormalOperator(f, v.shape[0], torch.float64)
+    with pytest.raises(ValueError, match="verts"):
+        vertex_normals(v[:-1], f, op)  # the unused last vertex dropped: same faces, V - 1
+    with pytest.raises(ValueError, match="operator"):
+        vertex_normals(v, f[:-1], op)
+    with pytest.raises(ValueError, match="verts"):
+        vertex_normals(v.float(), f, op)
+    with pytest.raises(ValueError, match="faces"):
+        VertexNormalOperator(f, 3)

@@ -1,5 +1,6 @@
-"""Shading benchmark: the fused light kernels on 4 views at 512² (random normals and materials),
-next to the yardstick rasterize + interpolate + antialias of an 80k-triangle sphere at 512².
+"""Shading benchmark: the fused light kernels on 4 views at 512² (random normals and materials) and
+the vertex normals of a 131k-face mesh (scatter vs :class:`VertexNormalOperator`), next to the
+yardstick rasterize + interpolate + antialias of an 80k-triangle sphere at 512².
 
 The calls are interleaved (one call of every entry per round, then the next round) and each
 entry reports its minimum and median over the rounds: on a shared machine the load drifts over a
@@ -87,13 +88,29 @@ def main(quick: bool = False) -> None:
         x = [t.clone().requires_grad_(True) for t in (pos, n, kd, ks)]
         (env.shade(x[0], x[1], x[2], x[3], cam) * mask).sum().backward()
     fns[(masked, "fwd")], fns[(masked, "fb")] = fns[(lights[0][0], "fwd")], fb_masked
+    # the refinement pass's per-step vertex normals (its mesh has ~131k faces): the scatter path
+    # against the sparse operator built once for the fixed topology
+    from taichi_dr.bench.raster import uv_sphere
+    from taichi_dr.render.shading import VertexNormalOperator, vertex_normals
+    sv, sf = (torch.as_tensor(t).to(dev) for t in uv_sphere(131_000))
+    normal_rows = [("vertex normals, 131k faces: gathers + index_add", None),
+                   ("vertex normals, 131k faces: VertexNormalOperator",
+                    VertexNormalOperator(sf, sv.shape[0], sv.dtype, dev))]
+    for name, op in normal_rows:
+        def nfwd(op=op):
+            vertex_normals(sv, sf, op)
+
+        def nfb(op=op):
+            x = sv.clone().requires_grad_(True)
+            vertex_normals(x, sf, op).sum().backward()
+        fns[(name, "fwd")], fns[(name, "fb")] = nfwd, nfb
     yard = "yardstick: rasterize+interpolate+antialias, 80k tris, 1 view"
     _, fns[(yard, "fwd")], fns[(yard, "fb")] = _pipeline(80_000, 512)
     res = _interleaved(fns, rounds)
     y_f, y_fb = res[(yard, "fwd")][1], res[(yard, "fb")][1]
     yc_f, yc_fb = res[(yard, "fwd")][3], res[(yard, "fb")][3]
     rows = []
-    for name in [name for name, _ in lights] + [masked, yard]:
+    for name in [name for name, _ in lights] + [masked] + [name for name, _ in normal_rows] + [yard]:
         c, f_min, f_med, f_cpu = res[(name, "fwd")]
         _, fb_min, fb_med, fb_cpu = res[(name, "fb")]
         rows.append([name, f"{f_min * 1e3:.1f} / {f_med * 1e3:.1f}", f"{fb_min * 1e3:.1f} / {fb_med * 1e3:.1f}",
