@@ -691,6 +691,33 @@ def test_the_grid_is_refined_when_the_default_one_cuts_thin_parts_off():
     assert choose_grid_res(None, (256, 256), mvp, alpha, center, half) == (64, None, {"default_grid_res": 64})
 
 
+def test_the_grid_is_refined_for_an_object_made_of_thin_parts():
+    """outline_share: a disc of radius r px has ~2.5/r of its pixels on the outline, a bar 4 px wide half; a
+    stick figure of thin limbs (one piece on both grids) takes grid 64 on that share alone, a ball 40."""
+    from taichi_dr.recon.loop import THIN_OUTLINE_SHARE, choose_grid_res, outline_share
+
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    disc = (((xx - 48) ** 2 + (yy - 48) ** 2) < 30.0 ** 2).float()[None]
+    bar = (xx >= 46) & (xx < 50) & ((yy - 48).abs() < 30)
+    assert 2.0 / 30 < outline_share(disc) < 2.6 / 30
+    assert abs(outline_share(bar.float()[None]) - 0.5) < 0.05
+    assert outline_share(torch.zeros(2, 8, 8)) == 0.0
+
+    # a trunk and four limbs of overlapping spheres (radius 0.05: ~3 px wide in the 96-px masks)
+    limbs = [((0.0, 0.0, -0.4 + 0.05 * i), 0.05) for i in range(17)]
+    for sx in (-1, 1):
+        limbs += [((sx * 0.05 * i, 0.0, 0.2), 0.05) for i in range(1, 9)]  # arms
+        limbs += [((sx * 0.035 * i, 0.0, -0.4 - 0.035 * i), 0.05) for i in range(1, 9)]  # legs
+    center, half = torch.zeros(3), 0.95
+    alpha, mvp, _ = _spheres_masks(limbs, 96, n_views=12, ss=2)
+    grid, cap, report = choose_grid_res(None, (96, 96), mvp, alpha, center, half)
+    assert report["hull_pieces"] == {"40": 1, "64": 1} and report["outline_share"] > THIN_OUTLINE_SHARE
+    assert (grid, cap) == (64, None)
+    alpha, mvp, _ = _spheres_masks([((0.0, 0.0, 0.0), 0.4)], 96, n_views=12, ss=2)
+    grid, _, report = choose_grid_res(None, (96, 96), mvp, alpha, center, half)
+    assert grid == 40 and report["outline_share"] < THIN_OUTLINE_SHARE
+
+
 def test_the_start_shape_moves_inward_by_the_shrink():
     """init_from_hull(shrink=s): the start mesh of a sphere's visual hull lies s cells further in (its mean
     radius falls by s·cell to a tenth of a cell) and keeps one closed component; carve_report says how far."""
@@ -710,3 +737,17 @@ def test_the_start_shape_moves_inward_by_the_shrink():
         cell = model.dmtet.cell
     assert radius[0.0] - radius[1.0] == pytest.approx(cell, abs=0.1 * cell)
     assert model.carve_report["hull_shrink_kept_points"] == 0
+
+
+def test_hull_bounds_names_the_views_that_see_nothing():
+    """hull_bounds: the cube holds the ball's hull; a view with an empty mask (the object out of frame,
+    or a sheet seen edge-on) empties the hull, and the error names that view."""
+    from taichi_dr.recon.model import hull_bounds
+
+    alpha, mvp, mv = _spheres_masks([((0.1, 0.0, 0.0), 0.4)], 64, n_views=6, ss=2)
+    campos = torch.linalg.inv(mv.double())[:, :3, 3].float()
+    center, half = hull_bounds(mvp, alpha, campos)
+    assert abs(float(center[0]) - 0.1) < 0.2 and 0.4 < half < 0.9
+    alpha[3] = 0.0
+    with pytest.raises(ValueError, match=r"no common intersection.*view\(s\) 3 of 6 have no foreground"):
+        hull_bounds(mvp, alpha, campos)

@@ -58,7 +58,8 @@ class ReconConfig:
         "help": "tet grid cells per axis (none = from the training size: 40 up to 160 px on the longer side, "
                 "64 above, so a cell spans ~2-2.5 training pixels: coarser cells lose thin parts the images "
                 "show, finer ones cost time the images cannot repay; 64 also for small images whose visual "
-                "hull grid 40 cuts into more pieces than grid 64 does: thin legs)", "min": 1, "frozen": True})
+                "hull grid 40 cuts into more pieces than grid 64 does (thin legs) or whose masks lie mostly on "
+                "their outline (limbs a few pixels wide))", "min": 1, "frozen": True})
     train_res: Optional[int] = field(default=None, metadata={
         "help": "resample training images to this size in pixels (none = as stored, but at most 256 px on the "
                 "longer side: the measured cost per iteration grows with the pixel count)", "min": 1})

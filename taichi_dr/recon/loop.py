@@ -50,6 +50,7 @@ import time
 from typing import Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from taichi_dr.camera import camera_position
@@ -75,6 +76,7 @@ from taichi_dr.recon.outputs import (save_checkpoint, save_json, save_loss_plot,
                                      save_side_by_side, save_turntable)
 from taichi_dr.render.antialias import antialias_construct_topology_hash
 from taichi_dr.render.pipeline import render_mesh_views
+from taichi_dr.render.shading import VertexNormalOperator, vertex_normals
 from taichi_dr.runtime import torch_device_for_arch
 
 __all__ = ["reconstruct"]
@@ -122,17 +124,41 @@ def auto_grid_res(train_hw: Tuple[int, int]) -> int:
     return small if max(train_hw) <= limit else large
 
 
+THIN_OUTLINE_SHARE = 0.19  # above this share of mask pixels on the outline, a small image's grid is too coarse
+
+
+def outline_share(alpha: torch.Tensor) -> float:
+    """The share of the masks' pixels (``alpha`` ``[N, H, W]`` > 0.5) that lie on their outline: the
+    pixels a 3×3 erosion removes, over all views.
+
+    About 2–2.5 / (the parts' typical width in pixels): 0.07 for a bowl filling a 128² view, 0.23–0.33
+    for a cow or a figure with limbs 3–5 px wide, whose grid-40 cells (~2.2 px there) round them off.
+    """
+    m = (alpha > 0.5).to(torch.float32).unsqueeze(1)  # [N, 1, H, W]
+    total = float(m.sum())
+    if total == 0:
+        return 0.0
+    inner = -F.max_pool2d(-m, 3, stride=1, padding=1)  # erosion: 1 where all 3×3 neighbours are inside
+    return 1.0 - float(inner.sum()) / total
+
+
 def choose_grid_res(grid_res: Optional[int], train_hw: Tuple[int, int], mvp: torch.Tensor, alpha: torch.Tensor,
                     center: torch.Tensor, half: float) -> Tuple[int, Optional[float], Dict]:
     """The DMTet grid for these masks and the genus cap of its start shape.
 
-    Unset, the grid is ``auto_grid_res`` of the image size, except that a small-image grid (40) that
-    cuts the visual hull into more pieces than the large-image grid (64) does is too coarse for the
-    object's thin parts, and the run takes 64 (the Mitsuba cow at 128²: grid 40's hull has 4 pieces,
-    its legs cut off and not regrown, grid 64's one; docs/08 round 16). A grid above the default gets
-    the default grid's hull genus as the cap of its start's (``ReconModel.init_from_hull(max_genus=)``:
-    the fine lattice resolves phantom handles, round 15), unless the default grid cut the hull into
-    more pieces than this grid: then its genus is no reference either.
+    Unset, the grid is ``auto_grid_res`` of the image size, except that a small-image grid (40) is
+    too coarse for an object made of thin parts, and the run takes the large-image grid (64):
+    * when grid 40 cuts the visual hull into more pieces than grid 64 does (the Mitsuba cow at 128²:
+      grid 40's hull has 4 pieces, its legs cut off and not regrown, grid 64's one; docs/08 round 16);
+    * when more than ``THIN_OUTLINE_SHARE`` of the mask pixels lie on the outline
+      (:func:`outline_share`: figures with limbs a few pixels wide), grid 40's cells span more than a
+      pixel (so they round those outlines off) and both grids cut the hull into as many pieces (more
+      pieces on the finer grid: gaps under a grid-40 cell, e.g. an open shell's windows, which the
+      finer grid resolves into broken surfaces; docs/08 round 28).
+    A grid above the default gets the default grid's hull genus as the cap of its start's
+    (``ReconModel.init_from_hull(max_genus=)``: the fine lattice resolves phantom handles, round 15),
+    unless the default grid cut the hull into more pieces than this grid: then its genus is no
+    reference either.
 
     Args:
         grid_res: the user's grid (``None``: choose).
@@ -141,7 +167,8 @@ def choose_grid_res(grid_res: Optional[int], train_hw: Tuple[int, int], mvp: tor
 
     Returns:
         ``(grid_res, max_genus or None, report)``; ``report`` (for ``metrics.json``) has the default
-        grid and the hull's pieces on each grid compared.
+        grid and, when it chose, the hull's pieces on each grid compared, the masks' outline share
+        and a default grid cell's size in pixels.
     """
     ref = auto_grid_res(train_hw)
     report: Dict = {"default_grid_res": ref}
@@ -152,7 +179,16 @@ def choose_grid_res(grid_res: Optional[int], train_hw: Tuple[int, int], mvp: tor
         pieces = {ref: hull_topology(mvp, alpha, ref, center, half)[0],
                   fine: hull_topology(mvp, alpha, fine, center, half)[0]}
         report["hull_pieces"] = {str(k): v for k, v in pieces.items()}
-        return (fine if pieces[ref] > pieces[fine] else ref), None, report
+        share = outline_share(alpha)
+        cell_px = 2.0 * half / ref / pixel_footprint(mvp, train_hw, center)  # a default grid cell, in pixels
+        report.update(outline_share=round(share, 4), cell_px=round(cell_px, 3))
+        # thin parts: grid 40 cuts the hull, or its cells (over a pixel) round off outlines that are
+        # mostly a pixel from the other side; but a finer grid that splits the hull into more pieces
+        # resolves gaps narrower than a grid-40 cell (an open shell's windows), where it loses more
+        # than it gains (docs/08 round 28)
+        thin = pieces[ref] > pieces[fine] or (share > THIN_OUTLINE_SHARE and cell_px > 1.0
+                                              and pieces[ref] == pieces[fine])
+        return (fine if thin else ref), None, report
     if grid_res <= ref:
         return grid_res, None, report
     (p_ref, g_ref), p_fine = hull_topology(mvp, alpha, ref, center, half), \
@@ -573,7 +609,7 @@ class _Run:
             return  # nothing removed, collapsed or flipped
         if uv_faces is not None:
             mat.uv_faces = uv_faces
-        self.mesh_faces, self._topo, self._pairs, self._lap_op = f, None, None, None
+        self.mesh_faces, self._topo, self._pairs, self._lap_op, self._normal_op = f, None, None, None, None
         self._set_refine_mesh(v, f, smooth=False)  # the pass is over: no optimiser will step these
         if per_vertex:  # merged vertices take the mean of their colours
             mat.logits = torch.nn.Parameter(merge_vertex_data(out[2], vmap, v.shape[0]))
@@ -597,8 +633,12 @@ class _Run:
             sdf, offsets = self.model.dmtet()
             verts, faces = self.model.dmtet.mesh(sdf, offsets)
             colors = self.model.material_for(verts)
-            reg = sdf_reg_loss(sdf, self.model.dmtet.edges) * (sdf_reg_weight(self.it, cfg.iters)
-                                                                * self.sdf_reg_scale)  # 0 in MLP mode
+            # 0 in MLP mode: then not evaluated (a pass over every grid edge, ~4 ms a step)
+            if self.sdf_reg_scale != 0:
+                reg = sdf_reg_loss(sdf, self.model.dmtet.edges) * (sdf_reg_weight(self.it, cfg.iters)
+                                                                    * self.sdf_reg_scale)
+            else:
+                reg = torch.zeros((), dtype=sdf.dtype, device=sdf.device)
             # the object lies inside its visual hull: vertices a cell or more outside it stay outside
             # (also what keeps the MLP's SDF from collapsing to "all inside")
             reg = reg + torch.relu(-sdf[self.model.outside_hull]).mean() if bool(self.model.outside_hull.any()) \
@@ -607,7 +647,7 @@ class _Run:
             if cfg.kd_smooth_weight > 0 and self.model.material_mode == "field" and ramp > 0:
                 reg = reg + self._kd_smoothness(verts) * (cfg.kd_smooth_weight * ramp)
             lap = torch.zeros(())
-            topo = None
+            topo = normals = None  # a new mesh every step: nothing to keep
         else:
             verts, faces, colors = self.mesh_verts, self.mesh_faces, self.mesh_colors.material()
             t = (self.it - self.history["refine_start"][-1]) / max(cfg.refine_iters, 1)
@@ -621,7 +661,11 @@ class _Run:
             reg = torch.zeros(())
             topo = getattr(self, "_topo", None) or antialias_construct_topology_hash(faces)
             self._topo = topo
+            if getattr(self, "_normal_op", None) is None:  # the normals as sparse products
+                self._normal_op = VertexNormalOperator(faces, verts.shape[0], verts.dtype, verts.device)
+            normals = vertex_normals(verts, faces, self._normal_op)
         pred = render_mesh_views(verts, faces, colors, mvp, campos, target.shape[1:3], light, bg, topology_hash=topo,
+                                 normals=normals,
                                  supersample=supersample_factor(cfg.supersample, tuple(target.shape[1:3])))
         l_img = image_loss(pred[..., :3], target, cfg.loss)
         l_mask = mask_loss(pred[..., 3:], alpha)

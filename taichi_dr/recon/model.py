@@ -154,8 +154,12 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
     occ = visual_hull(pts, mvp, alpha)
     inside = pts[occ > 0.5]
     if inside.shape[0] == 0:
+        empty = [i for i in range(alpha.shape[0]) if not bool((alpha[i] > 0.5).any())]
+        why = (f"; training view(s) {', '.join(map(str, empty[:8]))}{' …' if len(empty) > 8 else ''} of "
+               f"{alpha.shape[0]} have no foreground pixel (alpha > 0.5): the object is out of frame, or "
+               "thinner than a pixel there, e.g. a flat sheet seen edge-on" if empty else "")
         raise ValueError("dataset: the foreground masks have no common intersection (check the camera poses "
-                         "and the alpha channel of the images)")
+                         f"and the alpha channel of the images){why}")
     lo, hi = inside.min(0)[0], inside.max(0)[0]
     step = 2 * R / (res - 1)
     center = (lo + hi) / 2
