@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from taichi_dr import image_loss, laplacian_loss, mask_loss, sdf_reg_loss, tonemap_srgb
+from taichi_dr._sparse import csr_transpose
 from taichi_dr.losses import linear_to_srgb, srgb_to_linear, umbrella_operator
 
 D = torch.float64
@@ -64,6 +65,14 @@ def test_laplacian_loss_reference_and_values():
     assert torch.autograd.gradcheck(lambda y: laplacian_loss(y, f, ref=v, operator=op), (x,))
     with pytest.raises(ValueError, match="operator"):
         laplacian_loss(w, f, operator=umbrella_operator(f, 5, torch.float32))
+    # with its transpose stored (the refinement's way): the same value, gradient and finite differences
+    op_t = csr_transpose(op)
+    assert math.isclose(float(laplacian_loss(w, f, v, op, op_t)), expected, rel_tol=1e-12)
+    g_stored = torch.autograd.grad(laplacian_loss(x, f, v, op, op_t), x)[0]
+    assert torch.allclose(g_stored, torch.autograd.grad(laplacian_loss(x, f, v, op), x)[0], atol=1e-14)
+    assert torch.autograd.gradcheck(lambda y: laplacian_loss(y, f, v, op, op_t), (x,))
+    with pytest.raises(ValueError, match="operator_t"):
+        laplacian_loss(w, f, v, op, csr_transpose(umbrella_operator(f, 5, torch.float32)))
 
 
 def test_umbrella_operator_matches_the_half_edge_mean():

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from taichi_dr._sparse import csr_transpose
 from taichi_dr.camera import camera_position
 from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
@@ -652,8 +653,9 @@ class _Run:
             verts, faces, colors = self.mesh_verts, self.mesh_faces, self.mesh_colors.material()
             t = (self.it - self.history["refine_start"][-1]) / max(cfg.refine_iters, 1)
             if getattr(self, "_lap_op", None) is None:  # the topology is fixed for the pass: one sparse matrix
-                self._lap_op = umbrella_operator(faces, verts.shape[0], verts.dtype, verts.device)
-            lap = laplacian_loss(verts, faces, self.verts0, self._lap_op) * cfg.laplacian_weight * (1 - t) * 1e3
+                lap_op = umbrella_operator(faces, verts.shape[0], verts.dtype, verts.device)
+                self._lap_op = (lap_op, csr_transpose(lap_op))  # and its transpose, for the gradient
+            lap = laplacian_loss(verts, faces, self.verts0, *self._lap_op) * cfg.laplacian_weight * (1 - t) * 1e3
             if cfg.normal_weight > 0:  # creases: the one-pixel bumps shading noise carves (docs/08)
                 if getattr(self, "_pairs", None) is None:
                     self._pairs = face_pairs(faces)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr._checks import check_index
+from taichi_dr._sparse import csr
 from taichi_dr.recon.material import KS_MAX, KS_MIN
 from taichi_dr.recon.subdivide import subdivide_midpoint
 from taichi_dr.render.interpolate import interpolate
@@ -162,10 +163,7 @@ def uv_tangent_operator(faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.
     rows = tf[:, :, None].expand(-1, 3, 3).reshape(-1)  # every UV corner gets ...
     cols = f[:, None, :].expand(-1, 3, 3).reshape(-1)  # ... the face's three position weights
     vals = w[:, None, :].expand(-1, 3, 3).reshape(-1)
-    with warnings.catch_warnings():  # torch calls its CSR support "beta"; products are all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals,
-                                       (uvs.shape[0], num_verts)).coalesce().to_sparse_csr()
+    return csr(rows, cols, vals, (uvs.shape[0], num_verts))
 
 
 def uv_tangents(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor,

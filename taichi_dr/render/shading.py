@@ -26,12 +26,12 @@ with F0 = 0.04·(1 − metallic) + kd·metallic and diffuse kd·(1 − metallic)
 to [1e-4, 1 − 1e-4] so that grazing angles give finite gradients.
 """
 import math
-import warnings
 from typing import Optional
 
 import torch
 
 from taichi_dr._checks import FLOATS, check_index, check_device, check_tensor, shape_str
+from taichi_dr._sparse import csr, csr_matmul
 from taichi_dr.runtime import current_arch, ensure_init, ti_real
 
 __all__ = ["face_normals", "VertexNormalOperator", "vertex_normals", "lambert", "ggx_ndf", "smith_g", "fresnel_schlick",
@@ -58,26 +58,6 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor, normalize: bool = Tru
     return safe_normalize(n) if normalize else n
 
 
-class _SparseSum(torch.autograd.Function):
-    """``y = M x`` with the adjoint ``Mᵀ g`` from a stored CSR transpose (torch's own backward of a
-    CSR product builds the transpose at every call: 10x slower than the product here)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, m: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
-        ctx.mt = mt
-        return m @ x
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        return ctx.mt @ g.contiguous(), None, None
-
-
-def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # torch calls its CSR support "beta"; products are all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
-
-
 class VertexNormalOperator:
     """:func:`vertex_normals` of one fixed topology as three sparse products.
 
@@ -101,10 +81,10 @@ class VertexNormalOperator:
         self.edges = []
         for k in (1, 2):  # e_k = p_k − p_0 (a degenerate face's two entries cancel in coalesce)
             rows, cols, vals = fid.repeat(2), torch.cat([f[:, k], f[:, 0]]), torch.cat([one, -one])
-            self.edges.append((_csr(rows, cols, vals, (F_, num_verts)), _csr(cols, rows, vals, (num_verts, F_))))
+            self.edges.append((csr(rows, cols, vals, (F_, num_verts)), csr(cols, rows, vals, (num_verts, F_))))
         rows, cols = f.t().reshape(-1), fid.repeat(3)
-        self.corner_sum = (_csr(rows, cols, one.repeat(3), (num_verts, F_)),
-                           _csr(cols, rows, one.repeat(3), (F_, num_verts)))
+        self.corner_sum = (csr(rows, cols, one.repeat(3), (num_verts, F_)),
+                           csr(cols, rows, one.repeat(3), (F_, num_verts)))
         self.num_verts, self.num_faces, self.dtype = num_verts, F_, dtype
 
     def __call__(self, verts: torch.Tensor) -> torch.Tensor:
@@ -113,11 +93,8 @@ class VertexNormalOperator:
         if verts.shape[0] != self.num_verts or verts.dtype != self.dtype:
             raise ValueError(f"verts: expected [{self.num_verts}, 3] {self.dtype} (the operator's vertices and "
                              f"dtype), got {shape_str(verts.shape)} {verts.dtype}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            x = verts.contiguous()
-            e1, e2 = (_SparseSum.apply(x, m, mt) for m, mt in self.edges)
-            return _SparseSum.apply(torch.linalg.cross(e1, e2).contiguous(), *self.corner_sum)
+        e1, e2 = (csr_matmul(m, verts, mt) for m, mt in self.edges)
+        return csr_matmul(self.corner_sum[0], torch.linalg.cross(e1, e2), self.corner_sum[1])
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor,
