@@ -36,8 +36,10 @@ Layout (NeRF-synthetic / Blender): ``transforms_{train,test}.json`` (``camera_an
 ``file_path`` and camera-to-world ``transform_matrix``, OpenGL camera frame: looks down −Z, +Y up),
 ``train/r_<i>.png`` / ``test/r_<i>.png`` (8-bit sRGB, straight alpha = pixel coverage), ``gt.obj``
 (world coordinates), ``render_info.json`` (the command, settings, package versions and the source
-OBJ's SHA-256: what another render must match to give the same images). World is Z-up; cameras sit on a sphere of radius 4 looking at the origin: a
-Fibonacci sphere for training, a 25° ring between them for testing.
+OBJ's SHA-256: what another render must match to give the same images). World is Z-up; cameras
+sit on a sphere of radius 4 looking at the origin: a Fibonacci sphere for training (``--cameras
+upper``: its upper half only, elevations 4-69°, so that no view sees the object's underside, as in
+NeRF-synthetic's Blender scenes), a 25° ring for testing.
 
 Any OBJ can be rendered the same way (``--obj``): it is centred, scaled to ``--size`` (longest side)
 and, with ``--up y``, turned Z-up. Its own texture (``--texture``, an 8-bit sRGB PNG for the OBJ's
@@ -269,11 +271,15 @@ def look_at_c2w(eye, up=(0.0, 0.0, 1.0)):
     return m
 
 
-def train_cameras(n):
+def train_cameras(n, layout: str = "sphere"):
+    """``n`` camera-to-world matrices on a Fibonacci spiral: over the whole sphere (``sphere``), or over
+    the upper hemisphere only (``upper``, elevations 4-69°: an object on a turntable or a floor, as in
+    NeRF-synthetic's Blender scenes; its underside is never seen)."""
     golden = math.pi * (3.0 - math.sqrt(5.0))
+    z0, span = (0.9, 1.75) if layout == "sphere" else (0.95, 0.9)
     out = []
     for i in range(n):
-        z = 0.9 - 1.75 * (i + 0.5) / n  # no exact poles (the look-at up vector degenerates there)
+        z = z0 - span * (i + 0.5) / n  # no exact poles (the look-at up vector degenerates there)
         r = math.sqrt(1 - z * z)
         out.append(look_at_c2w(RADIUS * np.array([r * math.cos(golden * i), r * math.sin(golden * i), z])))
     return out
@@ -305,7 +311,8 @@ def _bsdf(albedo: dict, kind: str) -> dict:
             "diffuse_reflectance": albedo}
 
 
-def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="diffuse", dots=False):
+def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="diffuse", dots=False,
+                 cameras="sphere"):
     """Render procedural shape ``name`` (its own colour, or ``dots``: the baked procedural texture)."""
     t0 = time.time()
     v, f, n = shape_mesh(SHAPES[name], gt_res)
@@ -315,16 +322,18 @@ def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="di
     if dots:
         mesh = baked_dots_texture(mesh)
     print(f"[{name}] gt mesh: {len(v)} verts, {len(f)} faces ({time.time() - t0:.1f}s)", flush=True)
-    render_mesh(out, name, mesh, n, ALBEDO[name], res, spp, n_train, n_test, variant, bsdf)
+    render_mesh(out, name, mesh, n, ALBEDO[name], res, spp, n_train, n_test, variant, bsdf, cameras)
 
 
-def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, variant, bsdf="diffuse"):
+def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, variant, bsdf="diffuse",
+                cameras="sphere"):
     """Write ``gt.obj`` (+ ``gt.mtl``, ``gt_kd.png`` when ``mesh`` has a texture) and the views.
 
     Args:
         mesh: the object (world coordinates); with ``uvs``, ``uv_faces`` and ``texture`` (sRGB,
             rows bottom-up) the texture is its albedo, else the constant ``colour`` (linear RGB).
         normals: ``[V, 3]`` smooth vertex normals for Mitsuba, or None (Mitsuba's own).
+        cameras: the training views' layout, ``sphere`` or ``upper`` (:func:`train_cameras`).
     """
     import imageio.v2 as imageio
     import mitsuba as mi
@@ -359,7 +368,7 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
                       "bsdf": _bsdf(albedo, bsdf)},
             "light": {"type": "directional", "direction": list(d), "irradiance": {"type": "rgb", "value": [e] * 3}},
         }) for d, e in LIGHTS]
-        for split, cams in (("train", train_cameras(n_train)), ("test", test_cameras(n_test))):
+        for split, cams in (("train", train_cameras(n_train, cameras)), ("test", test_cameras(n_test))):
             os.makedirs(os.path.join(out, split), exist_ok=True)
             frames = []
             for i, c2w in enumerate(cams):
@@ -429,6 +438,9 @@ def main(argv=None):
     ap.add_argument("--variant", default="llvm_ad_rgb", help="Mitsuba variant (llvm_ad_rgb or scalar_rgb)")
     ap.add_argument("--bsdf", default="diffuse", choices=("diffuse", "plastic"),
                     help="material: Lambert, or glossy plastic (GGX highlights of the four lights)")
+    ap.add_argument("--cameras", default="sphere", choices=("sphere", "upper"),
+                    help="training views over the whole sphere, or the upper hemisphere only (the underside "
+                         "never seen, as in NeRF-synthetic's Blender scenes); the test ring is the same")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     if math.isqrt(args.spp) ** 2 != args.spp:
@@ -457,12 +469,12 @@ def main(argv=None):
         print(f"[{name}] {len(mesh.verts)} verts, {len(mesh.faces)} faces", flush=True)
         normals = vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # one per position: UV seams do not show
         render_mesh(args.out, name, mesh, normals, None, args.res, args.spp, args.n_train, args.n_test,
-                    args.variant, args.bsdf)
+                    args.variant, args.bsdf, args.cameras)
         write_render_info(args.out, args, argv, source=args.obj)
         return 0
     for name in args.shapes:
         render_shape(os.path.join(args.out, name), name, args.res, args.spp, args.n_train, args.n_test,
-                     args.variant, args.gt_res, args.bsdf, args.dots)
+                     args.variant, args.gt_res, args.bsdf, args.dots, args.cameras)
         write_render_info(os.path.join(args.out, name), args, argv)
     return 0
 

@@ -335,3 +335,47 @@ def test_flip_invisible_gives_a_slivers_pixels_to_the_other_diagonal():
         flip_invisible(v, f, mvp, res, uv_faces=f[:2])
     with pytest.raises(ValueError, match="min_pixels"):
         flip_invisible(v, f, mvp, res, min_pixels=0)
+
+
+def test_plane_quadrics_measure_the_mean_squared_distance_to_the_planes():
+    from taichi_dr.recon.collapse import _plane_quadrics, _quadric_error
+    g = np.random.default_rng(0)
+    v, f = sphere((0.0, 0.0, 0.0), 0.7, res=6)
+    v, f = v.double().numpy() + 0.02 * g.standard_normal(tuple(v.shape)), f.long().numpy()
+    q, w = _plane_quadrics(v, f)
+    x = g.standard_normal((5, 3))
+    for i, p in zip(g.integers(0, len(v), 5), x):
+        # the area-weighted mean over the faces around vertex i of the squared distance of p to their planes
+        fi = np.nonzero((f == i).any(1))[0]
+        n = np.cross(v[f[fi, 1]] - v[f[fi, 0]], v[f[fi, 2]] - v[f[fi, 0]])
+        area = 0.5 * np.linalg.norm(n, axis=1)
+        d = ((p - v[f[fi, 0]]) * n / (2 * area[:, None])).sum(1)
+        assert _quadric_error(q[i:i + 1], w[i:i + 1], p[None])[0] == pytest.approx((area * d ** 2).sum() / area.sum(),
+                                                                                   rel=1e-9)
+        assert _quadric_error(q[i:i + 1], w[i:i + 1], v[i][None])[0] == pytest.approx(0.0, abs=1e-12)  # on them
+
+
+def test_collapse_invisible_keeps_the_shape_of_a_surface_no_view_sees():
+    # a sphere filmed from above only (a turntable): nothing sees its underside
+    proj = perspective(math.radians(40.0), 1.0, 0.1, 20.0)
+    views = [(2 * math.pi * i / 8, math.radians((20.0, 45.0)[i % 2])) for i in range(8)]  # azimuth, elevation
+    eyes = [(4 * math.cos(el) * math.sin(az), 4 * math.sin(el), 4 * math.cos(el) * math.cos(az)) for az, el in views]
+    mvp = torch.stack([proj @ look_at(eye, (0, 0, 0)) for eye in eyes])
+    res = [(64, 64), (128, 128)]
+    v, f = sphere((0.0, 0.0, 0.0), 0.6, res=14)
+    hidden = (face_pixels(v, f, mvp, res) == 0).all(0)
+    assert int(hidden.sum()) > 100 and float(v[f[hidden].long()][..., 1].mean()) < -0.3  # the underside
+    # unbounded, the unseen underside shrinks into a few large faces: a cap that cuts into the sphere
+    v1, f1, _, _, rep1 = collapse_invisible(v, f, mvp, res, rounds=64)
+    assert rep1.invisible_left == {"64x64": 0, "128x128": 0} and float(v1.norm(dim=1).min()) < 0.5
+    # with the bound every vertex stays on the sphere; the underside keeps faces no view sees
+    v2, f2, _, _, rep2 = collapse_invisible(v, f, mvp, res, rounds=64, max_error=0.01)
+    r0, r2 = v.norm(dim=1), v2.norm(dim=1)
+    assert float(r2.min()) > float(r0.min()) - 0.02 and float(r2.max()) <= float(r0.max()) + 1e-6
+    assert rep2.refused_far > 0 and rep2.invisible_left["64x64"] > 0 and closed_edges(f2)
+    assert rep2.collapsed_edges > 0 and f2.shape[0] < f.shape[0]  # what can go within the bound, went
+    # what the views see is what they saw
+    m0, m1, m2 = masks(v, f, mvp, 128), masks(v1, f1, mvp, 128), masks(v2, f2, mvp, 128)
+    assert int((m2 != m0).sum()) <= int((m1 != m0).sum()) // 4
+    with pytest.raises(ValueError, match="max_error"):
+        collapse_invisible(v, f, mvp, res, max_error=-1.0)

@@ -59,6 +59,19 @@ def _sphere(script, res=20):
     return Mesh(torch.from_numpy(v).float(), torch.from_numpy(f).int()), n
 
 
+def test_the_upper_layout_keeps_every_camera_above_the_object(script):
+    for layout, lowest, highest in (("sphere", -45.0, 55.0), ("upper", 3.0, 65.0)):
+        c2w = np.stack(script.train_cameras(24, layout))
+        eye = c2w[:, :3, 3]
+        elevation = np.degrees(np.arcsin(eye[:, 2] / np.linalg.norm(eye, axis=1)))
+        assert np.allclose(np.linalg.norm(eye, axis=1), script.RADIUS)
+        assert elevation.min() < lowest if layout == "sphere" else elevation.min() > lowest  # below / none below
+        assert elevation.max() > highest
+        # each looks at the origin: its -Z axis points from the eye to the centre
+        assert np.allclose(-c2w[:, :3, 2], -eye / np.linalg.norm(eye, axis=1, keepdims=True), atol=1e-6)
+        assert len(np.unique(np.round(eye, 6), axis=0)) == 24
+
+
 def test_the_normals_given_to_mitsuba_are_smooth_and_point_out(script):
     mesh, analytic = _sphere(script)
     n = script.vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # as main() passes them

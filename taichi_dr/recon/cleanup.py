@@ -49,6 +49,9 @@ class CleanupReport:
     ``collapsed_edges`` / ``collapsed_faces``: edge collapses and the faces they removed;
     ``flipped_edges``: edges flipped so that a sliver's pair of faces both own pixels;
     ``invisible_left``: faces owning no pixel afterwards, per resolution (``"HxW"`` -> count);
+    ``refused_far``: collapses refused because they would move the surface more than the error bound
+    (summed over the rounds; an edge refused in several rounds counts in each): where it is > 0, the
+    faces left owning no pixel lie on surface no view sees, kept in its shape;
     ``faces_out``: faces after the last step that filled the report.
     """
 
@@ -61,6 +64,7 @@ class CleanupReport:
     collapsed_edges: int = 0
     collapsed_faces: int = 0
     flipped_edges: int = 0
+    refused_far: int = 0
     invisible_left: Dict[str, int] = field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> Dict[str, object]:

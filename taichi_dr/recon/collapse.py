@@ -10,12 +10,21 @@ Topology is checked with the link condition, geometry by refusing collapses that
 and the vertex map and surviving face rows are returned so that per-vertex colours and the UV
 atlas's ``uv_faces`` follow the mesh.
 
+A surface that no view sees at all (the underside of an object filmed from above) also owns no
+pixel, but it is not a sliver: collapsing it shrinks it into a few large faces, a cap that cuts a
+chord through the object and into what the low views do see (a torus filmed from its upper
+hemisphere: Chamfer 1.5e-5 → 3.0e-3). ``max_error`` bounds how far the collapses may move the
+surface: every vertex carries the Garland–Heckbert quadric of the input faces around it, summed
+over the vertices merged into it, and a collapse whose merged vertex lies farther from those
+planes (RMS) is refused. The reconstruction sets it to half a training pixel
+(:data:`COLLAPSE_MAX_ERROR_PX`), far above what a sliver's collapse moves.
+
 A sliver next to a vertex of valence 3 cannot be collapsed (the link condition refuses every one of
 its edges: the two ends share a third neighbour). :func:`flip_invisible` flips its longest edge
 instead: the two triangles on that edge become the two on the other diagonal of their quad, which
 on Spot's leftovers own dozens of pixels each (measured: 4 of 4 such faces, docs/08).
 """
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,9 +33,14 @@ from scipy.sparse import coo_matrix
 from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency, face_pixels,
                                      surviving_faces)
 
-__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS"]
+__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS", "COLLAPSE_MAX_ERROR_PX"]
 
 COLLAPSE_ROUNDS = 16  # collapse_invisible's default limit on rounds (each one visibility pass per raster size)
+# the reconstruction's bound on how far a collapse may move the surface, in training pixels (the
+# world size of a pixel at the object): a sub-pixel sliver's collapse stays far below it (beast,
+# 118k -> 11k faces: the same mesh with or without it), an unseen underside's shrinking into a cap
+# does not (docs/08 round 29)
+COLLAPSE_MAX_ERROR_PX = 0.5
 
 
 def merge_vertex_data(x: torch.Tensor, vmap: torch.Tensor, n: int) -> torch.Tensor:
@@ -76,10 +90,43 @@ def _normals(p: np.ndarray) -> np.ndarray:
     return _cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
 
 
-def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float):
+def _plane_quadrics(v: np.ndarray, f: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Garland–Heckbert quadrics of the input surface: per vertex, the area-weighted sum over its faces
+    of ``[n, d][n, d]ᵀ`` (unit normal ``n``, plane ``n·x + d = 0``) as ``[V, 10]`` (the upper triangle
+    of the symmetric 4×4, row-major), and the summed area ``[V]``. ``x̄ᵀ Q x̄ / area`` is the
+    area-weighted mean squared distance of ``x`` to those planes."""
+    fn = _normals(v[f])
+    area = 0.5 * np.sqrt(_dot(fn, fn))
+    n = fn / np.maximum(2.0 * area, 1e-300)[:, None]
+    p = np.concatenate([n, -_dot(n, v[f[:, 0]])[:, None]], 1)  # [F, 4]
+    iu = np.triu_indices(4)
+    k = (p[:, iu[0]] * p[:, iu[1]]) * area[:, None]  # [F, 10]
+    V = v.shape[0]
+    q = np.zeros((V, 10))
+    for c in range(3):
+        np.add.at(q, f[:, c], k)
+    return q, np.bincount(f.reshape(-1), np.repeat(area, 3), V)
+
+
+def _quadric_error(q: np.ndarray, w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``[E]`` mean squared distance of the points ``x [E, 3]`` to the planes of the quadrics
+    ``q [E, 10]`` with areas ``w [E]`` (:func:`_plane_quadrics`)."""
+    xb = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
+    iu = np.triu_indices(4)
+    off = (iu[0] != iu[1]).astype(np.float64) + 1.0  # off-diagonal terms count twice
+    e = (q * off * xb[:, iu[0]] * xb[:, iu[1]]).sum(1)
+    return np.maximum(e, 0.0) / np.maximum(w, 1e-300)
+
+
+def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float,
+                         bound: Optional[Tuple[np.ndarray, np.ndarray, float]] = None,
+                         stats: Optional[Dict[str, int]] = None):
     """The edges of the faces ``cand [F] bool`` and whether (and where) each may be collapsed.
 
-    An edge qualifies if its collapse keeps the mesh manifold and turns no surviving face over.
+    An edge qualifies if its collapse keeps the mesh manifold and turns no surviving face over, and
+    with ``bound = (q [V, 10], w [V], e_max)`` if the merged vertex stays within an RMS distance
+    ``e_max`` of the input surface's planes that its two ends accumulated (:func:`_plane_quadrics`);
+    ``stats["refused_far"]`` (if given) counts the edges that only the bound refused.
 
     Returns:
         ``(a [E], b [E], t [E], own [P], star [P])``: the edges' end vertices (``a < b``), the
@@ -157,11 +204,20 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
         good = (np.bincount(o_s[cos <= min_cos], minlength=E) == 0) & (err < best)
         t[good], best[good] = t_try[good], err[good]
     t[~ok] = np.nan
+    if bound is not None:  # how far the merged vertex lies from the surface the collapses started from
+        q, w, e_max = bound
+        fin = np.nonzero(~np.isnan(t))[0]
+        x = va[fin] + t[fin, None] * (vb - va)[fin]
+        far = _quadric_error(q[a[fin]] + q[b[fin]], w[a[fin]] + w[b[fin]], x) > e_max * e_max
+        t[fin[far]] = np.nan
+        if stats is not None:
+            stats["refused_far"] = stats.get("refused_far", 0) + int(far.sum())
     return a, b, t, own, sf
 
 
-def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float,
+                      bound: Optional[Tuple[np.ndarray, np.ndarray, float]] = None,
+                      stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Edges of the faces ``cand [F] bool`` to collapse this round: ``[K, 2]`` int64 vertex pairs
     ``(a, b)`` and ``[K]`` float where on the edge they merge (``a + t (b - a)``).
 
@@ -170,7 +226,7 @@ def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: f
     true when all of them are applied at once.
     """
     V = v.shape[0]
-    a, b, t, own, sf = _collapse_candidates(v, f, cand, min_cos)
+    a, b, t, own, sf = _collapse_candidates(v, f, cand, min_cos, bound, stats)
     ok = ~np.isnan(t)
     # independent set, shortest first: an edge wins when no active edge touching its star is shorter
     big = np.iinfo(np.int64).max
@@ -194,13 +250,18 @@ def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: f
     return np.stack([a[chosen], b[chosen]], axis=1), t[chosen]
 
 
-def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndarray):
+def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndarray,
+                     summed: Sequence[np.ndarray] = ()):
     """Merge each pair ``[K, 2]`` at ``a + t (b - a)``; drop degenerate faces, duplicate-face pairs and
-    unused vertices. Returns ``(v', f', vmap [V] old -> new or -1, rows [F'] surviving face rows)``."""
+    unused vertices. Returns ``(v', f', vmap [V] old -> new or -1, rows [F'] surviving face rows)``,
+    then each per-vertex array of ``summed`` (``[V, ...]``) with the merged vertices' rows added up."""
     V = v.shape[0]
     v = v.copy()
     a, b = pairs[:, 0], pairs[:, 1]
     v[a] = v[a] + t[:, None] * (v[b] - v[a])
+    summed = [x.copy() for x in summed]
+    for x in summed:
+        x[a] += x[b]
     lab = np.arange(V)
     lab[b] = a
     nf = lab[f]
@@ -209,14 +270,15 @@ def _apply_collapses(v: np.ndarray, f: np.ndarray, pairs: np.ndarray, t: np.ndar
     used[nf[rows].reshape(-1)] = True
     remap = np.full(V, -1)
     remap[used] = np.arange(int(used.sum()))
-    return v[used], remap[nf[rows]], remap[lab], rows
+    return (v[used], remap[nf[rows]], remap[lab], rows) + tuple(x[used] for x in summed)
 
 
 @torch.no_grad()
 def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
                        resolutions: Sequence[Tuple[int, int]], keep_patch: Optional[int] = None,
                        rounds: int = COLLAPSE_ROUNDS,
-                       min_cos: float = 0.0, report: Optional[CleanupReport] = None):
+                       min_cos: float = 0.0, report: Optional[CleanupReport] = None,
+                       max_error: Optional[float] = None):
     """Collapse the small patches of faces that own no pixel, so that the mesh stays closed.
 
     Each round rasterizes the mesh from every view at every raster size in ``resolutions``; a face
@@ -242,8 +304,14 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
             collapsing it keeps the mesh closed where deleting it would not).
         rounds: most collapse rounds (each costs one visibility pass per resolution).
         min_cos: a collapse that leaves a face's normal at or below this cosine to its old one is refused.
+        max_error: if given (world units), a collapse whose merged vertex lies farther than this (RMS,
+            area-weighted) from the planes of the input faces around everything merged into it is
+            refused (Garland–Heckbert quadrics, summed over the collapses). Slivers between pixel
+            centres collapse with errors far below a pixel; what the bound stops is a large patch no
+            view sees (the underside of an object filmed from above) shrinking into a few big faces
+            that cut a chord through the surface and into what the views do see.
         report: a :class:`CleanupReport` to fill (``collapsed_edges``, ``collapsed_faces``,
-            ``invisible_left``, ``faces_out``); a new one by default.
+            ``refused_far``, ``invisible_left``, ``faces_out``); a new one by default.
 
     Returns:
         ``(verts [V', 3], faces [F', 3] int32, vmap [V] int64, rows [F'] int64, report)``: ``vmap``
@@ -257,9 +325,12 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
     if rounds < 0 or (keep_patch is not None and keep_patch < 0):
         raise ValueError(f"rounds, keep_patch: expected >= 0, got {rounds}, {keep_patch}")
     rep = report if report is not None else CleanupReport(faces_in=int(faces.shape[0]))
+    if max_error is not None and not (max_error >= 0 and np.isfinite(max_error)):
+        raise ValueError(f"max_error: expected a finite number >= 0 or None, got {max_error!r}")
     v = verts.detach().cpu().double().numpy()
     f = faces.detach().cpu().long().numpy()
     vmap, rows = np.arange(v.shape[0]), np.arange(f.shape[0])
+    quad = _plane_quadrics(v, f) if max_error is not None else None  # (q [V, 10], area [V])
     for r in range(rounds + 1):
         if f.shape[0] == 0:
             zero = np.zeros((len(res), 0), dtype=bool)
@@ -274,11 +345,14 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
             cand[idx[np.bincount(lab)[lab] > keep_patch]] = False
         if r == rounds or not cand.any():
             break
-        pairs, t = _select_collapses(v, f, cand, min_cos)
+        stats = {}
+        pairs, t = _select_collapses(v, f, cand, min_cos, None if quad is None else quad + (float(max_error),), stats)
+        rep.refused_far += stats.get("refused_far", 0)
         if len(pairs) == 0:
             break
         n_before = f.shape[0]
-        v, f, vm, rw = _apply_collapses(v, f, pairs, t)
+        v, f, vm, rw, *acc = _apply_collapses(v, f, pairs, t, () if quad is None else quad)
+        quad = tuple(acc) if quad is not None else None
         vmap = np.where(vmap >= 0, vm[np.maximum(vmap, 0)], -1)
         rows = rows[rw]
         rep.collapsed_edges += len(pairs)

@@ -63,7 +63,8 @@ from taichi_dr.mesh import Mesh
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
-from taichi_dr.recon.collapse import COLLAPSE_ROUNDS, collapse_invisible, flip_invisible, merge_vertex_data
+from taichi_dr.recon.collapse import (COLLAPSE_MAX_ERROR_PX, COLLAPSE_ROUNDS, collapse_invisible, flip_invisible,
+                                      merge_vertex_data)
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.subdivide import auto_subdivisions
@@ -463,8 +464,12 @@ class _Run:
         and what stays invisible go into ``rep``."""
         # a subdivided mesh has 4^n times the faces between pixel centres: as many more rounds at most
         # (each stops early once nothing is left to collapse)
-        out = collapse_invisible(verts.detach(), faces, *self._visibility_views(), report=rep,
-                                 rounds=COLLAPSE_ROUNDS * 4 ** self._subdivisions())
+        mvp, sizes = self._visibility_views()
+        # a collapse may move the surface by half a training pixel at most: slivers between pixel
+        # centres go, a patch no view sees (an underside filmed from above) keeps its shape
+        max_error = COLLAPSE_MAX_ERROR_PX * pixel_footprint(mvp, sizes[0], verts.detach().mean(0))
+        out = collapse_invisible(verts.detach(), faces, mvp, sizes, report=rep,
+                                 rounds=COLLAPSE_ROUNDS * 4 ** self._subdivisions(), max_error=max_error)
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
