@@ -607,8 +607,11 @@ def test_final_cleanup_collapses_invisible_faces_and_the_material_follows(datase
     left = (face_pixels(v, f, train.proj.unsqueeze(0) @ train.mv, [(H, W), (2 * H, 2 * W)]) == 0).sum(1)
     assert rep["invisible_left"] == {f"{H}x{W}": int(left[0]), f"{2 * H}x{2 * W}": int(left[1])}
     # slivers between pixel centres of 32-px views that no collapse may remove: 13-23 of ~1170 faces at
-    # 1x + 2x on the demo's 4x4-sample images (6-7 on its one-sample ones); a real run leaves 0-1 of ~7000
-    assert int(left.sum()) <= 0.025 * f.shape[0]
+    # 1x + 2x on the demo's 4x4-sample images (6-7 on its one-sample ones); a real run leaves 0-1 of ~7000.
+    # Since round 29 a collapse may move the surface by half a training pixel at most, and on these
+    # 12 coarse views (no camera above 60° or below -25° elevation) that keeps 42-53 of ~1500 (at 1 px:
+    # 27-30; unbounded: 10-24): surface few pixels see, kept in its shape
+    assert int(left.sum()) <= 0.05 * f.shape[0] and rep["refused_far"] > 0
 
 
 def test_pixel_footprint_is_depth_over_focal_length():
