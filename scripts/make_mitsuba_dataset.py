@@ -275,6 +275,8 @@ def train_cameras(n, layout: str = "sphere"):
     """``n`` camera-to-world matrices on a Fibonacci spiral: over the whole sphere (``sphere``), or over
     the upper hemisphere only (``upper``, elevations 4-69°: an object on a turntable or a floor, as in
     NeRF-synthetic's Blender scenes; its underside is never seen)."""
+    if layout not in ("sphere", "upper"):
+        raise ValueError(f"layout: expected 'sphere' or 'upper', got {layout!r}")
     golden = math.pi * (3.0 - math.sqrt(5.0))
     z0, span = (0.9, 1.75) if layout == "sphere" else (0.95, 0.9)
     out = []

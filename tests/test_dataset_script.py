@@ -70,6 +70,8 @@ def test_the_upper_layout_keeps_every_camera_above_the_object(script):
         # each looks at the origin: its -Z axis points from the eye to the centre
         assert np.allclose(-c2w[:, :3, 2], -eye / np.linalg.norm(eye, axis=1, keepdims=True), atol=1e-6)
         assert len(np.unique(np.round(eye, 6), axis=0)) == 24
+    with pytest.raises(ValueError, match="layout"):
+        script.train_cameras(24, "lower")
 
 
 def test_the_normals_given_to_mitsuba_are_smooth_and_point_out(script):
