@@ -31,6 +31,10 @@ projected onto the exact zero level set (a few Newton steps along the SDF gradie
 is the analytic surface to well below a pixel. Mitsuba renders exactly that mesh (with smooth vertex
 normals) under four fixed directional lights with shadows, one render per light summed (the
 ``direct`` integrator picks one light at random per sample otherwise, which is noisy at edges).
+``--light sky`` lights it instead by a daylight environment (a sky brighter towards the horizon, a
+dim ground, a 3° sun at 40° elevation; :func:`sky_envmap`) through Mitsuba's path tracer with two
+interreflections: soft light from every direction, occlusion darkening concavities, light bounced
+between surfaces: none of which our shading models (use ``--spp 256``: a path tracer is noisier).
 
 Layout (NeRF-synthetic / Blender): ``transforms_{train,test}.json`` (``camera_angle_x``, frames with
 ``file_path`` and camera-to-world ``transform_matrix``, OpenGL camera frame: looks down −Z, +Y up),
@@ -84,6 +88,15 @@ TEST_ELEVATION_DEG = 25.0
 TEST_AZIMUTH_OFFSET = 0.2
 # (direction the light travels, irradiance): a key light, a fill light and two weaker rim lights
 LIGHTS = [((-1.0, -0.6, -1.4), 2.4), ((1.0, 1.0, -0.8), 0.7), ((1.0, -1.0, 1.0), 0.45), ((-1.0, 1.0, 1.0), 0.3)]
+# ``--light sky``: a daylight environment (radiance per direction, linear RGB) lit into the scene by
+# Mitsuba's path tracer with interreflections. A sun disc (radius SUN_RADIUS_DEG, irradiance
+# SUN_IRRADIANCE at normal incidence) at SUN_ELEVATION_DEG, a sky brighter towards the horizon and a
+# dim ground below it.
+SUN_ELEVATION_DEG, SUN_AZIMUTH_DEG, SUN_RADIUS_DEG, SUN_IRRADIANCE = 40.0, 30.0, 3.0, 1.6
+SKY_ZENITH, SKY_HORIZON, GROUND = (0.22, 0.30, 0.45), (0.55, 0.58, 0.62), (0.16, 0.13, 0.10)
+# the envmap's frame -> world: a +90° turn about X takes its +Y (up) to world +Z (up)
+SKY_TO_WORLD = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+SKY_MAX_DEPTH = 4  # path length: direct light and two interreflections
 ALBEDO = {"torus": (0.65, 0.45, 0.3), "blob": (0.5, 0.55, 0.6), "bowl": (0.6, 0.6, 0.45), "boxhole": (0.4, 0.5, 0.65),
           "cup": (0.55, 0.4, 0.5), "mug": (0.45, 0.6, 0.5), "pair": (0.6, 0.5, 0.4), "knot": (0.5, 0.45, 0.65),
           "table": (0.55, 0.5, 0.4)}
@@ -304,6 +317,38 @@ def _to_png(img):
     return (out * 255.0 + 0.5).astype(np.uint8)
 
 
+def sky_radiance(d: np.ndarray) -> np.ndarray:
+    """``--light sky``'s radiance (linear RGB) arriving from world directions ``d`` ``[..., 3]``
+    (unit, Z up): sky, ground and sun (:data:`SUN_ELEVATION_DEG` and the constants beside it)."""
+    z = d[..., 2:3]
+    t = np.clip(z, 0.0, 1.0) ** 0.5  # 0 at the horizon, 1 at the zenith
+    sky = (1.0 - t) * np.array(SKY_HORIZON) + t * np.array(SKY_ZENITH)
+    # the ground darkens within a few degrees below the horizon, so the horizon has no hard edge
+    g = np.clip(-z / 0.05, 0.0, 1.0)
+    out = (1.0 - g) * sky + g * np.array(GROUND)
+    el, az = math.radians(SUN_ELEVATION_DEG), math.radians(SUN_AZIMUTH_DEG)
+    sun = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+    ang = np.degrees(np.arccos(np.clip(d @ sun, -1.0, 1.0)))[..., None]
+    disc = np.clip((SUN_RADIUS_DEG + 0.5 - ang) / 1.0, 0.0, 1.0)  # a disc with a 1° soft rim
+    solid_angle = 2.0 * math.pi * (1.0 - math.cos(math.radians(SUN_RADIUS_DEG)))
+    return out + disc * (SUN_IRRADIANCE / solid_angle)
+
+
+def sky_envmap(width: int = 1024) -> np.ndarray:
+    """``[width / 2, width, 3]`` float32 equirectangular image of :func:`sky_radiance` in Mitsuba's
+    ``envmap`` layout: row v looks at polar angle θ = πv from the map's +Y, column u at azimuth
+    atan2(x, −z) = 2πu (the map's frame; :data:`SKY_TO_WORLD` turns its +Y to world +Z). At 1024 a
+    pixel spans 0.35°, so the 3° sun is a disc, not a pixel."""
+    h = width // 2
+    theta = (np.arange(h) + 0.5) / h * math.pi
+    phi = (np.arange(width) + 0.5) / width * 2.0 * math.pi
+    th, ph = np.meshgrid(theta, phi, indexing="ij")
+    local = np.stack([np.sin(th) * np.sin(ph), np.cos(th), -np.sin(th) * np.cos(ph)], -1)  # x, y, z
+    world = local @ SKY_TO_WORLD[:3, :3].T
+    return sky_radiance(world).astype(np.float32)
+
+
+
 def _bsdf(albedo: dict, kind: str) -> dict:
     """A Mitsuba BSDF of ``albedo`` (a Mitsuba texture dict): Lambert, or a glossy plastic (GGX
     coat, roughness alpha 0.15)."""
@@ -314,7 +359,7 @@ def _bsdf(albedo: dict, kind: str) -> dict:
 
 
 def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="diffuse", dots=False,
-                 cameras="sphere"):
+                 cameras="sphere", light="suns"):
     """Render procedural shape ``name`` (its own colour, or ``dots``: the baked procedural texture)."""
     t0 = time.time()
     v, f, n = shape_mesh(SHAPES[name], gt_res)
@@ -324,11 +369,11 @@ def render_shape(out, name, res, spp, n_train, n_test, variant, gt_res, bsdf="di
     if dots:
         mesh = baked_dots_texture(mesh)
     print(f"[{name}] gt mesh: {len(v)} verts, {len(f)} faces ({time.time() - t0:.1f}s)", flush=True)
-    render_mesh(out, name, mesh, n, ALBEDO[name], res, spp, n_train, n_test, variant, bsdf, cameras)
+    render_mesh(out, name, mesh, n, ALBEDO[name], res, spp, n_train, n_test, variant, bsdf, cameras, light)
 
 
 def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, variant, bsdf="diffuse",
-                cameras="sphere"):
+                cameras="sphere", light="suns"):
     """Write ``gt.obj`` (+ ``gt.mtl``, ``gt_kd.png`` when ``mesh`` has a texture) and the views.
 
     Args:
@@ -336,6 +381,8 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
             rows bottom-up) the texture is its albedo, else the constant ``colour`` (linear RGB).
         normals: ``[V, 3]`` smooth vertex normals for Mitsuba, or None (Mitsuba's own).
         cameras: the training views' layout, ``sphere`` or ``upper`` (:func:`train_cameras`).
+        light: ``suns`` (the four directional lights, direct light only) or ``sky`` (the daylight
+            environment of :func:`sky_envmap`, path traced with interreflections).
     """
     import imageio.v2 as imageio
     import mitsuba as mi
@@ -363,13 +410,19 @@ def render_mesh(out, name, mesh, normals, colour, res, spp, n_train, n_test, var
             albedo = {"type": "bitmap", "filename": os.path.join(out, "gt_kd.png")}
         else:
             albedo = {"type": "rgb", "value": list(colour)}
-        scenes = [mi.load_dict({
-            "type": "scene",
-            "integrator": {"type": "direct", "emitter_samples": 1, "bsdf_samples": 0},
-            "shape": {"type": "obj", "filename": obj, "face_normals": False,
-                      "bsdf": _bsdf(albedo, bsdf)},
-            "light": {"type": "directional", "direction": list(d), "irradiance": {"type": "rgb", "value": [e] * 3}},
-        }) for d, e in LIGHTS]
+        shape = {"type": "obj", "filename": obj, "face_normals": False, "bsdf": _bsdf(albedo, bsdf)}
+        if light == "sky":  # one scene; hide_emitters: the background stays transparent (alpha 0)
+            scenes = [mi.load_dict({
+                "type": "scene", "shape": shape,
+                "integrator": {"type": "path", "max_depth": SKY_MAX_DEPTH, "hide_emitters": True},
+                "light": {"type": "envmap", "bitmap": mi.Bitmap(sky_envmap()),
+                          "to_world": mi.ScalarTransform4f(SKY_TO_WORLD.tolist())}})]
+        else:
+            scenes = [mi.load_dict({
+                "type": "scene", "shape": shape,
+                "integrator": {"type": "direct", "emitter_samples": 1, "bsdf_samples": 0},
+                "light": {"type": "directional", "direction": list(d), "irradiance": {"type": "rgb", "value": [e] * 3}},
+            }) for d, e in LIGHTS]
         for split, cams in (("train", train_cameras(n_train, cameras)), ("test", test_cameras(n_test))):
             os.makedirs(os.path.join(out, split), exist_ok=True)
             frames = []
@@ -443,6 +496,9 @@ def main(argv=None):
     ap.add_argument("--cameras", default="sphere", choices=("sphere", "upper"),
                     help="training views over the whole sphere, or the upper hemisphere only (the underside "
                          "never seen, as in NeRF-synthetic's Blender scenes); the test ring is the same")
+    ap.add_argument("--light", default="suns", choices=("suns", "sky"),
+                    help="four directional lights with shadows (direct light only), or a daylight sky with "
+                         "a sun, path traced with interreflections (use more --spp: 256)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     if math.isqrt(args.spp) ** 2 != args.spp:
@@ -471,12 +527,12 @@ def main(argv=None):
         print(f"[{name}] {len(mesh.verts)} verts, {len(mesh.faces)} faces", flush=True)
         normals = vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # one per position: UV seams do not show
         render_mesh(args.out, name, mesh, normals, None, args.res, args.spp, args.n_train, args.n_test,
-                    args.variant, args.bsdf, args.cameras)
+                    args.variant, args.bsdf, args.cameras, args.light)
         write_render_info(args.out, args, argv, source=args.obj)
         return 0
     for name in args.shapes:
         render_shape(os.path.join(args.out, name), name, args.res, args.spp, args.n_train, args.n_test,
-                     args.variant, args.gt_res, args.bsdf, args.dots, args.cameras)
+                     args.variant, args.gt_res, args.bsdf, args.dots, args.cameras, args.light)
         write_render_info(os.path.join(args.out, name), args, argv)
     return 0
 

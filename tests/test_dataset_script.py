@@ -74,6 +74,43 @@ def test_the_upper_layout_keeps_every_camera_above_the_object(script):
         script.train_cameras(24, "lower")
 
 
+def test_the_sky_map_puts_the_sun_where_mitsuba_will_look_for_it(script):
+    """``--light sky``: Mitsuba's envmap reads pixel (u, v) for the map-frame direction with
+    atan2(x, −z) = 2πu and acos(y) = πv; the map's to_world turns that frame Z-up. So the brightest
+    pixel, taken through that mapping and SKY_TO_WORLD, must be the sun's world direction, and the
+    sun disc must deliver its stated irradiance."""
+    width = 1024
+    env = script.sky_envmap(width).astype(np.float64)
+    h = width // 2
+    assert env.shape == (h, width, 3) and env.min() > 0.0
+    # pixel centres -> the map frame as Mitsuba reads it (checked against its inverse) -> world
+    th = (np.arange(h) + 0.5) / h * np.pi
+    ph = (np.arange(width) + 0.5) / width * 2.0 * np.pi
+    T, P = np.meshgrid(th, ph, indexing="ij")
+    local = np.stack([np.sin(T) * np.sin(P), np.cos(T), -np.sin(T) * np.cos(P)], -1)
+    assert np.allclose(np.arctan2(local[..., 0], -local[..., 2]) % (2 * np.pi), P)
+    assert np.allclose(np.arccos(np.clip(local[..., 1], -1, 1)), T)
+    dirs = local @ script.SKY_TO_WORLD[:3, :3].T
+    d_omega = (np.pi / h) * (2.0 * np.pi / width) * np.sin(T)  # per pixel
+    # the sun: the centroid of the brightest pixels
+    bright = env.sum(2) > 0.5 * env.sum(2).max()
+    centroid = (dirs[bright] * d_omega[bright][:, None]).sum(0)
+    centroid /= np.linalg.norm(centroid)
+    el, az = np.radians(script.SUN_ELEVATION_DEG), np.radians(script.SUN_AZIMUTH_DEG)
+    sun = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    assert np.degrees(np.arccos(np.clip(centroid @ sun, -1.0, 1.0))) < 0.5
+    # the disc's irradiance at normal incidence: ∫ (L − sky) cos over the map's pixels near the sun
+    cos = dirs @ sun
+    near = cos > np.cos(np.radians(script.SUN_RADIUS_DEG + 2.0))
+    ring = (cos > np.cos(np.radians(script.SUN_RADIUS_DEG + 6.0))) & ~near  # the sky around the sun
+    excess = env.mean(2) - env.mean(2)[ring].mean()
+    irradiance = float((np.clip(excess, 0, None) * cos * d_omega)[near].sum())
+    assert abs(irradiance / script.SUN_IRRADIANCE - 1.0) < 0.1, irradiance
+    # sky above the horizon, a darker ground below it
+    up, down = env[: h // 4].mean(), env[3 * h // 4:].mean()
+    assert down < 0.5 * up
+
+
 def test_the_normals_given_to_mitsuba_are_smooth_and_point_out(script):
     mesh, analytic = _sphere(script)
     n = script.vertex_normals(mesh.verts.double(), mesh.faces).numpy()  # as main() passes them

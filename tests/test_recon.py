@@ -610,7 +610,8 @@ def test_final_cleanup_collapses_invisible_faces_and_the_material_follows(datase
     # 1x + 2x on the demo's 4x4-sample images (6-7 on its one-sample ones); a real run leaves 0-1 of ~7000.
     # Since round 29 a collapse may move the surface by half a training pixel at most, and on these
     # 12 coarse views (no camera above 60° or below -25° elevation) that keeps 42-53 of ~1500 (at 1 px:
-    # 27-30; unbounded: 10-24): surface few pixels see, kept in its shape
+    # 27-30; unbounded: 10-24): surface few pixels see, kept in its shape (round 30, a pixel's bound for
+    # faces one of the two sizes sees: 40-52)
     assert int(left.sum()) <= 0.05 * f.shape[0] and rep["refused_far"] > 0
 
 
@@ -692,6 +693,28 @@ def test_the_grid_is_refined_when_the_default_one_cuts_thin_parts_off():
     assert (grid, cap) == (40, None) and report["hull_pieces"] == {"40": 1, "64": 1}
     assert choose_grid_res(64, (96, 96), mvp, alpha, center, half)[:2] == (64, 0.0)
     assert choose_grid_res(None, (256, 256), mvp, alpha, center, half) == (64, None, {"default_grid_res": 64})
+
+
+def test_a_speck_of_one_lattice_point_is_no_piece_of_the_hull():
+    """hull_topology: a ball and a tiny second ball centred on a grid-40 lattice point. At radius 0.025
+    only that point lies inside its hull (a speck, as where silhouette cones cross): the marching-tets
+    surface has two components, but it counts one piece on both grids, so it cannot decide the grid
+    (the Mitsuba knot: its specks on grid 40 took it to grid 64 and genus 6, docs/08 round 30). At
+    radius 0.035 grid 64 holds several points there, a part that counts."""
+    from taichi_dr.geometry.marching_tets import marching_tets
+    from taichi_dr.recon.cleanup import components_genus
+    from taichi_dr.recon.model import _cube_grid, hull_topology, silhouette_sdf
+
+    center, half = torch.zeros(3), 0.95
+    cell = 2 * half / 40
+    pt = (-0.95 + 33 * cell, 0.0, 0.0)
+    for r, counted in ((0.025, {40: 1, 64: 1}), (0.035, {40: 1, 64: 2})):
+        alpha, mvp, _ = _spheres_masks([((0.0, 0.0, 0.0), 0.4), (pt, r)], 96, n_views=12, ss=2)
+        for res in (40, 64):
+            g = _cube_grid(res, center, half)
+            raw = components_genus(marching_tets(g.verts, silhouette_sdf(g.verts, mvp, alpha), g)[1])
+            assert raw == (2, 0.0)  # the speck is there ...
+            assert hull_topology(mvp, alpha, res, center, half) == (counted[res], 0.0), (r, res)  # ... counted?
 
 
 def test_the_grid_is_refined_for_an_object_made_of_thin_parts():

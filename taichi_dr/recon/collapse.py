@@ -17,12 +17,18 @@ hemisphere: Chamfer 1.5e-5 → 3.0e-3). ``max_error`` bounds how far the collaps
 surface: every vertex carries the Garland–Heckbert quadric of the input faces around it, summed
 over the vertices merged into it, and a collapse whose merged vertex lies farther from those
 planes (RMS) is refused. The reconstruction sets it to half a training pixel
-(:data:`COLLAPSE_MAX_ERROR_PX`), far above what a sliver's collapse moves.
+(:data:`COLLAPSE_MAX_ERROR_PX`), far above what a sliver's collapse moves, for faces no raster
+size sees, and to a pixel (:data:`COLLAPSE_MAX_ERROR_SEEN_PX`) for faces that own pixels at some
+size: surface the views do see, between pixel centres at the others (a hole's wall that two views
+see edge-on, whose faces can be several pixels across). Before a collapse is refused, the point of
+the edge nearest the accumulated planes is tried too.
 
 A sliver next to a vertex of valence 3 cannot be collapsed (the link condition refuses every one of
 its edges: the two ends share a third neighbour). :func:`flip_invisible` flips its longest edge
 instead: the two triangles on that edge become the two on the other diagonal of their quad, which
-on Spot's leftovers own dozens of pixels each (measured: 4 of 4 such faces, docs/08).
+on Spot's leftovers own dozens of pixels each (measured: 4 of 4 such faces, docs/08). A flip
+changes which face owns the pixel centres near the quad, so one that takes the last pixel from any
+other face is undone.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -30,10 +36,13 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 
+from taichi_dr.camera import transform_pos
 from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency, face_pixels,
                                      surviving_faces)
+from taichi_dr.render.rasterize import rasterize
 
-__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS", "COLLAPSE_MAX_ERROR_PX"]
+__all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS", "COLLAPSE_MAX_ERROR_PX",
+           "COLLAPSE_MAX_ERROR_SEEN_PX"]
 
 COLLAPSE_ROUNDS = 16  # collapse_invisible's default limit on rounds (each one visibility pass per raster size)
 # the reconstruction's bound on how far a collapse may move the surface, in training pixels (the
@@ -41,6 +50,10 @@ COLLAPSE_ROUNDS = 16  # collapse_invisible's default limit on rounds (each one v
 # 118k -> 11k faces: the same mesh with or without it), an unseen underside's shrinking into a cap
 # does not (docs/08 round 29)
 COLLAPSE_MAX_ERROR_PX = 0.5
+# the looser bound for collapsing faces that some raster size sees (slivers between pixel centres at
+# the training size, walls seen at grazing angles several pixels across): a face in a hole's wall
+# that two views see edge-on stayed at 0.5 px, owning no pixel at the training size (docs/08 round 30)
+COLLAPSE_MAX_ERROR_SEEN_PX = 1.0
 
 
 def merge_vertex_data(x: torch.Tensor, vmap: torch.Tensor, n: int) -> torch.Tensor:
@@ -108,25 +121,26 @@ def _plane_quadrics(v: np.ndarray, f: np.ndarray) -> Tuple[np.ndarray, np.ndarra
     return q, np.bincount(f.reshape(-1), np.repeat(area, 3), V)
 
 
-def _quadric_error(q: np.ndarray, w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``[E]`` mean squared distance of the points ``x [E, 3]`` to the planes of the quadrics
-    ``q [E, 10]`` with areas ``w [E]`` (:func:`_plane_quadrics`)."""
-    xb = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
+def _quadric_matrices(q: np.ndarray) -> np.ndarray:
+    """``[E, 4, 4]`` symmetric matrices ``Q`` of the quadrics ``q [E, 10]`` (:func:`_plane_quadrics`):
+    ``x̄ᵀ Q x̄ / area`` (``x̄ = [x, 1]``) is the mean squared distance of ``x`` to their planes."""
     iu = np.triu_indices(4)
-    off = (iu[0] != iu[1]).astype(np.float64) + 1.0  # off-diagonal terms count twice
-    e = (q * off * xb[:, iu[0]] * xb[:, iu[1]]).sum(1)
-    return np.maximum(e, 0.0) / np.maximum(w, 1e-300)
+    m = np.zeros((q.shape[0], 4, 4))
+    m[:, iu[0], iu[1]] = q
+    m[:, iu[1], iu[0]] = q
+    return m
 
 
 def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float,
-                         bound: Optional[Tuple[np.ndarray, np.ndarray, float]] = None,
+                         bound: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
                          stats: Optional[Dict[str, int]] = None):
     """The edges of the faces ``cand [F] bool`` and whether (and where) each may be collapsed.
 
     An edge qualifies if its collapse keeps the mesh manifold and turns no surviving face over, and
-    with ``bound = (q [V, 10], w [V], e_max)`` if the merged vertex stays within an RMS distance
-    ``e_max`` of the input surface's planes that its two ends accumulated (:func:`_plane_quadrics`);
-    ``stats["refused_far"]`` (if given) counts the edges that only the bound refused.
+    with ``bound = (q [V, 10], w [V], e_max [F])`` if the merged vertex stays within an RMS distance
+    of the input surface's planes that its two ends accumulated (:func:`_plane_quadrics`): the
+    smallest ``e_max`` of the edge's own faces; ``stats["refused_far"]`` (if given) counts the
+    edges that only the bound refused.
 
     Returns:
         ``(a [E], b [E], t [E], own [P], star [P])``: the edges' end vertices (``a < b``), the
@@ -195,28 +209,44 @@ def _collapse_candidates(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos
     no, lo = fn[sf[si]], l_old[si]
     c0, c1 = _dot(no, n0), _dot(no, n1)  # n_old . n_new, linear in t
     q0, q1, q2 = _dot(n0, n0), 2.0 * _dot(n0, n1), _dot(n1, n1)  # |n_new|^2, quadratic in t
+    trials = [t_best, np.full(E, 0.5), np.zeros(E), np.ones(E)]
+    if bound is not None:
+        # the bound measures the distance to the planes the two ends accumulated (the input surface),
+        # quadratic along the edge: (A + 2 B t + C t²) / area. Its minimiser is a last trial position,
+        # taken only where none of the others is near enough, so that a collapse is refused only if no
+        # position both keeps the faces' orientation and stays near the input surface (the current
+        # star's planes, which place the others, drift from the input's as collapses accumulate)
+        qa = _quadric_matrices(bound[0][a] + bound[0][b])
+        xa = np.concatenate([va, np.ones((E, 1))], 1)
+        dx = np.concatenate([vb - va, np.zeros((E, 1))], 1)
+        qx = np.einsum("eij,ej->ei", qa, xa)
+        qA, qB, qC = _dot(xa, qx), _dot(dx, qx), np.einsum("ei,eij,ej->e", dx, qa, dx)
+        trials.append(np.clip(-qB / np.maximum(qC, 1e-300), 0.0, 1.0))
+        e_edge = np.full(E, np.inf)
+        mine = n_ab == 2  # the rows of each edge's own faces
+        np.minimum.at(e_edge, own[mine], bound[2][sf[mine]])
+        near_max = e_edge ** 2 * (bound[1][a] + bound[1][b])  # e_max² × area
     t, best = np.full(E, np.nan), np.full(E, np.inf)  # merged position a + t (b - a); nan: none is valid
-    for t_try in (t_best, np.full(E, 0.5), np.zeros(E), np.ones(E)):
+    unbounded = np.zeros(E, dtype=bool)  # some trial keeps the orientation (before the bound)
+    for i, t_try in enumerate(trials):
         tt = t_try[o_s]
         ln = np.sqrt(np.maximum(q0 + tt * (q1 + tt * q2), 0.0))
         cos = (c0 + tt * c1) / np.maximum(lo * ln, 1e-300)
         err = np.bincount(own, l_old * (d_a + t_try[own] * k) ** 2, E)
-        good = (np.bincount(o_s[cos <= min_cos], minlength=E) == 0) & (err < best)
+        good = np.bincount(o_s[cos <= min_cos], minlength=E) == 0
+        unbounded |= good
+        if bound is not None:  # how far the merged vertex lies from the surface the collapses started from
+            good &= qA + t_try * (2.0 * qB + t_try * qC) <= near_max
+        good &= (err < best) if i < 4 else np.isnan(t)  # the bound's own position: only where none other is near
         t[good], best[good] = t_try[good], err[good]
     t[~ok] = np.nan
-    if bound is not None:  # how far the merged vertex lies from the surface the collapses started from
-        q, w, e_max = bound
-        fin = np.nonzero(~np.isnan(t))[0]
-        x = va[fin] + t[fin, None] * (vb - va)[fin]
-        far = _quadric_error(q[a[fin]] + q[b[fin]], w[a[fin]] + w[b[fin]], x) > e_max * e_max
-        t[fin[far]] = np.nan
-        if stats is not None:
-            stats["refused_far"] = stats.get("refused_far", 0) + int(far.sum())
+    if stats is not None and bound is not None:
+        stats["refused_far"] = stats.get("refused_far", 0) + int((ok & unbounded & np.isnan(t)).sum())
     return a, b, t, own, sf
 
 
 def _select_collapses(v: np.ndarray, f: np.ndarray, cand: np.ndarray, min_cos: float,
-                      bound: Optional[Tuple[np.ndarray, np.ndarray, float]] = None,
+                      bound: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
                       stats: Optional[Dict[str, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Edges of the faces ``cand [F] bool`` to collapse this round: ``[K, 2]`` int64 vertex pairs
     ``(a, b)`` and ``[K]`` float where on the edge they merge (``a + t (b - a)``).
@@ -278,7 +308,7 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
                        resolutions: Sequence[Tuple[int, int]], keep_patch: Optional[int] = None,
                        rounds: int = COLLAPSE_ROUNDS,
                        min_cos: float = 0.0, report: Optional[CleanupReport] = None,
-                       max_error: Optional[float] = None):
+                       max_error: Optional[float] = None, max_error_seen: Optional[float] = None):
     """Collapse the small patches of faces that own no pixel, so that the mesh stays closed.
 
     Each round rasterizes the mesh from every view at every raster size in ``resolutions``; a face
@@ -310,6 +340,10 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
             centres collapse with errors far below a pixel; what the bound stops is a large patch no
             view sees (the underside of an object filmed from above) shrinking into a few big faces
             that cut a chord through the surface and into what the views do see.
+        max_error_seen: the bound instead for collapsing an edge whose faces each own a pixel at some
+            of the raster sizes (surface the views see between pixel centres at the others: a sliver,
+            or a wall seen only at grazing angles, which can be several pixels across); ``None``:
+            ``max_error``. Needs ``max_error``.
         report: a :class:`CleanupReport` to fill (``collapsed_edges``, ``collapsed_faces``,
             ``refused_far``, ``invisible_left``, ``faces_out``); a new one by default.
 
@@ -325,8 +359,11 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
     if rounds < 0 or (keep_patch is not None and keep_patch < 0):
         raise ValueError(f"rounds, keep_patch: expected >= 0, got {rounds}, {keep_patch}")
     rep = report if report is not None else CleanupReport(faces_in=int(faces.shape[0]))
-    if max_error is not None and not (max_error >= 0 and np.isfinite(max_error)):
-        raise ValueError(f"max_error: expected a finite number >= 0 or None, got {max_error!r}")
+    for name, e in (("max_error", max_error), ("max_error_seen", max_error_seen)):
+        if e is not None and not (e >= 0 and np.isfinite(e)):
+            raise ValueError(f"{name}: expected a finite number >= 0 or None, got {e!r}")
+    if max_error_seen is not None and max_error is None:
+        raise ValueError("max_error_seen: needs max_error (the bound for surface no raster size sees)")
     v = verts.detach().cpu().double().numpy()
     f = faces.detach().cpu().long().numpy()
     vmap, rows = np.arange(v.shape[0]), np.arange(f.shape[0])
@@ -346,7 +383,11 @@ def collapse_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tens
         if r == rounds or not cand.any():
             break
         stats = {}
-        pairs, t = _select_collapses(v, f, cand, min_cos, None if quad is None else quad + (float(max_error),), stats)
+        bound = None
+        if quad is not None:  # per face: the strict bound where no raster size sees it
+            seen_bound = max_error if max_error_seen is None else max_error_seen
+            bound = quad + (np.where(hidden, float(max_error), float(seen_bound)),)
+        pairs, t = _select_collapses(v, f, cand, min_cos, bound, stats)
         rep.refused_far += stats.get("refused_far", 0)
         if len(pairs) == 0:
             break
@@ -423,6 +464,26 @@ def _flip_candidates(v: np.ndarray, f: np.ndarray, uv: Optional[np.ndarray], bad
     return bad[take], o[take], new[take], None if new_uv is None else new_uv[take]
 
 
+def _new_owners(verts: torch.Tensor, old: np.ndarray, new: np.ndarray, mvp: torch.Tensor,
+                resolutions: Sequence[Tuple[int, int]], rows: np.ndarray, chunk: int = 4) -> np.ndarray:
+    """Face rows of ``new`` that own, at some raster size, a pixel that one of ``rows`` owned in ``old``
+    (both ``[F, 3]`` over ``verts``): who took a face's pixels."""
+    lost = np.zeros(old.shape[0] + 1, dtype=bool)
+    lost[rows + 1] = True
+    lost_t = torch.from_numpy(lost)
+    takers = []
+    tri_old = torch.from_numpy(old).to(torch.int32).contiguous()
+    tri_new = torch.from_numpy(new).to(torch.int32).contiguous()
+    for hw in resolutions:
+        for s in range(0, mvp.shape[0], chunk):
+            clip = transform_pos(mvp[s:s + chunk].float(), verts.detach().float())
+            id_old = rasterize(clip, tri_old.to(clip.device), hw, grad_db=False)[0][..., 3].round().long().cpu()
+            id_new = rasterize(clip, tri_new.to(clip.device), hw, grad_db=False)[0][..., 3].round().long().cpu()
+            takers.append(id_new[lost_t[id_old]].numpy() - 1)
+    t = np.concatenate(takers) if takers else np.zeros(0, dtype=np.int64)
+    return np.unique(t[t >= 0])
+
+
 def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
                    resolutions: Sequence[Tuple[int, int]], uv_faces: Optional[torch.Tensor] = None,
                    min_pixels: int = 2, min_cos: float = 0.5, rounds: int = 2,
@@ -438,7 +499,8 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
     pixel centre lying on its edge may own none once the OBJ's 7 significant digits move its
     vertices (Spot: 0 such faces in memory, 1–2 in three of six exported meshes). Flips whose faces
     are disjoint run together; one after which either new face owns fewer than ``min_pixels`` at
-    some resolution is undone. The vertices do not move, so per-vertex data needs no update.
+    some resolution, or that takes the last pixel at a resolution from another face, is undone. The
+    vertices do not move, so per-vertex data needs no update.
 
     Args:
         verts: ``[V, 3]`` float; faces: ``[F, 3]`` int (a manifold); mvp: ``[N, 4, 4]`` cameras;
@@ -467,6 +529,7 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         return face_pixels(verts.detach(), torch.from_numpy(ff).to(faces.device, torch.int32), mvp, res).numpy()
 
     pix = pixels(f) if f.shape[0] else np.zeros((len(res), 0), dtype=np.int64)
+    ref = pix.copy()  # what each face row owned before any flip (a kept flip's rows: after it)
     for _ in range(rounds):
         bad = np.nonzero((pix < min_pixels).any(axis=0))[0]
         if bad.size == 0:
@@ -474,7 +537,6 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
         fi, fo, new, new_uv = _flip_candidates(v, f, uv, bad, min_cos)
         if len(fi) == 0:
             break
-        both = np.r_[fi, fo]
         f2 = f.copy()
         f2[fi], f2[fo] = new[:, 0], new[:, 1]
         uv2 = None
@@ -482,18 +544,37 @@ def flip_invisible(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
             uv2 = uv.copy()
             uv2[fi], uv2[fo] = new_uv[:, 0], new_uv[:, 1]
         pix2 = pixels(f2)
-        # undo what did not help
+        # undo what did not help ...
         bad_pair = (pix2[:, fi] < min_pixels).any(axis=0) | (pix2[:, fo] < min_pixels).any(axis=0)
-        back = both[np.r_[bad_pair, bad_pair]]
-        f2[back] = f[back]
-        if uv2 is not None:
-            uv2[back] = uv[back]
-        undone = int(bad_pair.sum())
-        kept += len(fi) - undone
-        if undone == len(fi):
+        undone = np.zeros_like(bad_pair)
+        while True:
+            back = np.r_[fi[bad_pair & ~undone], fo[bad_pair & ~undone]]
+            undone |= bad_pair
+            f2[back] = f[back]
+            if uv2 is not None:
+                uv2[back] = uv[back]
+            if len(back):  # an undone pair changes which of its neighbours' pixels it occludes
+                pix2 = pixels(f2)
+            # ... and what took the last pixel at a size from another face (the new diagonal can take
+            # a pixel centre that lay on a neighbour's edge, or cover one in front of a face behind),
+            # until none does
+            lost = ((pix2 == 0) & (ref > 0)).any(axis=0)
+            lost[np.r_[fi[~bad_pair], fo[~bad_pair]]] = False  # judged by their own pixels above
+            if not lost.any():
+                break
+            took = np.zeros(f.shape[0], dtype=bool)  # the faces that now own those pixels (rare: rasterize)
+            took[_new_owners(verts, f, f2, mvp, res, np.nonzero(lost)[0])] = True
+            culprit = ~bad_pair & (took[fi] | took[fo])
+            if not culprit.any():
+                break
+            bad_pair |= culprit
+        n_kept = int((~bad_pair).sum())
+        kept += n_kept
+        if n_kept == 0:
             break
-        # an undone pair changes which of its neighbours' pixels it occludes: rasterize again then
-        f, uv, pix = f2, uv2, (pixels(f2) if undone else pix2)
+        rows = np.r_[fi[~bad_pair], fo[~bad_pair]]
+        ref[:, rows] = pix2[:, rows]
+        f, uv, pix = f2, uv2, pix2
     if report is not None:
         report.invisible_left = {f"{h}x{w}": int((p == 0).sum()) for (h, w), p in zip(res, pix)}
         report.flipped_edges += kept

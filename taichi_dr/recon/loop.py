@@ -63,8 +63,8 @@ from taichi_dr.mesh import Mesh
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
 from taichi_dr.recon.checks import check_finite, check_inputs
 from taichi_dr.recon.cleanup import clean_faces, collapse_short_edges, compact, components_genus
-from taichi_dr.recon.collapse import (COLLAPSE_MAX_ERROR_PX, COLLAPSE_ROUNDS, collapse_invisible, flip_invisible,
-                                      merge_vertex_data)
+from taichi_dr.recon.collapse import (COLLAPSE_MAX_ERROR_PX, COLLAPSE_MAX_ERROR_SEEN_PX, COLLAPSE_ROUNDS,
+                                      collapse_invisible, flip_invisible, merge_vertex_data)
 from taichi_dr.recon.config import ReconConfig
 from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.subdivide import auto_subdivisions
@@ -467,9 +467,11 @@ class _Run:
         mvp, sizes = self._visibility_views()
         # a collapse may move the surface by half a training pixel at most: slivers between pixel
         # centres go, a patch no view sees (an underside filmed from above) keeps its shape
-        max_error = COLLAPSE_MAX_ERROR_PX * pixel_footprint(mvp, sizes[0], verts.detach().mean(0))
+        # (a pixel for faces some raster size sees: surface the views see between pixel centres)
+        px = pixel_footprint(mvp, sizes[0], verts.detach().mean(0))
         out = collapse_invisible(verts.detach(), faces, mvp, sizes, report=rep,
-                                 rounds=COLLAPSE_ROUNDS * 4 ** self._subdivisions(), max_error=max_error)
+                                 rounds=COLLAPSE_ROUNDS * 4 ** self._subdivisions(),
+                                 max_error=COLLAPSE_MAX_ERROR_PX * px, max_error_seen=COLLAPSE_MAX_ERROR_SEEN_PX * px)
         self.cleanup[self.phase] = rep.as_dict()
         return out[:4]
 
