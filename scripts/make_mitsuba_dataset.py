@@ -348,7 +348,6 @@ def sky_envmap(width: int = 1024) -> np.ndarray:
     return sky_radiance(world).astype(np.float32)
 
 
-
 def _bsdf(albedo: dict, kind: str) -> dict:
     """A Mitsuba BSDF of ``albedo`` (a Mitsuba texture dict): Lambert, or a glossy plastic (GGX
     coat, roughness alpha 0.15)."""

@@ -25,7 +25,7 @@ So the output is cleaned with the same evidence the optimisation used, the train
 """
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -72,6 +72,24 @@ class CleanupReport:
 
 
 @torch.no_grad()
+def _face_id_images(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
+                   chunk: int = 4) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Which face each pixel shows (after the depth test), ``chunk`` views at a time.
+
+    Args:
+        verts: ``[V, 3]`` float world positions; faces: ``[F, 3]`` int triangles.
+        mvp: ``[N, 4, 4]`` float projection · model-view of each view; resolution: ``(H, W)``.
+
+    Yields:
+        ``(first view, ids [n, H, W] int64 on the CPU)``: the face row + 1 per pixel, 0 = background.
+    """
+    tri = faces.int().contiguous()
+    for s in range(0, mvp.shape[0], chunk):
+        clip = transform_pos(mvp[s:s + chunk].float(), verts.detach().float())
+        rast, _ = rasterize(clip, tri.to(clip.device), tuple(resolution), grad_db=False)
+        yield s, rast[..., 3].round().long().cpu()
+
+
 def face_visibility(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, resolution: Tuple[int, int],
                     alpha: Optional[torch.Tensor] = None, chunk: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pixels owned by each face over all views (after the depth test).
@@ -100,11 +118,7 @@ def face_visibility(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor,
     if F_ == 0:
         return pixels[1:], inside[1:]
     H, W = resolution
-    tri = faces.int().contiguous()
-    for s in range(0, mvp.shape[0], chunk):
-        clip = transform_pos(mvp[s:s + chunk].float(), verts.detach().float())
-        rast, _ = rasterize(clip, tri, (H, W), grad_db=False)
-        ids = rast[..., 3].round().long().cpu()  # triangle id + 1, 0 = background
+    for s, ids in _face_id_images(verts, faces, mvp, (H, W), chunk):
         pixels += torch.bincount(ids.reshape(-1), minlength=F_ + 1)
         if alpha is not None:
             a = alpha[s:s + chunk].float().unsqueeze(1)

@@ -36,10 +36,8 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 
-from taichi_dr.camera import transform_pos
-from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency, face_pixels,
-                                     surviving_faces)
-from taichi_dr.render.rasterize import rasterize
+from taichi_dr.recon.cleanup import (CleanupReport, _check_resolutions, _edge_keys, _face_adjacency,
+                                     _face_id_images, face_pixels, surviving_faces)
 
 __all__ = ["collapse_invisible", "flip_invisible", "merge_vertex_data", "COLLAPSE_ROUNDS", "COLLAPSE_MAX_ERROR_PX",
            "COLLAPSE_MAX_ERROR_SEEN_PX"]
@@ -465,21 +463,17 @@ def _flip_candidates(v: np.ndarray, f: np.ndarray, uv: Optional[np.ndarray], bad
 
 
 def _new_owners(verts: torch.Tensor, old: np.ndarray, new: np.ndarray, mvp: torch.Tensor,
-                resolutions: Sequence[Tuple[int, int]], rows: np.ndarray, chunk: int = 4) -> np.ndarray:
+                resolutions: Sequence[Tuple[int, int]], rows: np.ndarray) -> np.ndarray:
     """Face rows of ``new`` that own, at some raster size, a pixel that one of ``rows`` owned in ``old``
     (both ``[F, 3]`` over ``verts``): who took a face's pixels."""
     lost = np.zeros(old.shape[0] + 1, dtype=bool)
     lost[rows + 1] = True
     lost_t = torch.from_numpy(lost)
-    takers = []
-    tri_old = torch.from_numpy(old).to(torch.int32).contiguous()
-    tri_new = torch.from_numpy(new).to(torch.int32).contiguous()
-    for hw in resolutions:
-        for s in range(0, mvp.shape[0], chunk):
-            clip = transform_pos(mvp[s:s + chunk].float(), verts.detach().float())
-            id_old = rasterize(clip, tri_old.to(clip.device), hw, grad_db=False)[0][..., 3].round().long().cpu()
-            id_new = rasterize(clip, tri_new.to(clip.device), hw, grad_db=False)[0][..., 3].round().long().cpu()
-            takers.append(id_new[lost_t[id_old]].numpy() - 1)
+    tri_old, tri_new = torch.from_numpy(old), torch.from_numpy(new)
+    takers = [id_new[lost_t[id_old]].numpy() - 1
+              for hw in resolutions
+              for (_, id_old), (_, id_new) in zip(_face_id_images(verts, tri_old, mvp, hw),
+                                                   _face_id_images(verts, tri_new, mvp, hw))]
     t = np.concatenate(takers) if takers else np.zeros(0, dtype=np.int64)
     return np.unique(t[t >= 0])
 
