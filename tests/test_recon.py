@@ -765,6 +765,26 @@ def test_the_start_shape_moves_inward_by_the_shrink():
     assert model.carve_report["hull_shrink_kept_points"] == 0
 
 
+def test_hull_bounds_finds_a_rod_thinner_than_its_lattice():
+    """hull_bounds on a rod 0.06 thick, which falls between all the points of its 48³ search lattice
+    (step 0.115): the cube is still found, centred on the rod and holding it (before the dilated
+    second search this raised "no common intersection")."""
+    from taichi_dr.recon.model import hull_bounds, visual_hull
+
+    ends = torch.tensor([[-0.5, 0.013, -0.45], [0.5, 0.013, 0.55]], dtype=torch.float64)
+    rod = [(tuple((ends[0] + (ends[1] - ends[0]) * t).tolist()), 0.03) for t in torch.linspace(0, 1, 60)]
+    alpha, mvp, mv = _spheres_masks(rod, 64, n_views=6, ss=2)
+    campos = torch.linalg.inv(mv.double())[:, :3, 3].float()
+    R = float(campos.norm(dim=1).min()) * 0.9
+    lin = torch.linspace(-R, R, 48)
+    lattice = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    assert not bool((visual_hull(lattice, mvp, alpha) > 0.5).any())  # the case: no lattice point inside
+    center, half = hull_bounds(mvp, alpha, campos)
+    assert torch.allclose(center.double(), ends.mean(0), atol=0.06)
+    step = 2 * R / 47
+    assert 0.5 + 0.03 < half < 0.53 + 2 * step + 0.06  # holds the rod, margin ~2 steps as for thick objects
+
+
 def test_hull_bounds_names_the_views_that_see_nothing():
     """hull_bounds: the cube holds the ball's hull; a view with an empty mask (the object out of frame,
     or a sheet seen edge-on) empties the hull, and the error names that view."""
@@ -776,4 +796,46 @@ def test_hull_bounds_names_the_views_that_see_nothing():
     assert abs(float(center[0]) - 0.1) < 0.2 and 0.4 < half < 0.9
     alpha[3] = 0.0
     with pytest.raises(ValueError, match=r"no common intersection.*view\(s\) 3 of 6 have no foreground"):
+        hull_bounds(mvp, alpha, campos)
+
+
+def test_a_run_starts_without_the_views_whose_mask_is_empty(dataset, tmp_path):
+    """A training view with an empty mask (a sheet seen edge-on: the Mitsuba woody and alligator, which
+    stopped with "no common intersection" before round 31) is left out of the start, and metrics.json
+    names it; the start is the hull of the other views."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import _Run
+
+    root, _ = dataset
+    cfg = ReconConfig(grid_res=16, batch=2, carve=False, sdf_mode="direct")
+    full = _Run(cfg, load_nerf(root, "train"), str(tmp_path / "a"))
+    assert "views_without_mask" not in full.grid_report
+    train = load_nerf(root, "train")
+    train.images[4, ..., 3] = 0.0
+    run = _Run(cfg, train, str(tmp_path / "b"))
+    assert run.grid_report["views_without_mask"] == [4]
+    assert torch.allclose(run.center, full.center, atol=0.1) and run.half >= full.half - 0.05
+    v, f = run.model.dmtet.mesh()
+    assert f.shape[0] > 0
+
+
+def test_views_with_an_empty_mask_get_no_vote_in_the_hull():
+    """hull_views: a view whose mask is empty (a sheet seen edge-on) is left out of the start's hull, which
+    the other views then find as before; when most views are empty every view is kept, so hull_bounds
+    stops and names them (the data is more likely broken than thin)."""
+    from taichi_dr.recon.model import hull_bounds, hull_views
+
+    alpha, mvp, mv = _spheres_masks([((0.1, 0.0, 0.0), 0.4)], 64, n_views=6, ss=2)
+    campos = torch.linalg.inv(mv.double())[:, :3, 3].float()
+    c0, h0 = hull_bounds(mvp, alpha, campos)
+    assert hull_views(alpha).tolist() == [0, 1, 2, 3, 4, 5]
+    alpha[3] = 0.0
+    alpha[1] = alpha[1].clamp(max=0.45)  # a faint line only: no pixel over half covered
+    hv = hull_views(alpha)
+    assert hv.tolist() == [0, 2, 4, 5]
+    c, h = hull_bounds(mvp[hv], alpha[hv], campos[hv])
+    assert torch.allclose(c, c0, atol=0.15) and h0 - 0.05 < h < h0 + 0.2  # fewer views: a hull as large or larger
+    alpha[[0, 2]] = 0.0  # four of six empty
+    assert hull_views(alpha).tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"view\(s\) 0, 1, 2, 3 of 6 have no foreground"):
         hull_bounds(mvp, alpha, campos)

@@ -70,7 +70,7 @@ from taichi_dr.recon.large_steps import SmoothParametrization
 from taichi_dr.recon.subdivide import auto_subdivisions
 from taichi_dr.recon.data_parallel import GradSync, PeerLostError, batch_layout, local_batch
 from taichi_dr.recon.distributed import DistContext, finish, init_distributed, share_state
-from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, pixel_footprint
+from taichi_dr.recon.model import ReconModel, hull_bounds, hull_topology, hull_views, pixel_footprint
 from taichi_dr.recon.topology import TOPOLOGY_EPS, keep_topology, lattice_border
 from taichi_dr.recon.export import export_mesh
 from taichi_dr.recon.texture_pass import start_material_pass
@@ -395,14 +395,21 @@ class _Run:
         self.stop_votes = 0.0  # how many ranks had seen one at the last step's all-reduce
         self.updating = False  # True while a step or the pass change mutates the state (not checkpointable)
         mvp_all = train.proj.unsqueeze(0) @ train.mv
-        center, half = hull_bounds(mvp_all, train.images[..., 3], camera_position(train.mv))
+        # the start's views: not those whose mask is empty (a sheet seen edge-on), which would empty the hull
+        hv = hull_views(train.images[..., 3])
+        everyone = hv.numel() == train.images.shape[0]  # the usual case: no copy of the images
+        mvp_h, images_h = (mvp_all, train.images) if everyone else (mvp_all[hv], train.images[hv])
+        campos_h = camera_position(train.mv if everyone else train.mv[hv])
+        center, half = hull_bounds(mvp_h, images_h[..., 3], campos_h)
         self.center, self.half = center, half
         hw = tuple(train.images.shape[1:3])
         box_half = half * 1.15  # the grid's cube: the hull's bounds and a margin
         # the grid: the default for the image size unless it cuts thin parts off; a finer one's start
         # gets the default grid's genus as a cap (phantom handles; docs/08 rounds 15-16)
-        self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_all, train.images[..., 3],
+        self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_h, images_h[..., 3],
                                                                      center, box_half)
+        if not everyone:  # metrics.json: the views the start left out
+            self.grid_report["views_without_mask"] = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))
         sdf_mode = resolve_sdf_mode(cfg.sdf_mode, self.grid_res)  # "auto": by the grid (MLP on a coarse one)
         self.model = ReconModel(self.grid_res, center, box_half, sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res, sdf_mode),
@@ -413,8 +420,8 @@ class _Run:
         # larger rate regrew the hull excess the shrink removes (torus, grid 64: 3.79e-5 -> 4.41e-5; docs/08)
         self.rate_scale = shrink_rate_scale(self.shrink_cells) if sdf_mode == "direct" and cfg.grid_res is None \
             else 1.0
-        self.model.init_from_hull(mvp_all, train.images[..., 3], images=train.images if cfg.carve else None,
-                                  campos=camera_position(train.mv), stereo=cfg.stereo,
+        self.model.init_from_hull(mvp_h, images_h[..., 3], images=images_h if cfg.carve else None,
+                                  campos=campos_h, stereo=cfg.stereo,
                                   shrink=self.shrink_cells, max_genus=max_genus)
         self.opt = self._dmtet_optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))

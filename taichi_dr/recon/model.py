@@ -32,7 +32,8 @@ from taichi_dr.recon.topology import TOPOLOGY_EPS, carve_keeping_topology, shrin
 from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
-__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "visual_hull", "hull_bounds",
+__all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "hull_views", "visual_hull",
+           "hull_bounds",
            "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_topology", "thin_in_masks"]
 
 
@@ -108,6 +109,24 @@ def cut_views(alpha: torch.Tensor) -> torch.Tensor:
     return (edge > 0.02).any(1)
 
 
+def hull_views(alpha: torch.Tensor) -> torch.Tensor:
+    """``[M]`` int64: the views the visual hull intersects, those whose mask has a pixel over 0.5.
+
+    A view without one sees the object thinner than half a pixel (a sheet edge-on: its alpha is
+    0 or a faint line) or not at all (out of frame). Its empty mask would empty every point of the
+    hull, so it gets no vote there (its mask still trains the mask loss). When more than half the
+    views are empty, the data is more likely broken than thin, and every view is returned, so that
+    :func:`hull_bounds` stops with an error naming the empty ones.
+
+    Args:
+        alpha: ``[N, H, W]`` coverage in [0, 1].
+    """
+    has = (alpha > 0.5).flatten(1).any(1)
+    if 2 * int(has.sum()) < alpha.shape[0]:
+        return torch.arange(alpha.shape[0], device=alpha.device)
+    return has.nonzero()[:, 0]
+
+
 def _in_image(clip: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """NDC ``[n, P, 2]`` of clip positions ``[n, P, 4]`` and ``[n, P]`` bool: in front of the camera
     and inside the image."""
@@ -147,12 +166,20 @@ def visual_hull(points: torch.Tensor, mvp: torch.Tensor, alpha: torch.Tensor, ch
 @torch.no_grad()
 def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, res: int = 48
                 ) -> Tuple[torch.Tensor, float]:
-    """Centre and half-size of a cube holding the visual hull (searched inside the camera rig)."""
+    """Centre and half-size of a cube holding the visual hull (searched inside the camera rig).
+
+    The search samples a ``res``³ lattice; an object thinner than its step (a pole, a shovel's handle)
+    can fall between the lattice points, and then :func:`_thin_hull_points` searches again near the
+    masks. The cube's margin is two lattice steps either way.
+    """
     R = float(campos.norm(dim=1).min()) * 0.9
     lin = torch.linspace(-R, R, res, device=mvp.device)
     pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    step = 2 * R / (res - 1)
     occ = visual_hull(pts, mvp, alpha)
     inside = pts[occ > 0.5]
+    if inside.shape[0] == 0:
+        inside = _thin_hull_points(pts, step, mvp, alpha, res)
     if inside.shape[0] == 0:
         empty = [i for i in range(alpha.shape[0]) if not bool((alpha[i] > 0.5).any())]
         why = (f"; training view(s) {', '.join(map(str, empty[:8]))}{' …' if len(empty) > 8 else ''} of "
@@ -161,10 +188,38 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
         raise ValueError("dataset: the foreground masks have no common intersection (check the camera poses "
                          f"and the alpha channel of the images){why}")
     lo, hi = inside.min(0)[0], inside.max(0)[0]
-    step = 2 * R / (res - 1)
     center = (lo + hi) / 2
     half = float((hi - lo).max()) / 2 + 2 * step
     return center, half
+
+
+@torch.no_grad()
+def _thin_hull_points(pts: torch.Tensor, step: float, mvp: torch.Tensor, alpha: torch.Tensor, res: int
+                      ) -> torch.Tensor:
+    """Points ``[P, 3]`` of the visual hull of an object thinner than the lattice ``pts`` (spacing
+    ``step``), which none of its points hit.
+
+    Every mask is first dilated by the projection of half a lattice diagonal (at the depth of the
+    world origin, which the cameras look at), so the lattice points near the object survive; their
+    box, one step wider each way, is then sampled again at ``res``³ against the masks themselves.
+    A part thinner than that finer step too gives the dilated points (the cube still holds it).
+
+    Args:
+        pts: ``[Q, 3]`` the lattice; step: its spacing (world units); mvp: ``[N, 4, 4]``;
+        alpha: ``[N, H, W]`` masks (bottom-up); res: the lattice's points per axis.
+    """
+    hw = (alpha.shape[1], alpha.shape[2])
+    radius = math.ceil(0.5 * math.sqrt(3.0) * step / pixel_footprint(mvp, hw, pts.new_zeros(3))) + 1
+    grown = F.max_pool2d(alpha.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius)[:, 0]
+    near = pts[visual_hull(pts, mvp, grown) > 0.5]
+    if near.shape[0] == 0:
+        return near
+    lo, hi = near.min(0)[0] - step, near.max(0)[0] + step
+    t = torch.linspace(0.0, 1.0, res, device=pts.device)
+    axes = [lo[k] + (hi[k] - lo[k]) * t for k in range(3)]
+    fine = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    inside = fine[visual_hull(fine, mvp, alpha) > 0.5]
+    return inside if inside.shape[0] > 0 else near
 
 
 class ReconModel(nn.Module):
