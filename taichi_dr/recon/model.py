@@ -33,8 +33,7 @@ from taichi_dr.recon.material import MaterialField
 from taichi_dr.render.light import DirectionalLight
 
 __all__ = ["ColorField", "LearnedLight", "LearnedEnvLight", "ReconModel", "cut_views", "hull_views", "visual_hull",
-           "hull_bounds",
-           "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_topology", "thin_in_masks"]
+           "hull_bounds", "hull_sdf", "silhouette_sdf", "pixel_footprint", "hull_topology", "thin_in_masks"]
 
 
 class ColorField(nn.Module):
@@ -114,9 +113,11 @@ def hull_views(alpha: torch.Tensor) -> torch.Tensor:
 
     A view without one sees the object thinner than half a pixel (a sheet edge-on: its alpha is
     0 or a faint line) or not at all (out of frame). Its empty mask would empty every point of the
-    hull, so it gets no vote there (its mask still trains the mask loss). When more than half the
-    views are empty, the data is more likely broken than thin, and every view is returned, so that
-    :func:`hull_bounds` stops with an error naming the empty ones.
+    hull, so it gets no vote there (its mask still trains the mask loss). Views that show a sheet
+    nearly edge-on, as a broken line, keep their vote: leaving them out, or growing their masks,
+    joined the alligator's hull but made its mesh a thicker slab (docs/08 round 31). When more than
+    half the views are empty, the data is more likely broken than thin, and every view is returned,
+    so that :func:`hull_bounds` stops with an error naming the empty ones.
 
     Args:
         alpha: ``[N, H, W]`` coverage in [0, 1].
