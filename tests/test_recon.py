@@ -785,6 +785,25 @@ def test_hull_bounds_finds_a_rod_thinner_than_its_lattice():
     assert 0.5 + 0.03 < half < 0.53 + 2 * step + 0.06  # holds the rod, margin ~2 steps as for thick objects
 
 
+def test_hull_bounds_stops_on_wrong_poses():
+    """Masks that meet nowhere stay an error, with the second search too: a small ball off the centre seen
+    with OpenCV-style camera axes read as OpenGL (the origin behind every camera: no mask to grow), and
+    with each view's camera swapped for the next one's (the masks meet only when grown)."""
+    from taichi_dr.camera import perspective
+    from taichi_dr.recon.model import hull_bounds
+
+    alpha, mvp, mv = _spheres_masks([((0.6, 0.3, 0.2), 0.1)], 64, n_views=6, ss=2)
+    campos = torch.linalg.inv(mv.double())[:, :3, 3].float()
+    center, _ = hull_bounds(mvp, alpha, campos)
+    assert torch.allclose(center, torch.tensor([0.6, 0.3, 0.2]), atol=0.06)
+    flipped = perspective(0.8, dtype=torch.float64).unsqueeze(0) @ torch.diag(
+        torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)) @ mv
+    with pytest.raises(ValueError, match="no common intersection"):
+        hull_bounds(flipped.float(), alpha, campos)
+    with pytest.raises(ValueError, match="no common intersection"):
+        hull_bounds(mvp.roll(1, 0), alpha, campos.roll(1, 0))
+
+
 def test_hull_bounds_names_the_views_that_see_nothing():
     """hull_bounds: the cube holds the ball's hull; a view with an empty mask (the object out of frame,
     or a sheet seen edge-on) empties the hull, and the error names that view."""

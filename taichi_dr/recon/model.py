@@ -203,14 +203,18 @@ def _thin_hull_points(pts: torch.Tensor, step: float, mvp: torch.Tensor, alpha: 
     Every mask is first dilated by the projection of half a lattice diagonal (at the depth of the
     world origin, which the cameras look at), so the lattice points near the object survive; their
     box, one step wider each way, is then sampled again at ``res``³ against the masks themselves.
-    A part thinner than that finer step too gives the dilated points (the cube still holds it).
+    Only points inside the masks themselves count: masks that meet only when grown are more likely
+    wrong poses than a thin object, and get the error.
 
     Args:
         pts: ``[Q, 3]`` the lattice; step: its spacing (world units); mvp: ``[N, 4, 4]``;
         alpha: ``[N, H, W]`` masks (bottom-up); res: the lattice's points per axis.
     """
     hw = (alpha.shape[1], alpha.shape[2])
-    radius = math.ceil(0.5 * math.sqrt(3.0) * step / pixel_footprint(mvp, hw, pts.new_zeros(3))) + 1
+    px = pixel_footprint(mvp, hw, pts.new_zeros(3))
+    if not (math.isfinite(px) and px > 0):  # the origin behind the cameras (wrong poses): nothing to grow
+        return pts[:0]
+    radius = min(math.ceil(0.5 * math.sqrt(3.0) * step / px) + 1, max(hw))
     grown = F.max_pool2d(alpha.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius)[:, 0]
     near = pts[visual_hull(pts, mvp, grown) > 0.5]
     if near.shape[0] == 0:
@@ -219,8 +223,7 @@ def _thin_hull_points(pts: torch.Tensor, step: float, mvp: torch.Tensor, alpha: 
     t = torch.linspace(0.0, 1.0, res, device=pts.device)
     axes = [lo[k] + (hi[k] - lo[k]) * t for k in range(3)]
     fine = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    inside = fine[visual_hull(fine, mvp, alpha) > 0.5]
-    return inside if inside.shape[0] > 0 else near
+    return fine[visual_hull(fine, mvp, alpha) > 0.5]
 
 
 class ReconModel(nn.Module):
