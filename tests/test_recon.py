@@ -836,6 +836,10 @@ def test_a_run_starts_without_the_views_whose_mask_is_empty(dataset, tmp_path):
     assert torch.allclose(run.center, full.center, atol=0.1) and run.half >= full.half - 0.05
     v, f = run.model.dmtet.mesh()
     assert f.shape[0] > 0
+    # the other views wrong too (camera axes flipped): the error still names the view left out
+    train.mv = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=train.mv.dtype)) @ train.mv
+    with pytest.raises(ValueError, match=r"no common intersection.*view\(s\) 4 have no foreground .* left out"):
+        _Run(cfg, train, str(tmp_path / "c"))
 
 
 def test_views_with_an_empty_mask_get_no_vote_in_the_hull():

@@ -400,7 +400,14 @@ class _Run:
         everyone = hv.numel() == train.images.shape[0]  # the usual case: no copy of the images
         mvp_h, images_h = (mvp_all, train.images) if everyone else (mvp_all[hv], train.images[hv])
         campos_h = camera_position(train.mv if everyone else train.mv[hv])
-        center, half = hull_bounds(mvp_h, images_h[..., 3], campos_h)
+        try:
+            center, half = hull_bounds(mvp_h, images_h[..., 3], campos_h)
+        except ValueError as e:  # the error names empty views; those left out are not among the ones it saw
+            if everyone:
+                raise
+            left = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))
+            raise ValueError(f"{e}; training view(s) {', '.join(map(str, left))} have no foreground pixel "
+                             "(alpha > 0.5) and were left out of it") from None
         self.center, self.half = center, half
         hw = tuple(train.images.shape[1:3])
         box_half = half * 1.15  # the grid's cube: the hull's bounds and a margin
