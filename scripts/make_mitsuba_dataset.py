@@ -234,14 +234,24 @@ def shape_mesh(fn, resolution: int = 128, newton: int = 4):
 # ----------------------------------------------------------------------------- meshes from files, textures
 def load_source_mesh(path: str, size: float = 1.6, up: str = "z") -> Mesh:
     """An OBJ centred at the origin, its longest bounding-box side ``size``, Z-up (``up="y"``:
-    turned +90° about X, so the file's +Y becomes +Z)."""
+    turned +90° about X, so the file's +Y becomes +Z); a closed mesh wound inward is turned outward."""
     from taichi_dr.mesh import load_obj
 
     mesh = load_obj(path)
-    v = mesh.verts
+    v, f, uv_f = mesh.verts, mesh.faces, mesh.uv_faces
     if up == "y":
         v = torch.stack([v[:, 0], -v[:, 2], v[:, 1]], 1)
-    return Mesh(v, mesh.faces, uvs=mesh.uvs, uv_faces=mesh.uv_faces).normalized(size / 2)
+    # a closed mesh wound inward (some scans, e.g. the common test models' horse) would show Mitsuba its
+    # faces' backs, which the one-sided diffuse BSDF renders black: wind it outward (an open one has no
+    # inside to tell by, and stays as it is)
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long().sort(dim=1)[0]
+    closed = bool((torch.unique(edges, dim=0, return_counts=True)[1] == 2).all())
+    vd, fl = v.double(), f.long()
+    if closed and float((vd[fl[:, 0]] * torch.cross(vd[fl[:, 1]], vd[fl[:, 2]], dim=1)).sum()) < 0:
+        print(f"[{os.path.basename(path)}] closed and wound inward (negative volume): faces turned outward")
+        f = f[:, [0, 2, 1]]
+        uv_f = uv_f[:, [0, 2, 1]] if uv_f is not None else None
+    return Mesh(v, f, uvs=mesh.uvs, uv_faces=uv_f).normalized(size / 2)
 
 
 def dots_albedo(p: torch.Tensor, seed: int = 1) -> torch.Tensor:

@@ -52,6 +52,28 @@ def test_an_obj_is_centred_scaled_and_turned_z_up(script, tmp_path):
     assert float(vol) == pytest.approx(float(vol_ref), rel=1e-6)
 
 
+def test_a_closed_obj_wound_inward_is_turned_outward(script, tmp_path):
+    """A closed mesh whose faces wind inward (negative volume) would render black in Mitsuba (one-sided
+    diffuse): load_source_mesh turns it outward; an open one (no inside to tell by) stays as it is."""
+    def volume(mesh):
+        v, f = mesh.verts.double(), mesh.faces.long()
+        return float((v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=1)).sum()) / 6
+
+    out, inward = str(tmp_path / "out.obj"), str(tmp_path / "in.obj")
+    _box_obj(out, 1.0, 3.0, 2.0)
+    with open(out) as fh, open(inward, "w") as g:  # the same box, every face reversed
+        for line in fh:
+            p = line.split()
+            g.write(f"f {p[1]} {p[3]} {p[2]}\n" if p[0] == "f" else line)
+    ref = script.load_source_mesh(out)
+    assert volume(ref) > 0
+    mesh = script.load_source_mesh(inward)
+    assert volume(mesh) == pytest.approx(volume(ref), rel=1e-6)
+    with open(inward) as fh, open(str(tmp_path / "open.obj"), "w") as g:  # an open box (one face less)
+        g.writelines(fh.readlines()[:-1])
+    assert volume(script.load_source_mesh(str(tmp_path / "open.obj"))) < 0
+
+
 def _sphere(script, res=20):
     v, f, n = script.shape_mesh(lambda p: p.norm(dim=-1) - 0.71, res)
     from taichi_dr.mesh import Mesh
