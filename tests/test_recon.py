@@ -860,5 +860,8 @@ def test_views_with_an_empty_mask_get_no_vote_in_the_hull():
     assert torch.allclose(c, c0, atol=0.15) and h0 - 0.05 < h < h0 + 0.2  # fewer views: a hull as large or larger
     alpha[[0, 2]] = 0.0  # four of six empty
     assert hull_views(alpha).tolist() == [0, 1, 2, 3, 4, 5]
+    for bad in (alpha[0], alpha[:0], alpha[..., None]):
+        with pytest.raises(ValueError, match=r"alpha: expected masks \[N, H, W\]"):
+            hull_views(bad)
     with pytest.raises(ValueError, match=r"view\(s\) 0, 1, 2, 3 of 6 have no foreground"):
         hull_bounds(mvp, alpha, campos)

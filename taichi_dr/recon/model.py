@@ -122,6 +122,8 @@ def hull_views(alpha: torch.Tensor) -> torch.Tensor:
     Args:
         alpha: ``[N, H, W]`` coverage in [0, 1].
     """
+    if alpha.dim() != 3 or alpha.shape[0] == 0:
+        raise ValueError(f"alpha: expected masks [N, H, W] with N >= 1, got shape {list(alpha.shape)}")
     has = (alpha > 0.5).flatten(1).any(1)
     if 2 * int(has.sum()) < alpha.shape[0]:
         return torch.arange(alpha.shape[0], device=alpha.device)
