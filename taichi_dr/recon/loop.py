@@ -400,12 +400,12 @@ class _Run:
         everyone = hv.numel() == train.images.shape[0]  # the usual case: no copy of the images
         mvp_h, images_h = (mvp_all, train.images) if everyone else (mvp_all[hv], train.images[hv])
         campos_h = camera_position(train.mv if everyone else train.mv[hv])
+        left = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))  # the views left out
         try:
             center, half = hull_bounds(mvp_h, images_h[..., 3], campos_h)
         except ValueError as e:  # the error names empty views; those left out are not among the ones it saw
             if everyone:
                 raise
-            left = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))
             raise ValueError(f"{e}; training view(s) {', '.join(map(str, left))} have no foreground pixel "
                              "(alpha > 0.5) and were left out of it") from None
         self.center, self.half = center, half
@@ -415,8 +415,8 @@ class _Run:
         # gets the default grid's genus as a cap (phantom handles; docs/08 rounds 15-16)
         self.grid_res, max_genus, self.grid_report = choose_grid_res(cfg.grid_res, hw, mvp_h, images_h[..., 3],
                                                                      center, box_half)
-        if not everyone:  # metrics.json: the views the start left out
-            self.grid_report["views_without_mask"] = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))
+        if left:  # metrics.json: the views the start left out
+            self.grid_report["views_without_mask"] = left
         sdf_mode = resolve_sdf_mode(cfg.sdf_mode, self.grid_res)  # "auto": by the grid (MLP on a coarse one)
         self.model = ReconModel(self.grid_res, center, box_half, sdf_mode, cfg.light, cfg.material,
                                 smoothing=dmtet_smoothing(cfg, self.grid_res, sdf_mode),
