@@ -78,7 +78,7 @@ import torch
 
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
-from taichi_dr.mesh import Mesh, read_texture, save_obj
+from taichi_dr.mesh import Mesh, read_texture, save_obj, unique_edges
 from taichi_dr.recon.outputs import save_json
 from taichi_dr.render.shading import vertex_normals
 
@@ -244,8 +244,8 @@ def load_source_mesh(path: str, size: float = 1.6, up: str = "z") -> Mesh:
     # a closed mesh wound inward (some scans, e.g. the common test models' horse) would show Mitsuba its
     # faces' backs, which the one-sided diffuse BSDF renders black: wind it outward (an open one has no
     # inside to tell by, and stays as it is)
-    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).long().sort(dim=1)[0]
-    closed = bool((torch.unique(edges, dim=0, return_counts=True)[1] == 2).all())
+    edges, which = unique_edges(f.long())
+    closed = bool((torch.bincount(which, minlength=edges.shape[0]) == 2).all())  # two faces on every edge
     vd, fl = v.double(), f.long()
     if closed and float((vd[fl[:, 0]] * torch.cross(vd[fl[:, 1]], vd[fl[:, 2]], dim=1)).sum()) < 0:
         print(f"[{os.path.basename(path)}] closed and wound inward (negative volume): faces turned outward")
