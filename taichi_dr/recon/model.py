@@ -108,6 +108,11 @@ def cut_views(alpha: torch.Tensor) -> torch.Tensor:
     return (edge > 0.02).any(1)
 
 
+def _has_foreground(alpha: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: the views whose mask ``alpha [N, H, W]`` has a pixel over half covered."""
+    return (alpha > 0.5).flatten(1).any(1)
+
+
 def hull_views(alpha: torch.Tensor) -> torch.Tensor:
     """``[M]`` int64: the views the visual hull intersects, those whose mask has a pixel over 0.5.
 
@@ -124,7 +129,7 @@ def hull_views(alpha: torch.Tensor) -> torch.Tensor:
     """
     if alpha.dim() != 3 or alpha.shape[0] == 0:
         raise ValueError(f"alpha: expected masks [N, H, W] with N >= 1, got shape {list(alpha.shape)}")
-    has = (alpha > 0.5).flatten(1).any(1)
+    has = _has_foreground(alpha)
     if 2 * int(has.sum()) < alpha.shape[0]:
         return torch.arange(alpha.shape[0], device=alpha.device)
     return has.nonzero()[:, 0]
@@ -184,7 +189,7 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
     if inside.shape[0] == 0:
         inside = _thin_hull_points(pts, step, mvp, alpha, res)
     if inside.shape[0] == 0:
-        empty = [i for i in range(alpha.shape[0]) if not bool((alpha[i] > 0.5).any())]
+        empty = torch.nonzero(~_has_foreground(alpha))[:, 0].tolist()
         why = (f"; training view(s) {', '.join(map(str, empty[:8]))}{' …' if len(empty) > 8 else ''} of "
                f"{alpha.shape[0]} have no foreground pixel (alpha > 0.5): the object is out of frame, or "
                "thinner than a pixel there, e.g. a flat sheet seen edge-on" if empty else "")
