@@ -397,14 +397,14 @@ class _Run:
         mvp_all = train.proj.unsqueeze(0) @ train.mv
         # the start's views: not those whose mask is empty (a sheet seen edge-on), which would empty the hull
         hv = hull_views(train.images[..., 3])
-        everyone = hv.numel() == train.images.shape[0]  # the usual case: no copy of the images
-        mvp_h, images_h = (mvp_all, train.images) if everyone else (mvp_all[hv], train.images[hv])
-        campos_h = camera_position(train.mv if everyone else train.mv[hv])
         left = sorted(set(range(train.images.shape[0])) - set(hv.tolist()))  # the views left out
+        # the usual case: no view left out, no copy of the images
+        mvp_h, images_h = (mvp_all[hv], train.images[hv]) if left else (mvp_all, train.images)
+        campos_h = camera_position(train.mv[hv] if left else train.mv)
         try:
             center, half = hull_bounds(mvp_h, images_h[..., 3], campos_h)
         except ValueError as e:  # the error names empty views; those left out are not among the ones it saw
-            if everyone:
+            if not left:
                 raise
             raise ValueError(f"{e}; training view(s) {', '.join(map(str, left))} have no foreground pixel "
                              "(alpha > 0.5) and were left out of it") from None
