@@ -15,7 +15,7 @@ import torch
 from taichi_dr._checks import check_tensor, FLOATS, shape_str
 
 __all__ = ["perspective", "look_at", "orbit_views", "frame_sphere", "bounding_sphere", "nerf_c2w_to_mv",
-           "fovy_from_fovx", "transform_pos", "camera_position", "nearest_pixel"]
+           "fovy_from_fovx", "transform_pos", "camera_position", "rig_target", "nearest_pixel"]
 
 Number = Union[float, int]
 
@@ -62,6 +62,33 @@ def look_at(eye: Sequence[Number], center: Sequence[Number] = (0, 0, 0), up: Seq
 def camera_position(mv: torch.Tensor) -> torch.Tensor:
     """World-space camera centre(s) of model-view matrices ``[..., 4, 4] -> [..., 3]``."""
     return torch.linalg.inv(mv.double())[..., :3, 3].to(mv.dtype)
+
+
+def rig_target(campos: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """The point ``[3]`` (float64) nearest all the cameras' optical axes, in the least-squares sense:
+    what a rig of cameras looks at, wherever it stands in the world.
+
+    Minimises Σ_i |(I − d_i d_iᵀ)(p − o_i)|² (``o_i`` the centres, ``d_i`` the unit viewing
+    directions). Axes that are nearly parallel (a forward-facing rig, a single camera) meet nowhere:
+    then the world origin is returned, what a NeRF-synthetic rig looks at.
+
+    Args:
+        campos: ``[N, 3]`` camera centres; forward: ``[N, 3]`` viewing directions (any length > 0;
+            for a model-view-projection matrix: its row 3, ``mvp[:, 3, :3]``; for a camera-to-world
+            matrix: ``-c2w[:, :3, 2]``).
+    """
+    check_tensor("campos", campos, ndim=2, last=3, dtypes=FLOATS, expected="[N, 3]")
+    check_tensor("forward", forward, ndim=2, last=3, dtypes=FLOATS, expected="[N, 3]")
+    if forward.shape[0] != campos.shape[0]:
+        raise ValueError(f"forward: expected {campos.shape[0]} directions (one per camera), got {forward.shape[0]}")
+    o, d = campos.detach().double().cpu(), forward.detach().double().cpu()
+    d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    off_axis = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]  # [N, 3, 3]
+    a, b = off_axis.sum(0), (off_axis @ o[:, :, None]).sum(0)[:, 0]
+    ev = torch.linalg.eigvalsh(a)
+    if not bool(torch.isfinite(ev).all()) or ev[0] <= 1e-3 * ev[-1]:
+        return torch.zeros(3, dtype=torch.float64)
+    return torch.linalg.solve(a, b)
 
 
 def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: str = "y"):

@@ -63,3 +63,27 @@ def test_nearest_pixel_matches_the_raster_convention():
     assert all(torch.equal(a, b) for a, b in zip(same, (iy, ix, ok)))
     torch.testing.assert_close(w, transform_pos(mvp, torch.stack(pts))[0, :, 3])
     torch.testing.assert_close(w[:3], torch.full((3,), 3.0), atol=1e-4, rtol=0)
+
+
+def test_rig_target_is_the_point_the_cameras_look_at():
+    """Cameras aimed at a point anywhere in the world give that point (least squares over the axes);
+    near-parallel axes meet nowhere and give the origin; bad shapes are a ValueError naming the argument."""
+    from taichi_dr.camera import orbit_views, rig_target
+
+    c2w = orbit_views(8, 4.0, elevation_deg=[30.0, -10.0], center=(12.0, -3.0, 7.5), dtype=torch.float64)
+    t = rig_target(c2w[:, :3, 3], -c2w[:, :3, 2])
+    assert t.dtype == torch.float64 and torch.allclose(t, torch.tensor([12.0, -3.0, 7.5], dtype=torch.float64),
+                                                       atol=1e-9)
+    mvp = perspective(0.7, dtype=torch.float64).unsqueeze(0) @ torch.linalg.inv(c2w)
+    assert torch.allclose(rig_target(c2w[:, :3, 3], mvp[:, 3, :3]), t, atol=1e-9)  # row 3 of mvp: forward
+    # two axes that miss each other by 0.2: the midpoint of their shortest segment
+    campos = torch.tensor([[-4.0, 0.1, 0.0], [0.0, -0.1, 4.0]], dtype=torch.float64)
+    forward = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0]], dtype=torch.float64)
+    assert torch.allclose(rig_target(campos, forward), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    parallel = torch.tensor([[0.0, 0.0, -1.0]] * 3, dtype=torch.float64)
+    assert torch.equal(rig_target(campos.new_tensor([[0, 0, 4.0], [1, 0, 4], [2, 1, 4]]), parallel),
+                       torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="forward"):
+        rig_target(campos, forward[:1])
+    with pytest.raises(ValueError, match="campos"):
+        rig_target(campos[:, :2], forward)

@@ -1,5 +1,6 @@
 """NeRF-synthetic loader: our own dataset read back, cameras round trip, bad datasets -> clear errors."""
 import json
+import math
 import os
 import shutil
 
@@ -104,3 +105,46 @@ def test_other_radius_fov_and_non_square_images_round_trip(dataset, tmp_path):
     assert float((alpha > 0.1).float().mean()) > 0.9
     rows = [0, 1, 3]  # near/far (the z row) are the loader's own choice
     assert torch.allclose(ds.mvp[:, rows], mvp[:, rows], atol=1e-4)
+
+
+def test_clip_planes_follow_the_rig_in_any_unit(dataset, tmp_path):
+    """NeRF-synthetic's rig (cameras ~4 from the object) keeps (0.1, 1000); a scene in millimetres
+    (cameras 4000 away: beyond that far plane) and one 1000 times smaller (in front of that near
+    plane) get the planes scaled by 1000 and 1/1000, and a loaded split uses them."""
+    from taichi_dr.camera import look_at
+    from taichi_dr.data.nerf import clip_planes
+
+    def rig(dist, target=(0.0, 0.0, 0.0)):
+        eyes = [(dist * math.cos(a) + target[0], 0.4 * dist + target[1], dist * math.sin(a) + target[2])
+                for a in np.linspace(0, 2 * math.pi, 8, endpoint=False)]
+        return torch.stack([torch.linalg.inv(look_at(e, target)) for e in eyes])
+
+    assert clip_planes(rig(4.0)) == (0.1, 1000.0)
+    assert clip_planes(rig(4.0, target=(3.0, -2.0, 5.0))) == (0.1, 1000.0)  # looked-at point, not the origin
+    near, far = clip_planes(rig(4000.0))
+    assert near == pytest.approx(100.0) and far == pytest.approx(1e6)
+    near, far = clip_planes(rig(0.004))
+    assert near == pytest.approx(1e-4) and far == pytest.approx(1.0)
+    parallel = torch.eye(4).repeat(3, 1, 1)  # a forward-facing rig: axes never meet, distances to the origin
+    parallel[:, :3, 3] = torch.tensor([[0.0, 0, 4], [1, 0, 4], [2, 0, 4]])
+    assert clip_planes(parallel) == (0.1, 1000.0)
+
+    root = dataset[0]
+    ds = load_nerf(root, "train")
+    assert (ds.near, ds.far) == clip_planes(ds.c2w)
+    mm = _copy(root, tmp_path / "mm")
+    for split in ("train", "test"):
+        path = os.path.join(mm, f"transforms_{split}.json")
+        meta = json.load(open(path))
+        for fr in meta["frames"]:
+            for row in fr["transform_matrix"][:3]:
+                row[3] *= 1000.0
+        json.dump(meta, open(path, "w"))
+    big = load_nerf(mm, "train")
+    assert big.near == pytest.approx(1000 * ds.near) and big.far == pytest.approx(1000 * ds.far)
+    # the object projects where it did, and inside the clip volume (|z| <= w)
+    pts = torch.tensor([[0.1, 0.2, -0.1], [0.0, 0.0, 0.0]])
+    a, b = transform_pos(ds.mvp, pts), transform_pos(big.mvp, 1000 * pts)
+    assert torch.allclose(a[..., :2] / a[..., 3:], b[..., :2] / b[..., 3:], atol=1e-4)
+    assert bool((b[..., 2].abs() <= b[..., 3]).all())
+    assert load_nerf(mm, "train", near=0.5, far=2.0).near == 0.5  # given planes are kept

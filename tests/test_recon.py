@@ -804,6 +804,26 @@ def test_hull_bounds_stops_on_wrong_poses():
         hull_bounds(mvp.roll(1, 0), alpha, campos.roll(1, 0))
 
 
+def test_hull_bounds_searches_where_the_cameras_look():
+    """A scene far from the world origin (the same images, every camera moved by (60, -25, 40)) gets the
+    cube a centred one gets, moved with it: the search lattice is centred on what the cameras look at.
+    Before, it was centred on the origin and spread over the distance to the cameras, and a cow 4 units
+    from cameras that stood 30 from the origin stopped with "no common intersection" (docs/08 round 32)."""
+    from taichi_dr.camera import perspective
+    from taichi_dr.recon.model import hull_bounds
+
+    alpha, mvp, mv = _spheres_masks([((0.1, 0.0, 0.0), 0.4)], 64, n_views=6, ss=2)
+    campos = torch.linalg.inv(mv.double())[:, :3, 3]
+    center, half = hull_bounds(mvp, alpha, campos.float())
+    shift = torch.tensor([60.0, -25.0, 40.0], dtype=torch.float64)
+    move = torch.eye(4, dtype=torch.float64)
+    move[:3, 3] = -shift  # world -> the old world: mv' = mv · T(-shift)
+    mvp_far = (perspective(0.8, dtype=torch.float64).unsqueeze(0) @ mv @ move).float()
+    center_far, half_far = hull_bounds(mvp_far, alpha, (campos + shift).float())
+    assert torch.allclose(center_far.double() - shift, center.double(), atol=1e-3)
+    assert half_far == pytest.approx(half, rel=1e-4)
+
+
 def test_hull_bounds_names_the_views_that_see_nothing():
     """hull_bounds: the cube holds the ball's hull; a view with an empty mask (the object out of frame,
     or a sheet seen edge-on) empties the hull, and the error names that view."""
@@ -865,3 +885,56 @@ def test_views_with_an_empty_mask_get_no_vote_in_the_hull():
             hull_views(bad)
     with pytest.raises(ValueError, match=r"view\(s\) 0, 1, 2, 3 of 6 have no foreground"):
         hull_bounds(mvp, alpha, campos)
+
+
+def _scaled_copy(root: str, dst, scale: float) -> str:
+    """The same images, the world ``scale`` times larger: every camera ``scale`` times farther."""
+    import shutil
+
+    shutil.copytree(root, dst)
+    for split in ("train", "test"):
+        path = os.path.join(dst, f"transforms_{split}.json")
+        with open(path) as fh:
+            meta = json.load(fh)
+        for fr in meta["frames"]:
+            for row in fr["transform_matrix"][:3]:
+                row[3] *= scale
+        with open(path, "w") as fh:
+            json.dump(meta, fh)
+    return str(dst)
+
+
+def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset, tmp_path):
+    """Units of length do not change the refinement: in a copy of the scene ten times larger, its
+    learning rate is ten times larger in world units and its Laplacian term the same, so from the same
+    mesh (scaled) one step moves ten times as far. Before, both were in world units: the cow at 128²
+    ended at Chamfer / size² 3.71e-5 (x3) against 1.97e-5 (x0.3) (docs/08 round 32)."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import _Run
+
+    big = _scaled_copy(dataset[0], tmp_path / "big", 10.0)
+    # grid 8: faces of several pixels, none near the cleanup's "owns no pixel" threshold, so both starts
+    # make the same discrete choices (on grid 16 one edge flip differed: float noise at 1e-5)
+    cfg = ReconConfig(iters=4, refine_iters=10, grid_res=8, carve=False, refine_subdivide=0, normal_map=False,
+                      sdf_mode="direct")
+    runs = [_Run(cfg, load_nerf(root, "train"), str(tmp_path / name)) for root, name in ((dataset[0], "a"), (big, "b"))]
+    for r in runs:
+        r.start_refine()
+    a, b = runs
+    assert torch.equal(a.mesh_faces, b.mesh_faces)
+    assert b.unit == pytest.approx(10 * a.unit, rel=1e-5)
+    assert b.opt.param_groups[0]["lr"] == pytest.approx(10 * a.opt.param_groups[0]["lr"], rel=1e-5)
+    assert torch.allclose(b.mesh_verts, 10 * a.mesh_verts, rtol=1e-4, atol=1e-4 * float(b.half))
+    # the same start, moved off the reference by the same shape (so the Laplacian term is not zero)
+    g = torch.Generator().manual_seed(0)
+    bump = torch.randn(a.mesh_param.shape, generator=g) * 0.05 * a.half
+    with torch.no_grad():
+        a.mesh_param.copy_(a.mesh_param + bump)
+        b.mesh_param.copy_(10 * a.mesh_param)
+    x0 = [r.mesh_verts.detach().clone() for r in runs]
+    for r in runs:
+        r.step()
+    assert b.history["laplacian"][-1] == pytest.approx(a.history["laplacian"][-1], rel=1e-3)
+    assert b.history["laplacian"][-1] > 0.01 * b.history["total"][-1]
+    moved = [float((r.mesh_verts.detach() - x).norm()) for r, x in zip(runs, x0)]
+    assert moved[0] > 0 and moved[1] == pytest.approx(10 * moved[0], rel=0.05)

@@ -16,17 +16,17 @@ import dataclasses
 import json
 import math
 import os
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from taichi_dr.camera import fovy_from_fovx, perspective
+from taichi_dr.camera import fovy_from_fovx, perspective, rig_target
 from taichi_dr.losses import srgb_to_linear
 from taichi_dr.mesh import atomic_write
 
-__all__ = ["NerfDataset", "load_nerf", "write_nerf_dataset"]
+__all__ = ["NerfDataset", "clip_planes", "load_nerf", "write_nerf_dataset"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -103,14 +103,39 @@ def _resize(img: torch.Tensor, res: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode=mode, **kw)[0].permute(1, 2, 0).contiguous()
 
 
+def clip_planes(c2w: torch.Tensor) -> Tuple[float, float]:
+    """Near and far planes for a camera rig in any unit of length: (0.1, 1000) × a power of ten.
+
+    NeRF-synthetic's cameras stand ~4 from the point they look at, and (0.1, 1000) holds any object
+    between them. A scene in millimetres (cameras 4000 away) would lie beyond that far plane, and
+    one a thousand times smaller in front of the near plane. So the planes scale with the rig: by
+    ``10^round(log10(d / 4))``, ``d`` the median distance from the cameras to the point nearest all
+    their optical axes (least squares; the origin when the axes are near parallel). A power of ten
+    keeps every rig with ``d`` in [1.3, 12.6] exactly at (0.1, 1000).
+
+    Args:
+        c2w: ``[N, 4, 4]`` camera-to-world matrices (OpenGL: the camera looks down its −Z axis).
+    """
+    c2w = c2w.double()
+    o = c2w[:, :3, 3]
+    target = rig_target(o, -c2w[:, :3, 2])
+    d = float((o - target).norm(dim=1).median())
+    if not math.isfinite(d) or d <= 0:
+        return 0.1, 1000.0
+    scale = 10.0 ** round(math.log10(d / 4.0))
+    return 0.1 * scale, 1000.0 * scale
+
+
 def load_nerf(root: PathLike, split: str = "train", train_res: Optional[Union[int, Sequence[int]]] = None,
-              near: float = 0.1, far: float = 1000.0) -> NerfDataset:
+              near: Optional[float] = None, far: Optional[float] = None) -> NerfDataset:
     """Load one split of a NeRF-synthetic dataset.
 
     Args:
         root: dataset folder holding ``transforms_<split>.json``.
         split: ``"train"``, ``"val"`` or ``"test"``.
         train_res: resample every image to this (H, W) (an int means square).
+        near, far: clip planes of the projection; None: :func:`clip_planes` of the split's cameras
+            (0.1 and 1000 for NeRF-synthetic's, scaled by a power of ten for a rig in other units).
 
     Raises:
         ValueError: missing/corrupt json or images, wrong matrix shapes, mixed image sizes —
@@ -159,6 +184,9 @@ def load_nerf(root: PathLike, split: str = "train", train_res: Optional[Union[in
     # sRGB -> linear colour; alpha is linear already. Premultiplied edge pixels keep their colour.
     imgs = torch.cat([srgb_to_linear(imgs[..., :3]), imgs[..., 3:]], -1).float()
     c2w = torch.from_numpy(np.stack(mats)).float()
+    if near is None or far is None:
+        auto = clip_planes(torch.from_numpy(np.stack(mats)))
+        near, far = auto[0] if near is None else near, auto[1] if far is None else far
     H, W = imgs.shape[1:3]
     fovy = fovy_from_fovx(fovx, W, H)
     mv = torch.linalg.inv(c2w.double()).float()

@@ -93,7 +93,9 @@ class ReconConfig:
                 "linearly with the refined faces: cow 230 s, bunny 242 s alone); 0 = refine the DMTet mesh as it is",
         "min": 0, "max": 2, "frozen": True})
     lr_refine: float = field(default=2e-3, metadata={
-        "help": "learning rate of vertex positions in the refinement pass", "gt": 0})
+        "help": "learning rate of vertex positions in the refinement pass, in its unit of length: the image's "
+                "half-width at the object / 1.44 (1 for NeRF-synthetic's framing, cameras 4 from the object at "
+                "a 39.6° field of view), so a scene in other units takes the same steps in pixels", "gt": 0})
     refine_smoothing: float = field(default=20.0, metadata={
         "help": "λ of the refinement pass' smooth steps: vertices move by (I + λL)⁻¹ times Adam's step (L: the "
                 "mesh's graph Laplacian; Nicolet et al. 2021), so bulges many vertices wide move as fast as "
@@ -131,8 +133,8 @@ class ReconConfig:
     normal_map: bool = field(default=True, metadata={
         "help": "learn a tangent-space normal map in the refinement pass (material=field; nvdiffrec)"})
     laplacian_weight: float = field(default=25.0, metadata={
-        "help": "weight of the Laplacian regulariser on the refinement pass' displacement (decays to 0 over "
-                "the pass); 25 since round 21 (50 before: the detailed shapes gain, e.g. rocker arm Chamfer "
+        "help": "weight of the Laplacian regulariser on the refinement pass' displacement, measured in the "
+                "unit of --lr-refine (decays to 0 over the pass); 25 since round 21 (50 before: the detailed shapes gain, e.g. rocker arm Chamfer "
                 "1.9e-4 -> 1.6e-4; the shadowed bowl loses; docs/08)", "min": 0})
     normal_weight: float = field(default=0.0, metadata={
         "help": "weight of the normal-consistency regulariser (1 - cos between neighbouring faces) in the "

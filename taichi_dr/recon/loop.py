@@ -312,6 +312,27 @@ def hull_shrink_cells(cfg: ReconConfig, mvp: torch.Tensor, hw: Tuple[int, int], 
     return float(cfg.hull_shrink_px) * pixel_footprint(mvp, hw, center) / float(cell)
 
 
+# the image's half-width at the object in NeRF-synthetic's framing (cameras 4.0 from the object,
+# camera_angle_x 0.6911: 4·tan(0.3456)); every dataset the refinement's settings were measured on has it
+REFINE_FRAME_REF = 1.44
+
+
+def refine_length_unit(mvp: torch.Tensor, hw: Tuple[int, int], center: torch.Tensor) -> float:
+    """The refinement pass' unit of length, in world units: the image's half-width at the object
+    (``pixel_footprint`` × the longer side / 2) over :data:`REFINE_FRAME_REF`.
+
+    ``lr_refine`` and the Laplacian term are in this unit, so a scene in other units (a model ten
+    times larger, its cameras ten times farther) runs the same steps in pixels; on data framed as
+    NeRF-synthetic (all of docs/08) it is 1 within 1 %. Measured on the cow at 128² before this unit:
+    Chamfer / size² 3.71e-5 (scene ×3), 2.63e-5 (×1), 1.97e-5 (×0.3); docs/08 round 32. The DMTet
+    pass works in grid cells, which scale with the visual hull, and so needs no unit.
+
+    Args:
+        mvp: ``[N, 4, 4]`` training cameras; hw: their image size (H, W); center: ``[3]`` the hull's centre.
+    """
+    return pixel_footprint(mvp, hw, center) * max(hw) / 2.0 / REFINE_FRAME_REF
+
+
 def sdf_reg_scale(cfg: ReconConfig, sdf_mode: str) -> float:
     """Multiplier of the SDF regulariser's schedule: ``cfg.sdf_reg_scale``, or when unset 1 in direct
     mode (nvdiffrec's) and 0 in MLP mode (``sdf_mode``: the run's, :func:`resolve_sdf_mode`; measured
@@ -423,6 +444,7 @@ class _Run:
                                 mlp_frequencies=cfg.mlp_frequencies)
         self.model.to(train.images.device)  # the data's device = the Taichi arch's (see reconstruct)
         self.shrink_cells = hull_shrink_cells(cfg, mvp_all, hw, center, self.model.dmtet.cell)
+        self.unit = refine_length_unit(mvp_all, hw, center)  # the refinement's lengths (1 for NeRF's framing)
         # per-vertex steps with the grid chosen here only: at a user's grid finer than the images need, the
         # larger rate regrew the hull excess the shrink removes (torus, grid 64: 3.79e-5 -> 4.41e-5; docs/08)
         self.rate_scale = shrink_rate_scale(self.shrink_cells) if sdf_mode == "direct" and cfg.grid_res is None \
@@ -606,7 +628,7 @@ class _Run:
     def _refine_optimizer(self) -> torch.optim.Optimizer:
         # per-coordinate Adam on u: Nicolet et al.'s uniform denominator let the few vertices with
         # the largest gradients set everyone's step (800² gadget: -0.8 dB, IoU -0.003; docs/08)
-        return torch.optim.Adam([{"params": [self.mesh_param], "lr": self.cfg.lr_refine},
+        return torch.optim.Adam([{"params": [self.mesh_param], "lr": self.cfg.lr_refine * self.unit},
                                  {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
                                  {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
 
@@ -676,7 +698,9 @@ class _Run:
             if getattr(self, "_lap_op", None) is None:  # the topology is fixed for the pass: one sparse matrix
                 lap_op = umbrella_operator(faces, verts.shape[0], verts.dtype, verts.device)
                 self._lap_op = (lap_op, csr_transpose(lap_op))  # and its transpose, for the gradient
-            lap = laplacian_loss(verts, faces, self.verts0, *self._lap_op) * cfg.laplacian_weight * (1 - t) * 1e3
+            # in the pass' unit of length (refine_length_unit): the same weight against the images at any scale
+            lap = laplacian_loss(verts, faces, self.verts0, *self._lap_op) * (
+                cfg.laplacian_weight * (1 - t) * 1e3 / self.unit ** 2)
             if cfg.normal_weight > 0:  # creases: the one-pixel bumps shading noise carves (docs/08)
                 if getattr(self, "_pairs", None) is None:
                     self._pairs = face_pairs(faces)

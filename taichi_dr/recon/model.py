@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taichi_dr.camera import transform_pos
+from taichi_dr.camera import rig_target, transform_pos
 from taichi_dr.geometry.dmtet import DMTet, mlp, positional_encoding
 from taichi_dr.geometry.marching_tets import marching_tets
 from taichi_dr.geometry.tetgrid import TetGrid
@@ -176,18 +176,26 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
                 ) -> Tuple[torch.Tensor, float]:
     """Centre and half-size of a cube holding the visual hull (searched inside the camera rig).
 
-    The search samples a ``res``³ lattice; an object thinner than its step (a pole, a shovel's handle)
-    can fall between the lattice points, and then :func:`_thin_hull_points` searches again near the
-    masks. The cube's margin is two lattice steps either way.
+    The search samples a ``res``³ lattice centred on what the cameras look at (:func:`rig_target`;
+    a rig centred on the world origin, as NeRF-synthetic's, searches about the origin exactly) and
+    reaching 0.9 of the nearest camera's distance from it; an object thinner than its step (a pole, a
+    shovel's handle) can fall between the lattice points, and then :func:`_thin_hull_points` searches
+    again near the masks. The cube's margin is two lattice steps either way.
     """
+    target = rig_target(campos, mvp[:, 3, :3])
     R = float(campos.norm(dim=1).min()) * 0.9
+    if float(target.norm()) > R / (res - 1):  # more than half a step off the origin: an off-centre scene
+        R = float((campos.double().cpu() - target).norm(dim=1).min()) * 0.9
+    else:
+        target = torch.zeros(3, dtype=torch.float64)
+    t = target.to(device=mvp.device, dtype=torch.float32)
     lin = torch.linspace(-R, R, res, device=mvp.device)
-    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    pts = torch.stack(torch.meshgrid(lin + t[0], lin + t[1], lin + t[2], indexing="ij"), -1).reshape(-1, 3)
     step = 2 * R / (res - 1)
     occ = visual_hull(pts, mvp, alpha)
     inside = pts[occ > 0.5]
     if inside.shape[0] == 0:
-        inside = _thin_hull_points(pts, step, mvp, alpha, res)
+        inside = _thin_hull_points(pts, step, mvp, alpha, res, t)
     if inside.shape[0] == 0:
         empty = torch.nonzero(~_has_foreground(alpha))[:, 0].tolist()
         why = (f"; training view(s) {', '.join(map(str, empty[:8]))}{' …' if len(empty) > 8 else ''} of "
@@ -202,24 +210,25 @@ def hull_bounds(mvp: torch.Tensor, alpha: torch.Tensor, campos: torch.Tensor, re
 
 
 @torch.no_grad()
-def _thin_hull_points(pts: torch.Tensor, step: float, mvp: torch.Tensor, alpha: torch.Tensor, res: int
-                      ) -> torch.Tensor:
+def _thin_hull_points(pts: torch.Tensor, step: float, mvp: torch.Tensor, alpha: torch.Tensor, res: int,
+                      target: torch.Tensor) -> torch.Tensor:
     """Points ``[P, 3]`` of the visual hull of an object thinner than the lattice ``pts`` (spacing
     ``step``), which none of its points hit.
 
-    Every mask is first dilated by the projection of half a lattice diagonal (at the depth of the
-    world origin, which the cameras look at), so the lattice points near the object survive; their
+    Every mask is first dilated by the projection of half a lattice diagonal (at the depth of
+    ``target``, what the cameras look at), so the lattice points near the object survive; their
     box, one step wider each way, is then sampled again at ``res``³ against the masks themselves.
     Only points inside the masks themselves count: masks that meet only when grown are more likely
     wrong poses than a thin object, and get the error.
 
     Args:
         pts: ``[Q, 3]`` the lattice; step: its spacing (world units); mvp: ``[N, 4, 4]``;
-        alpha: ``[N, H, W]`` masks (bottom-up); res: the lattice's points per axis.
+        alpha: ``[N, H, W]`` masks (bottom-up); res: the lattice's points per axis; target: ``[3]``
+        the lattice's centre.
     """
     hw = (alpha.shape[1], alpha.shape[2])
-    px = pixel_footprint(mvp, hw, pts.new_zeros(3))
-    if not (math.isfinite(px) and px > 0):  # the origin behind the cameras (wrong poses): nothing to grow
+    px = pixel_footprint(mvp, hw, target)
+    if not (math.isfinite(px) and px > 0):  # the target behind the cameras (wrong poses): nothing to grow
         return pts[:0]
     radius = min(math.ceil(0.5 * math.sqrt(3.0) * step / px) + 1, max(hw))
     grown = F.max_pool2d(alpha.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius)[:, 0]
