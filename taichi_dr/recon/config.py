@@ -92,10 +92,12 @@ class ReconConfig:
                 "IoU 0.977 -> 0.982, bunny 1.6e-4 -> 6.1e-5, rocker arm 4.5e-4 -> 1.9e-4; the time grows about "
                 "linearly with the refined faces: cow 230 s, bunny 242 s alone); 0 = refine the DMTet mesh as it is",
         "min": 0, "max": 2, "frozen": True})
-    lr_refine: float = field(default=2e-3, metadata={
+    lr_refine: float = field(default=6.67e-3, metadata={
         "help": "learning rate of vertex positions in the refinement pass, in its unit of length: the image's "
                 "half-width at the object / 1.44 (1 for NeRF-synthetic's framing, cameras 4 from the object at "
-                "a 39.6° field of view), so a scene in other units takes the same steps in pixels", "gt": 0})
+                "a 39.6° field of view), so a scene in other units takes the same steps in pixels; 6.67e-3 since "
+                "round 32 (2e-3 before: rocker arm Chamfer 7.34e-5 -> 5.37e-5, box with a hole 1.76e-4 -> 1.15e-4, "
+                "cow 2.63e-5 -> 2.34e-5, bowl 1.08e-4 -> 1.14e-4; docs/08)", "gt": 0})
     refine_smoothing: float = field(default=20.0, metadata={
         "help": "λ of the refinement pass' smooth steps: vertices move by (I + λL)⁻¹ times Adam's step (L: the "
                 "mesh's graph Laplacian; Nicolet et al. 2021), so bulges many vertices wide move as fast as "
