@@ -906,8 +906,8 @@ def _scaled_copy(root: str, dst, scale: float) -> str:
 
 def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset, tmp_path):
     """Units of length do not change the refinement: in a copy of the scene ten times larger, its
-    learning rate is ten times larger in world units and its Laplacian term the same, so from the same
-    mesh (scaled) one step moves ten times as far. Before, both were in world units: the cow at 128²
+    learning rate is ten times larger in world units, Adam's eps ten times smaller (the gradients are)
+    and its Laplacian term the same, so from the same mesh (scaled) one step moves ten times as far. Before, both were in world units: the cow at 128²
     ended at Chamfer / size² 3.71e-5 (x3) against 1.97e-5 (x0.3) (docs/08 round 32)."""
     from taichi_dr.data.nerf import load_nerf
     from taichi_dr.recon.loop import _Run
@@ -924,6 +924,7 @@ def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset
     assert torch.equal(a.mesh_faces, b.mesh_faces)
     assert b.unit == pytest.approx(10 * a.unit, rel=1e-5)
     assert b.opt.param_groups[0]["lr"] == pytest.approx(10 * a.opt.param_groups[0]["lr"], rel=1e-5)
+    assert b.opt.param_groups[0]["eps"] == pytest.approx(a.opt.param_groups[0]["eps"] / 10, rel=1e-5)
     assert torch.allclose(b.mesh_verts, 10 * a.mesh_verts, rtol=1e-4, atol=1e-4 * float(b.half))
     # the same start, moved off the reference by the same shape (so the Laplacian term is not zero)
     g = torch.Generator().manual_seed(0)

@@ -183,9 +183,10 @@ def load_nerf(root: PathLike, split: str = "train", train_res: Optional[Union[in
     imgs = torch.stack(images)
     # sRGB -> linear colour; alpha is linear already. Premultiplied edge pixels keep their colour.
     imgs = torch.cat([srgb_to_linear(imgs[..., :3]), imgs[..., 3:]], -1).float()
-    c2w = torch.from_numpy(np.stack(mats)).float()
+    c2w64 = torch.from_numpy(np.stack(mats))
+    c2w = c2w64.float()
     if near is None or far is None:
-        auto = clip_planes(torch.from_numpy(np.stack(mats)))
+        auto = clip_planes(c2w64)
         near, far = auto[0] if near is None else near, auto[1] if far is None else far
     H, W = imgs.shape[1:3]
     fovy = fovy_from_fovx(fovx, W, H)

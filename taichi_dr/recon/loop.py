@@ -628,7 +628,10 @@ class _Run:
     def _refine_optimizer(self) -> torch.optim.Optimizer:
         # per-coordinate Adam on u: Nicolet et al.'s uniform denominator let the few vertices with
         # the largest gradients set everyone's step (800² gadget: -0.8 dB, IoU -0.003; docs/08)
-        return torch.optim.Adam([{"params": [self.mesh_param], "lr": self.cfg.lr_refine * self.unit},
+        # positions in the pass' unit of length: the rate scales with it, and so does Adam's eps (the
+        # gradients scale inversely), else a scene in millimetres has gradients near eps and shorter steps
+        return torch.optim.Adam([{"params": [self.mesh_param], "lr": self.cfg.lr_refine * self.unit,
+                                  "eps": 1e-8 / self.unit},
                                  {"params": self.mesh_colors.parameters(), "lr": self.cfg.lr_color * 3},
                                  {"params": self.model.light.parameters(), "lr": self.cfg.lr_color}])
 
