@@ -107,7 +107,7 @@ def test_other_radius_fov_and_non_square_images_round_trip(dataset, tmp_path):
     assert torch.allclose(ds.mvp[:, rows], mvp[:, rows], atol=1e-4)
 
 
-def test_clip_planes_follow_the_rig_in_any_unit(dataset, tmp_path):
+def test_clip_planes_follow_the_rig_in_any_unit(dataset, tmp_path, scaled_copy):
     """NeRF-synthetic's rig (cameras ~4 from the object) keeps (0.1, 1000); a scene in millimetres
     (cameras 4000 away: beyond that far plane) and one 1000 times smaller (in front of that near
     plane) get the planes scaled by 1000 and 1/1000, and a loaded split uses them."""
@@ -132,14 +132,7 @@ def test_clip_planes_follow_the_rig_in_any_unit(dataset, tmp_path):
     root = dataset[0]
     ds = load_nerf(root, "train")
     assert (ds.near, ds.far) == clip_planes(ds.c2w)
-    mm = _copy(root, tmp_path / "mm")
-    for split in ("train", "test"):
-        path = os.path.join(mm, f"transforms_{split}.json")
-        meta = json.load(open(path))
-        for fr in meta["frames"]:
-            for row in fr["transform_matrix"][:3]:
-                row[3] *= 1000.0
-        json.dump(meta, open(path, "w"))
+    mm = scaled_copy(root, tmp_path / "mm", 1000.0)
     big = load_nerf(mm, "train")
     assert big.near == pytest.approx(1000 * ds.near) and big.far == pytest.approx(1000 * ds.far)
     # the object projects where it did, and inside the clip volume (|z| <= w)

@@ -810,8 +810,8 @@ def test_hull_bounds_stops_on_wrong_poses():
 def test_hull_bounds_searches_where_the_cameras_look():
     """A scene far from the world origin (the same images, every camera moved by (60, -25, 40)) gets the
     cube a centred one gets, moved with it: the search lattice is centred on what the cameras look at.
-    Before, it was centred on the origin and spread over the distance to the cameras, and a cow 4 units
-    from cameras that stood 30 from the origin stopped with "no common intersection" (docs/08 round 32)."""
+    Before, it was centred on the origin and spread over the distance to the cameras, and a cow standing
+    37 from the origin, its cameras 4 from it, stopped with "no common intersection" (docs/08 round 32)."""
     from taichi_dr.camera import perspective
     from taichi_dr.recon.model import hull_bounds
 
@@ -890,24 +890,7 @@ def test_views_with_an_empty_mask_get_no_vote_in_the_hull():
         hull_bounds(mvp, alpha, campos)
 
 
-def _scaled_copy(root: str, dst, scale: float) -> str:
-    """The same images, the world ``scale`` times larger: every camera ``scale`` times farther."""
-    import shutil
-
-    shutil.copytree(root, dst)
-    for split in ("train", "test"):
-        path = os.path.join(dst, f"transforms_{split}.json")
-        with open(path) as fh:
-            meta = json.load(fh)
-        for fr in meta["frames"]:
-            for row in fr["transform_matrix"][:3]:
-                row[3] *= scale
-        with open(path, "w") as fh:
-            json.dump(meta, fh)
-    return str(dst)
-
-
-def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset, tmp_path):
+def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset, tmp_path, scaled_copy):
     """Units of length do not change the refinement: in a copy of the scene ten times larger, its
     learning rate is ten times larger in world units, Adam's eps ten times smaller (the gradients are)
     and its Laplacian term the same, so from the same mesh (scaled) one step moves ten times as far. Before, both were in world units: the cow at 128²
@@ -915,7 +898,7 @@ def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset
     from taichi_dr.data.nerf import load_nerf
     from taichi_dr.recon.loop import _Run
 
-    big = _scaled_copy(dataset[0], tmp_path / "big", 10.0)
+    big = scaled_copy(dataset[0], tmp_path / "big", 10.0)
     # grid 8: faces of several pixels, none near the cleanup's "owns no pixel" threshold, so both starts
     # make the same discrete choices (on grid 16 one edge flip differed: float noise at 1e-5)
     cfg = ReconConfig(iters=4, refine_iters=10, grid_res=8, carve=False, refine_subdivide=0, normal_map=False,
