@@ -44,21 +44,20 @@ def test_an_obj_is_centred_scaled_and_turned_z_up(script, tmp_path):
         assert torch.allclose(hi - lo, torch.tensor(extent) * 1.6 / 3.0, atol=1e-5), (up, hi - lo)
     # turned, not mirrored: the file's +y becomes +z (a right-handed rotation keeps the winding)
     mesh = script.load_source_mesh(path, size=1.6, up="y")
-    v, f = mesh.verts.double(), mesh.faces.long()
-    vol = (v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=1)).sum() / 6
     ref = script.load_source_mesh(path, size=1.6, up="z")
-    vr = ref.verts.double()
-    vol_ref = (vr[f[:, 0]] * torch.cross(vr[f[:, 1]], vr[f[:, 2]], dim=1)).sum() / 6
-    assert float(vol) == pytest.approx(float(vol_ref), rel=1e-6)
+    assert _volume(mesh) == pytest.approx(_volume(ref), rel=1e-6)
+
+
+def _volume(mesh) -> float:
+    """Signed volume Σ v0 · (v1 × v2) / 6 (positive when the faces wind outward); written apart from
+    the script's own sign test in load_source_mesh, so that these tests check it."""
+    v, f = mesh.verts.double(), mesh.faces.long()
+    return float((v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=1)).sum()) / 6
 
 
 def test_a_closed_obj_wound_inward_is_turned_outward(script, tmp_path):
     """A closed mesh whose faces wind inward (negative volume) would render black in Mitsuba (one-sided
     diffuse): load_source_mesh turns it outward; an open one (no inside to tell by) stays as it is."""
-    def volume(mesh):
-        v, f = mesh.verts.double(), mesh.faces.long()
-        return float((v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=1)).sum()) / 6
-
     out, inward = str(tmp_path / "out.obj"), str(tmp_path / "in.obj")
     _box_obj(out, 1.0, 3.0, 2.0)
     with open(out) as fh, open(inward, "w") as g:  # the same box, every face reversed
@@ -66,12 +65,12 @@ def test_a_closed_obj_wound_inward_is_turned_outward(script, tmp_path):
             p = line.split()
             g.write(f"f {p[1]} {p[3]} {p[2]}\n" if p[0] == "f" else line)
     ref = script.load_source_mesh(out)
-    assert volume(ref) > 0
+    assert _volume(ref) > 0
     mesh = script.load_source_mesh(inward)
-    assert volume(mesh) == pytest.approx(volume(ref), rel=1e-6)
+    assert _volume(mesh) == pytest.approx(_volume(ref), rel=1e-6)
     with open(inward) as fh, open(str(tmp_path / "open.obj"), "w") as g:  # an open box (one face less)
         g.writelines(fh.readlines()[:-1])
-    assert volume(script.load_source_mesh(str(tmp_path / "open.obj"))) < 0
+    assert _volume(script.load_source_mesh(str(tmp_path / "open.obj"))) < 0
 
 
 def _sphere(script, res=20):
