@@ -893,8 +893,9 @@ def test_views_with_an_empty_mask_get_no_vote_in_the_hull():
 def test_the_refinement_takes_the_same_steps_in_a_scene_ten_times_larger(dataset, tmp_path, scaled_copy):
     """Units of length do not change the refinement: in a copy of the scene ten times larger, its
     learning rate is ten times larger in world units, Adam's eps ten times smaller (the gradients are)
-    and its Laplacian term the same, so from the same mesh (scaled) one step moves ten times as far. Before, both were in world units: the cow at 128²
-    ended at Chamfer / size² 3.71e-5 (x3) against 1.97e-5 (x0.3) (docs/08 round 32)."""
+    and its Laplacian term the same, so from the same mesh (scaled) one step moves ten times as far.
+    Before, the rate and the Laplacian term were in world units: the cow at 128² ended at Chamfer /
+    size² 3.71e-5 (x3) against 1.97e-5 (x0.3) (docs/08 round 32)."""
     from taichi_dr.data.nerf import load_nerf
     from taichi_dr.recon.loop import _Run
 

@@ -136,8 +136,9 @@ class ReconConfig:
         "help": "learn a tangent-space normal map in the refinement pass (material=field; nvdiffrec)"})
     laplacian_weight: float = field(default=25.0, metadata={
         "help": "weight of the Laplacian regulariser on the refinement pass' displacement, measured in the "
-                "unit of --lr-refine (decays to 0 over the pass); 25 since round 21 (50 before: the detailed shapes gain, e.g. rocker arm Chamfer "
-                "1.9e-4 -> 1.6e-4; the shadowed bowl loses; docs/08)", "min": 0})
+                "unit of --lr-refine (decays to 0 over the pass); 25 since round 21 (50 before: the detailed "
+                "shapes gain, e.g. rocker arm Chamfer 1.9e-4 -> 1.6e-4; the shadowed bowl loses; docs/08)",
+        "min": 0})
     normal_weight: float = field(default=0.0, metadata={
         "help": "weight of the normal-consistency regulariser (1 - cos between neighbouring faces) in the "
                 "refinement pass: smooths one-pixel bumps without shrinking", "min": 0})
