@@ -15,7 +15,7 @@ import torch
 from taichi_dr._checks import check_tensor, FLOATS, shape_str
 
 __all__ = ["perspective", "look_at", "orbit_views", "frame_sphere", "bounding_sphere", "nerf_c2w_to_mv",
-           "fovy_from_fovx", "transform_pos", "camera_position", "rig_target", "nearest_pixel"]
+           "fovy_from_fovx", "transform_pos", "camera_position", "rig_target", "rig_up", "nearest_pixel"]
 
 Number = Union[float, int]
 
@@ -91,21 +91,79 @@ def rig_target(campos: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(a, b)
 
 
-def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: str = "y"):
+def _up_vector(up: Union[str, Sequence[Number]]) -> Tuple[float, float, float]:
+    """``"y"`` / ``"z"`` or any non-zero 3-vector -> a unit up vector (plain floats)."""
+    if isinstance(up, str):
+        if up not in ("y", "z"):
+            raise ValueError(f"up_axis: expected 'y' or 'z', got {up!r}")
+        return (0.0, 1.0, 0.0) if up == "y" else (0.0, 0.0, 1.0)
+    u = torch.as_tensor(up, dtype=torch.float64).reshape(-1)
+    n = float(u.norm()) if u.numel() == 3 else float("nan")
+    if not (math.isfinite(n) and n > 0):
+        raise ValueError(f"up: expected a finite non-zero 3-vector or 'y' / 'z', got {list(u.tolist())}")
+    return tuple(float(x) / n for x in u)
+
+
+def _rotate_y_to(up: Tuple[float, float, float], v: Sequence[float]) -> Tuple[float, float, float]:
+    """``v`` turned by the smallest rotation that takes +Y to the unit vector ``up``.
+
+    ``R = I + K + K² / (1 + c)`` with ``K = [e_y × up]×`` and ``c = e_y · up`` (Rodrigues' formula
+    without the trigonometry), exact for the axes: +Z up maps ``(x, y, z)`` to ``(x, −z, y)``,
+    Blender's Z-up orbit. Straight down (c = −1) is the half turn about X.
+    """
+    ux, uy, uz = up
+    x, y, z = v
+    if uy <= -1.0 + 1e-12:
+        return x, -y, -z
+    k = (uz, 0.0, -ux)  # e_y × up
+    kv = (k[1] * z - k[2] * y, k[2] * x - k[0] * z, k[0] * y - k[1] * x)  # K v
+    kkv = (k[1] * kv[2] - k[2] * kv[1], k[2] * kv[0] - k[0] * kv[2], k[0] * kv[1] - k[1] * kv[0])  # K² v
+    s = 1.0 / (1.0 + uy)
+    return x + kv[0] + kkv[0] * s, y + kv[1] + kkv[1] * s, z + kv[2] + kkv[2] * s
+
+
+def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: Union[str, Sequence[Number]] = "y"):
     """Unit vector from the orbit centre to the eye, and the up vector (the one orbit convention).
 
-    Azimuth 0 puts the eye on +Z (looking down −Z), azimuth 90 on +X; elevation > 0 is above.
-    Straight above / below, "up" turns to −Z / +Z (Y up) so that it never parallels the view.
+    With +Y up, azimuth 0 puts the eye on +Z (looking down −Z), azimuth 90 on +X; elevation > 0 is
+    above. Straight above / below, "up" turns to −Z / +Z so that it never parallels the view. Any
+    other up direction (``"z"``: Blender scenes, or a vector) turns that whole orbit by the smallest
+    rotation taking +Y to it; for +Z, azimuth 0 puts the eye on −Y, Blender's front view.
     """
+    up = _up_vector(up_axis)
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
     d = (math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az))
-    if up_axis == "y":
-        up = (0.0, 1.0, 0.0) if abs(math.sin(el)) < 0.999 else (0.0, 0.0, -math.copysign(1.0, el))
-        return d, up
-    if up_axis == "z":
-        up = (0.0, 0.0, 1.0) if abs(math.sin(el)) < 0.999 else (0.0, math.copysign(1.0, el), 0.0)
-        return (d[0], -d[2], d[1]), up
-    raise ValueError(f"up_axis: expected 'y' or 'z', got {up_axis!r}")
+    u = (0.0, 1.0, 0.0) if abs(math.sin(el)) < 0.999 else (0.0, 0.0, -math.copysign(1.0, el))
+    return _rotate_y_to(up, d), _rotate_y_to(up, u)
+
+
+def rig_up(c2w: torch.Tensor, snap_deg: float = 10.0) -> torch.Tensor:
+    """The world's up direction ``[3]`` (float64, unit) as a camera rig holds it: the mean of the
+    cameras' up axes.
+
+    Photographers and Blender rigs keep the horizon level, so every camera's +Y axis leans towards
+    the world's up: the mean is +Y for an OpenGL-style rig, +Z for NeRF-synthetic's Blender scenes.
+    What an orbit around the reconstruction (the turntable) should turn about. A mean within
+    ``snap_deg`` of a world axis is that axis exactly; cameras whose up axes cancel out (rolled at
+    random; mean length < 0.3) give +Y.
+
+    Args:
+        c2w: ``[N, 4, 4]`` camera-to-world matrices (OpenGL camera frame: +Y up in the image).
+    """
+    check_tensor("c2w", c2w, ndim=3, dtypes=FLOATS, expected="[N, 4, 4]")
+    if tuple(c2w.shape[1:]) != (4, 4) or c2w.shape[0] == 0:
+        raise ValueError(f"c2w: expected shape [N, 4, 4] with N >= 1, got {shape_str(c2w.shape)}")
+    m = c2w.detach().double().cpu()[:, :3, 1]
+    m = (m / m.norm(dim=1, keepdim=True).clamp_min(1e-300)).mean(0)
+    if not bool(torch.isfinite(m).all()) or float(m.norm()) < 0.3:
+        return torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    m = m / m.norm()
+    k = int(m.abs().argmax())
+    if float(m[k].abs()) >= math.cos(math.radians(snap_deg)):
+        axis = torch.zeros(3, dtype=torch.float64)
+        axis[k] = math.copysign(1.0, float(m[k]))
+        return axis
+    return m
 
 
 def bounding_sphere(points: torch.Tensor):
@@ -121,7 +179,7 @@ def bounding_sphere(points: torch.Tensor):
 
 def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 30.0, elevation_deg: float = 20.0,
                  fovy: float = math.radians(35.0), margin: float = 1.05, aspect: float = 1.0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, up: Union[str, Sequence[Number]] = "y"):
     """An orbit camera that shows the whole sphere (``center``, ``radius``) in a square image.
 
     The eye sits on the orbit direction at distance ``margin · radius / sin(fovy / 2)``, where the
@@ -132,6 +190,8 @@ def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 3
     Args:
         center: ``[3]`` sphere centre; radius: > 0.
         azimuth_deg, elevation_deg: orbit angles in degrees (see :func:`orbit_views`).
+        up: the orbit's up direction: ``"y"``, ``"z"`` or a 3-vector (e.g. :func:`rig_up` of a dataset's
+            cameras); the orbit turns about it.
         fovy: vertical field of view in radians; margin: ≥ 1, extra room around the sphere.
 
     Returns:
@@ -142,7 +202,7 @@ def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 3
     if not margin >= 1:
         raise ValueError(f"margin: expected >= 1, got {margin}")
     fov_min = min(fovy, 2 * math.atan(math.tan(fovy / 2) * aspect))  # the narrower of the two fields
-    d, up = _orbit_direction(azimuth_deg, elevation_deg)
+    d, up = _orbit_direction(azimuth_deg, elevation_deg, up)
     c = torch.as_tensor(center, dtype=torch.float64).reshape(3)
     dist = margin * radius / math.sin(fov_min / 2)
     eye = c + dist * torch.tensor(d, dtype=torch.float64)
@@ -153,12 +213,12 @@ def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 3
 
 def orbit_views(n: int, radius: float, elevation_deg: Union[float, Sequence[float]] = 20.0,
                 azimuth_offset_deg: float = 0.0, center: Sequence[Number] = (0, 0, 0),
-                up_axis: str = "y", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                up_axis: Union[str, Sequence[Number]] = "y", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Camera-to-world matrices ``[n, 4, 4]`` evenly spaced in azimuth around ``center``.
 
     Args:
         elevation_deg: one elevation for all views or a sequence cycled over the views.
-        up_axis: ``"y"`` (OpenGL scenes) or ``"z"`` (Blender scenes).
+        up_axis: ``"y"`` (OpenGL scenes), ``"z"`` (Blender scenes) or any 3-vector.
     """
     if n < 1:
         raise ValueError(f"n: expected >= 1 views, got {n}")

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="PNG file to write")
     m.add_argument("--res", type=_positive_int, default=512, help="image side in pixels (default: 512)")
     m.add_argument("--view", type=_view, default=(30.0, 20.0), help="AZ,EL in degrees; negative angles work (default: 30,20)")
+    m.add_argument("--up", choices=("y", "z"), default="y",
+                   help="the mesh's up axis: the orbit turns about it (z: Blender / NeRF-synthetic scenes; default: y)")
 
     g = sub.add_parser("gradcheck", help="finite-difference check of every differentiable op", formatter_class=fmt)
     g.add_argument("--op", default=None, help="only ops whose name contains this")
@@ -261,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "render":
         from taichi_dr.render.preview import render_obj_to_png
 
-        render_obj_to_png(args.mesh, args.out, res=args.res, view=args.view)
+        render_obj_to_png(args.mesh, args.out, res=args.res, view=args.view, up=args.up)
         print(f"wrote {args.out}")
         return 0
     if args.cmd == "gradcheck":

@@ -87,3 +87,41 @@ def test_rig_target_is_the_point_the_cameras_look_at():
         rig_target(campos, forward[:1])
     with pytest.raises(ValueError, match="campos"):
         rig_target(campos[:, :2], forward)
+
+
+def test_orbits_turn_about_any_up_axis_and_rig_up_finds_it():
+    """A Z-up orbit is the Y-up one turned by (x, y, z) -> (x, -z, y) (Blender's front view at azimuth 0);
+    any up vector turns it the least way; ``rig_up`` reads the world's up from a rig's cameras."""
+    from taichi_dr.camera import frame_sphere, rig_up
+
+    y_up = orbit_views(6, 4.0, [-30.0, 15.0, 89.99], dtype=torch.float64)
+    z_up = orbit_views(6, 4.0, [-30.0, 15.0, 89.99], up_axis="z", dtype=torch.float64)
+    turn = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=torch.float64)
+    torch.testing.assert_close(z_up[:, :3, :4], turn @ y_up[:, :3, :4], atol=1e-12, rtol=0)
+    assert torch.allclose(z_up[0, :3, 3], torch.tensor([0.0, -4 * math.cos(math.radians(30)), -2.0],
+                                                       dtype=torch.float64))  # in front (−Y), below
+    # a tilted up vector: every eye's height along it is its elevation, and the image's up leans with it
+    up = torch.nn.functional.normalize(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64), dim=0)
+    tilted = orbit_views(6, 4.0, [-30.0, 15.0, 50.0], up_axis=up.tolist(), dtype=torch.float64)
+    heights = tilted[:, :3, 3] @ up / 4.0
+    torch.testing.assert_close(heights, torch.sin(torch.deg2rad(torch.tensor([-30.0, 15, 50] * 2, dtype=torch.float64))))
+    assert bool((tilted[:, :3, 1] @ up > 0).all())
+    # rig_up: the mean camera up, snapped to an axis within 10°; cancelling ups give +Y
+    y_up, z_up = (orbit_views(6, 4.0, [-30.0, 15.0, 50.0], up_axis=a, dtype=torch.float64) for a in "yz")
+    assert torch.equal(rig_up(y_up), torch.tensor([0.0, 1, 0], dtype=torch.float64))
+    assert torch.equal(rig_up(z_up), torch.tensor([0.0, 0, 1], dtype=torch.float64))
+    assert torch.equal(rig_up(orbit_views(5, 4.0, 20.0, up_axis=(0, -1, 0))), torch.tensor([0.0, -1, 0],
+                                                                                        dtype=torch.float64))
+    torch.testing.assert_close(rig_up(tilted), up)
+    rolled = orbit_views(6, 4.0, 20.0, up_axis="z", dtype=torch.float64)
+    rolled[1::2, :3, :2] *= -1  # every other camera upside down (rolled half a turn): no common up
+    assert torch.equal(rig_up(rolled), torch.tensor([0.0, 1, 0], dtype=torch.float64))
+    # a frame_sphere about +Z keeps the eye's height along Z at its elevation
+    _, _, eye = frame_sphere((0.0, 0.0, 0.0), 1.0, 70.0, 25.0, up="z", dtype=torch.float64)
+    assert math.isclose(float(eye[2] / eye.norm()), math.sin(math.radians(25.0)), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="c2w"):
+        rig_up(z_up[:, :3])
+    with pytest.raises(ValueError, match="up"):
+        frame_sphere((0.0, 0.0, 0.0), 1.0, up=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="up_axis"):
+        orbit_views(3, 4.0, up_axis="x")

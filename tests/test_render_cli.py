@@ -39,3 +39,24 @@ def test_render_mesh_texture_and_views():
     assert top.dtype == np.uint8 and top.shape == (24, 24, 3)
     with pytest.raises(ValueError, match="res"):
         render_mesh(m, res=0)
+
+
+def test_render_about_the_meshes_up_axis(tmp_path):
+    """A post standing along +Z (a Blender scene's up) stands upright from every azimuth with
+    ``--up z``; about the default +Y the same views show it lying down or end-on."""
+    post = Mesh(V * torch.tensor([0.15, 0.15, 1.0]), F)
+
+    def extent(img):  # (height, width) in pixels of what is not white
+        ys, xs = np.nonzero(img.min(-1) < 250)
+        return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+    for az in (0.0, 60.0, 135.0):
+        h, w = extent(render_mesh(post, res=48, view=(az, 20.0), up="z"))
+        assert h > 3 * w, (az, h, w)
+    h, w = extent(render_mesh(post, res=48, view=(90.0, 20.0)))
+    assert w > 3 * h  # +Y up, seen from +X: lying across the image
+    save_obj(tmp_path / "post.obj", post)
+    assert main(["render", str(tmp_path / "post.obj"), "--out", str(tmp_path / "p.png"), "--res", "48", "--up", "z"]) \
+        in (0, None)
+    h, w = extent(iio.imread(tmp_path / "p.png")[..., :3])
+    assert h > 3 * w

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from taichi_dr._sparse import csr_transpose
-from taichi_dr.camera import camera_position
+from taichi_dr.camera import camera_position, rig_up
 from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
 from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
@@ -975,7 +975,8 @@ def reconstruct(data_dir: str, out_dir: str, config: Optional[ReconConfig] = Non
         save_loss_plot(os.path.join(out_dir, "loss.png"), run.history)
         if faces.shape[0] > 0:
             save_turntable(os.path.join(out_dir, "turntable.gif"), verts, faces, colors,
-                           run.model.light(), res=cfg.turntable_res, frames=cfg.turntable_frames)
+                           run.model.light(), res=cfg.turntable_res, frames=cfg.turntable_frames,
+                           up=rig_up(train.c2w))  # upright in the dataset's world (Blender scenes: +Z)
     # wall seconds per stage, over every process of a resumed run (the last stages of this one only)
     metrics["timings"] = run.watch.report()
     save_json(os.path.join(out_dir, "metrics.json"), metrics)

@@ -64,12 +64,14 @@ def save_side_by_side(path: str, target: torch.Tensor, ours: torch.Tensor, encod
 
 
 def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors, light, res: int = 192,
-                   frames: int = 36, elevation: float = 20.0) -> None:
+                   frames: int = 36, elevation: float = 20.0, up="y") -> None:
     """Render the mesh from ``frames`` azimuths on white and write an animated GIF.
 
     Every frame shows the mesh's bounding sphere (:func:`~taichi_dr.camera.frame_sphere`), so the
     object is never clipped, whatever its shape. ``colors``: anything
-    :func:`~taichi_dr.render.pipeline.render_mesh_views` takes as a material.
+    :func:`~taichi_dr.render.pipeline.render_mesh_views` takes as a material. ``up``: the axis the
+    orbit turns about (``"y"``, ``"z"`` or a 3-vector; a reconstruction passes
+    :func:`~taichi_dr.camera.rig_up` of its training cameras, so that a Z-up scene turns upright).
     """
     import imageio.v2 as iio2
 
@@ -80,7 +82,7 @@ def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors, 
     imgs = []
     with torch.no_grad():
         for k in range(frames):
-            mv, proj, eye = frame_sphere(center, radius, 360.0 * k / frames, elevation, dtype=v.dtype)
+            mv, proj, eye = frame_sphere(center, radius, 360.0 * k / frames, elevation, dtype=v.dtype, up=up)
             bg = torch.ones((1, res, res, 3), dtype=v.dtype, device=v.device)
             img = render_mesh_views(v, faces, colors, (proj @ mv)[None].to(v.device), eye[None].to(v.device),
                                     (res, res), light, bg)

@@ -46,7 +46,7 @@ def _material(mesh: Mesh):
 
 
 def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 20.0),
-                as_float: bool = False) -> Union[np.ndarray, torch.Tensor]:
+                as_float: bool = False, up: str = "y") -> Union[np.ndarray, torch.Tensor]:
     """Render ``mesh`` from azimuth/elevation ``view`` (degrees) on white, its bounding sphere framed.
 
     Args:
@@ -55,7 +55,9 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
             ``map_Kd`` PNG is sRGB-encoded, as usual for image files). Shading normals are the
             area-weighted vertex normals; surfaces are two-sided.
         res: image side in pixels.
-        view: (azimuth, elevation) in degrees; azimuth 0 looks down −z, elevation > 0 from above.
+        view: (azimuth, elevation) in degrees; azimuth 0 looks down −z, elevation > 0 from above
+            (with ``up="y"``; see :func:`~taichi_dr.camera.frame_sphere` for other up axes).
+        up: the mesh's up axis, ``"y"`` or ``"z"`` (Blender scenes), or a 3-vector.
         as_float: return the linear ``[res, res, 3]`` float32 torch image, rows bottom-up.
 
     Returns:
@@ -71,7 +73,7 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
         raise ValueError("mesh: has no faces to render")
     verts, faces = mesh.verts.detach().float().contiguous(), mesh.faces.int().contiguous()
     center, radius = bounding_sphere(verts)
-    mv, proj, eye = frame_sphere(center, radius, float(view[0]), float(view[1]))
+    mv, proj, eye = frame_sphere(center, radius, float(view[0]), float(view[1]), up=up)
     # key light from over the viewer's shoulder: up and to the left of the view direction
     to_eye = torch.nn.functional.normalize(eye - torch.tensor(center, dtype=torch.float32), dim=0)
     up = torch.linalg.inv(mv)[:3, 1]
@@ -83,8 +85,9 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
     return img if as_float else to_srgb_u8(img)
 
 
-def render_obj_to_png(path: str, out: str, res: int = 512, view: Tuple[float, float] = (30.0, 20.0)) -> None:
+def render_obj_to_png(path: str, out: str, res: int = 512, view: Tuple[float, float] = (30.0, 20.0),
+                      up: str = "y") -> None:
     """Load the OBJ at ``path`` and write its rendering to the PNG ``out`` (atomically)."""
     from taichi_dr.image import save_png
 
-    save_png(out, render_mesh(load_obj(path), res, view))
+    save_png(out, render_mesh(load_obj(path), res, view, up=up))
