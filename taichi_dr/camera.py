@@ -91,16 +91,16 @@ def rig_target(campos: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(a, b)
 
 
-def _up_vector(up: Union[str, Sequence[Number]]) -> Tuple[float, float, float]:
-    """``"y"`` / ``"z"`` or any non-zero 3-vector -> a unit up vector (plain floats)."""
+def _up_vector(up: Union[str, Sequence[Number]], name: str = "up_axis") -> Tuple[float, float, float]:
+    """``"y"`` / ``"z"`` or any non-zero 3-vector -> a unit up vector (plain floats); errors name ``name``."""
     if isinstance(up, str):
         if up not in ("y", "z"):
-            raise ValueError(f"up_axis: expected 'y' or 'z', got {up!r}")
+            raise ValueError(f"{name}: expected 'y', 'z' or a 3-vector, got {up!r}")
         return (0.0, 1.0, 0.0) if up == "y" else (0.0, 0.0, 1.0)
     u = torch.as_tensor(up, dtype=torch.float64).reshape(-1)
     n = float(u.norm()) if u.numel() == 3 else float("nan")
     if not (math.isfinite(n) and n > 0):
-        raise ValueError(f"up: expected a finite non-zero 3-vector or 'y' / 'z', got {list(u.tolist())}")
+        raise ValueError(f"{name}: expected a finite non-zero 3-vector or 'y' / 'z', got {list(u.tolist())}")
     return tuple(float(x) / n for x in u)
 
 
@@ -122,7 +122,8 @@ def _rotate_y_to(up: Tuple[float, float, float], v: Sequence[float]) -> Tuple[fl
     return x + kv[0] + kkv[0] * s, y + kv[1] + kkv[1] * s, z + kv[2] + kkv[2] * s
 
 
-def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: Union[str, Sequence[Number]] = "y"):
+def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: Union[str, Sequence[Number]] = "y",
+                     name: str = "up_axis"):
     """Unit vector from the orbit centre to the eye, and the up vector (the one orbit convention).
 
     With +Y up, azimuth 0 puts the eye on +Z (looking down −Z), azimuth 90 on +X; elevation > 0 is
@@ -130,7 +131,7 @@ def _orbit_direction(azimuth_deg: float, elevation_deg: float, up_axis: Union[st
     other up direction (``"z"``: Blender scenes, or a vector) turns that whole orbit by the smallest
     rotation taking +Y to it; for +Z, azimuth 0 puts the eye on −Y, Blender's front view.
     """
-    up = _up_vector(up_axis)
+    up = _up_vector(up_axis, name)
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
     d = (math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az))
     u = (0.0, 1.0, 0.0) if abs(math.sin(el)) < 0.999 else (0.0, 0.0, -math.copysign(1.0, el))
@@ -202,7 +203,7 @@ def frame_sphere(center: Sequence[Number], radius: float, azimuth_deg: float = 3
     if not margin >= 1:
         raise ValueError(f"margin: expected >= 1, got {margin}")
     fov_min = min(fovy, 2 * math.atan(math.tan(fovy / 2) * aspect))  # the narrower of the two fields
-    d, up = _orbit_direction(azimuth_deg, elevation_deg, up)
+    d, up = _orbit_direction(azimuth_deg, elevation_deg, up, "up")
     c = torch.as_tensor(center, dtype=torch.float64).reshape(3)
     dist = margin * radius / math.sin(fov_min / 2)
     eye = c + dist * torch.tensor(d, dtype=torch.float64)

