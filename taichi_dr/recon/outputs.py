@@ -3,7 +3,7 @@ checkpoints. Every file is written to a temporary name first and renamed into pl
 interrupted run never leaves a half-written output."""
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def save_side_by_side(path: str, target: torch.Tensor, ours: torch.Tensor, encod
 
 
 def save_turntable(path: str, verts: torch.Tensor, faces: torch.Tensor, colors, light, res: int = 192,
-                   frames: int = 36, elevation: float = 20.0, up="y") -> None:
+                   frames: int = 36, elevation: float = 20.0, up: Union[str, Sequence[float]] = "y") -> None:
     """Render the mesh from ``frames`` azimuths on white and write an animated GIF.
 
     Every frame shows the mesh's bounding sphere (:func:`~taichi_dr.camera.frame_sphere`), so the

@@ -6,7 +6,7 @@ mesh renderer: rasterize -> interpolate -> shade -> composite on white -> antial
 light from over the viewer's shoulder, and the file encoding is :func:`~taichi_dr.image.to_srgb_u8`.
 """
 import math
-from typing import Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ def _material(mesh: Mesh):
 
 
 def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 20.0),
-                as_float: bool = False, up: str = "y") -> Union[np.ndarray, torch.Tensor]:
+                as_float: bool = False, up: Union[str, Sequence[float]] = "y") -> Union[np.ndarray, torch.Tensor]:
     """Render ``mesh`` from azimuth/elevation ``view`` (degrees) on white, its bounding sphere framed.
 
     Args:
@@ -76,8 +76,8 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
     mv, proj, eye = frame_sphere(center, radius, float(view[0]), float(view[1]), up=up)
     # key light from over the viewer's shoulder: up and to the left of the view direction
     to_eye = torch.nn.functional.normalize(eye - torch.tensor(center, dtype=torch.float32), dim=0)
-    up = torch.linalg.inv(mv)[:3, 1]
-    key = to_eye + 0.7 * up + 0.4 * torch.linalg.cross(up, to_eye)
+    cam_up = torch.linalg.inv(mv)[:3, 1]  # the image's up, whatever the mesh's up axis
+    key = to_eye + 0.7 * cam_up + 0.4 * torch.linalg.cross(cam_up, to_eye)
     light = DirectionalLight(key, torch.full((3,), _KEY * math.pi), torch.full((3,), _AMBIENT))  # Lambert: kd·_KEY·cos
     with torch.no_grad():
         img = render_mesh_views(verts, faces, _material(mesh), (proj @ mv)[None], eye[None], (res, res), light,
@@ -86,7 +86,7 @@ def render_mesh(mesh: Mesh, res: int = 512, view: Tuple[float, float] = (30.0, 2
 
 
 def render_obj_to_png(path: str, out: str, res: int = 512, view: Tuple[float, float] = (30.0, 20.0),
-                      up: str = "y") -> None:
+                      up: Union[str, Sequence[float]] = "y") -> None:
     """Load the OBJ at ``path`` and write its rendering to the PNG ``out`` (atomically)."""
     from taichi_dr.image import save_png
 
