@@ -163,6 +163,22 @@ def marching_tets(dev, dtype):
     return res
 
 
+@case
+def smooth_solve(dev, dtype):
+    """The refinement's smooth-step solve: our Taichi substitution on the CPU arch, SuperLU on a GPU
+    arch (``solver="auto"``), the same numbers either way."""
+    from taichi_dr.recon.large_steps import SmoothParametrization
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+
+    v, f = _sphere()
+    v, f = subdivide_midpoint(v.double(), f.long(), times=1)
+    sp = SmoothParametrization(f, v.shape[0], 25.0)
+    u = sp.to_param(v.to(dev, dtype)).requires_grad_(True)
+    x = sp(u)
+    (x * _cot(x, 12)).sum().backward()
+    return {"x": x.detach(), "g_u": u.grad}
+
+
 def _shade_inputs(dev, dtype, n=2, h=24, w=20):
     """Per-pixel shading inputs on a tiny image: random unit normals facing the camera side,
     kd in (0, 1), ks = (occlusion, roughness, metallic) in valid ranges."""

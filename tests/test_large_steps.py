@@ -43,9 +43,31 @@ def test_solve_matches_a_dense_solve_on_a_larger_mesh():
     assert np.allclose(sp(u).numpy(), np.linalg.solve(dense, u.numpy()), rtol=0, atol=1e-10)
 
 
-def test_solve_gradient_matches_finite_differences():
+def test_taichi_substitution_matches_superlu_solve():
+    """Our Taichi forward / back substitution with SuperLU's factors (the CPU default) against
+    SuperLU's own solve, for 1, 3 and 5 right-hand sides and a 1-D one, on a shuffled mesh."""
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+
+    v, f = subdivide_midpoint(*_octahedron(), times=4)
+    f = torch.argsort(torch.randperm(v.shape[0], generator=torch.Generator().manual_seed(3)))[f]
+    ours = SmoothParametrization(f, v.shape[0], 20.0)
+    ref = SmoothParametrization(f, v.shape[0], 20.0, solver="superlu")
+    assert (ours.solver, ref.solver) == ("taichi", "superlu")
+    gen = torch.Generator().manual_seed(4)
+    for cols in (1, 3, 5):
+        u = torch.randn(v.shape[0], cols, dtype=torch.float64, generator=gen)
+        assert torch.allclose(ours(u), ref(u), rtol=0, atol=1e-13)
+    b = u[:, 0].numpy()
+    assert np.allclose(ours._lu.solve(b), ref._lu.solve(b), rtol=0, atol=1e-13)
+    u32 = u.float()  # float32 parameters are solved in float64 and come back as float32
+    assert ours(u32).dtype == torch.float32 and torch.allclose(ours(u32), ref(u32), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["taichi", "superlu"])
+def test_solve_gradient_matches_finite_differences(solver):
     v, f = _octahedron()
-    sp = SmoothParametrization(f, 6, lam=3.0)
+    sp = SmoothParametrization(f, 6, lam=3.0, solver=solver)
+    assert sp.solver == solver
     u = sp.to_param(v).requires_grad_(True)
     w = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(lambda x: (sp(x) * w).sum() + sp(x).pow(2).sum(), (u,), eps=1e-6, atol=1e-7)
@@ -71,3 +93,5 @@ def test_bad_input_raises():
         graph_laplacian(f, 4)
     with pytest.raises(ValueError, match="u"):
         SmoothParametrization(f, 6, lam=1.0)(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="solver.*'cholmod'"):
+        SmoothParametrization(f, 6, lam=1.0, solver="cholmod")
