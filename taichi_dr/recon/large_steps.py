@@ -145,7 +145,7 @@ class SmoothParametrization:
             raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
         if solver not in SOLVERS:
             raise ValueError(f"solver: expected one of {list(SOLVERS)}, got {solver!r}")
-        arch = ensure_init()
+        arch = ensure_init() if solver != "superlu" else None  # SuperLU's own solve needs no Taichi
         if solver == "taichi" and arch != "cpu":
             raise ValueError(f"solver: 'taichi' runs on the CPU arch only, taichi_dr runs on {arch!r}")
         self.lam = float(lam)
