@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from taichi_dr import Mesh, load_obj, save_obj
-from taichi_dr.mesh import unique_edges
+from taichi_dr.mesh import spatial_order, unique_edges
 
 
 def tetra(**extra):
@@ -122,3 +122,31 @@ def test_read_texture_rows_bottom_up_and_clear_errors(tmp_path):
     iio.imwrite(tmp_path / "grey.png", np.zeros((2, 3), np.uint8))
     with pytest.raises(ValueError, match="grey.png: expected an RGB or RGBA image"):
         read_texture(str(tmp_path / "grey.png"))
+
+
+def test_spatial_order_renumbers_without_changing_the_mesh():
+    """spatial_order: the same triangles with the same corner order (so the same orientation), the
+    orders it returns carry per-vertex and per-face data, and consecutive faces end up near each other."""
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+
+    g = torch.Generator().manual_seed(0)
+    # an octahedron split four times, then shuffled: every vertex and face in random order
+    v = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    v, f = subdivide_midpoint(v, f, 4)
+    vp, fp = torch.randperm(v.shape[0], generator=g), torch.randperm(f.shape[0], generator=g)
+    inv = torch.argsort(vp)
+    v, f = v[vp], inv[f[fp]].int()
+    v2, f2, vo, fo = spatial_order(v, f)
+    assert f2.dtype == torch.int32 and vo.dtype == fo.dtype == torch.int64
+    assert torch.equal(v2, v[vo]) and torch.equal(torch.sort(vo).values, torch.arange(v.shape[0]))
+    assert torch.equal(torch.sort(fo).values, torch.arange(f.shape[0]))
+    assert torch.equal(v2[f2.long()], v[f[fo].long()])  # face j is old face fo[j], corners in order
+    step = lambda vv, ff: (vv[ff.long()].mean(1).diff(dim=0).norm(dim=1)).mean()  # noqa: E731
+    assert step(v2, f2) < 0.2 * step(v, f)
+    e = torch.zeros((0, 3), dtype=torch.int64)
+    assert spatial_order(v, e)[1].shape == (0, 3)
+    with pytest.raises(ValueError, match="verts: expected shape"):
+        spatial_order(v[:, :2], f)
+    with pytest.raises(ValueError, match="faces: expected shape"):
+        spatial_order(v, f[:, :2])

@@ -352,6 +352,39 @@ def test_the_losses_render_supersampled_below_256_px(dataset, tmp_path, monkeypa
         assert seen == [want], (value, seen)
 
 
+def test_mlp_dmtet_steps_backpropagate_through_the_rows_their_losses_read(dataset, tmp_path):
+    """MLP mode runs its network's backward only on the grid vertices a step's losses read
+    (``DMTet.forward(grad_rows=...)``): the ends of sign-changing edges and the vertices outside the
+    hull whose SDF is negative. The network's gradient equals autograd over every vertex."""
+    from taichi_dr.data.nerf import load_nerf
+    from taichi_dr.recon.loop import _Run
+
+    train = load_nerf(dataset[0], "train")
+    cfg = ReconConfig(sdf_mode="mlp", iters=10, refine_iters=0, grid_res=12, batch=2, material="vertex",
+                      carve=False)
+    grads = []
+    for rows in ("the loop's", "every vertex"):
+        torch.manual_seed(0)  # the same network weights for both runs
+        run = _Run(cfg, train, str(tmp_path))
+        if rows == "every vertex":
+            run._dmtet_grad_rows = lambda sdf: torch.arange(sdf.shape[0])
+        got = {}
+        run.opt.register_step_pre_hook(
+            lambda opt, args, kwargs: got.update(g=[p.grad.clone() for p in run.model.dmtet.net.parameters()]))
+        run.step()
+        grads.append(got["g"])
+    for a, b in zip(*grads):
+        assert float(a.abs().max()) > 0
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+    sdf = run.model.dmtet()[0].detach()
+    surface = run.model.dmtet.surface_rows(sdf)
+    assert 0 < surface.numel() < sdf.numel() // 3  # what the backward is spared
+    stray = torch.nonzero(run.model.outside_hull)[:3, 0]
+    sdf[stray] = -1.0  # negative outside the hull: the hinge term reads them
+    rows = run._dmtet_grad_rows(sdf)
+    assert bool(torch.isin(stray, rows).all()) and bool(torch.isin(run.model.dmtet.surface_rows(sdf), rows).all())
+
+
 def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch):
     """nvdiffrec's albedo smoothness term runs in the DMTet pass (ramped in: not at iteration 0) on
     surface points of the current mesh, and not at all with weight 0."""

@@ -132,13 +132,20 @@ def test_a_finer_grid_keeps_the_default_grids_subdivisions():
 
 
 
-def test_the_uv_atlas_is_split_with_the_mesh():
+def test_the_uv_atlas_is_split_with_the_mesh(monkeypatch):
     """start_material_pass unwraps the coarse mesh and splits the atlas with it: every split corner's UV
     has the same barycentric coordinates in its coarse parent's UV triangle as its position has in the
     parent's world triangle, so the bake and the refinement read the texture as if the fine mesh had
-    been unwrapped."""
+    been unwrapped. The mesh then comes in space order (mesh.spatial_order), each face with its own
+    UV triangle (checked against the same split left in subdivision order)."""
+    import taichi_dr.recon.texture_pass as tp
     from taichi_dr.recon.material import MaterialField
     from taichi_dr.recon.texture_pass import start_material_pass
+
+    atlas = {}  # one unwrap for both calls, so that only the order differs
+    real_unwrap = tp.unwrap
+    monkeypatch.setattr(tp, "unwrap", lambda *a, **k: atlas.setdefault("a", real_unwrap(*a, **k)))
+    in_place = lambda v, f: (v, f, torch.arange(v.shape[0]), torch.arange(f.shape[0]))  # noqa: E731
 
     # a regular torus (no needles: every parent has a UV triangle to solve in)
     n, m = 16, 8
@@ -149,7 +156,14 @@ def test_the_uv_atlas_is_split_with_the_mesh():
     c, d = i.reshape(-1) * m + (j.reshape(-1) + 1) % m, ((i.reshape(-1) + 1) % n) * m + (j.reshape(-1) + 1) % m
     f = torch.cat([torch.stack([a, b, d], 1), torch.stack([a, d, c], 1)]).int()
     F = f.shape[0]
-    v2, f2, mat = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
+    with monkeypatch.context() as m:
+        m.setattr(tp, "spatial_order", in_place)
+        v2, f2, mat = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
+    v5, f5, mat5 = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
+    corners = lambda v_, f_, m_: torch.unique(torch.cat([v_[f_.long()].reshape(-1, 9),  # noqa: E731
+                                                         m_.uvs[m_.uv_faces.long()].reshape(-1, 6)], 1), dim=0)
+    assert not torch.equal(f5, f2) and corners(v5, f5, mat5).shape[0] == f2.shape[0]
+    assert torch.equal(corners(v5, f5, mat5), corners(v2, f2, mat))  # the same faces, each with its UVs
     assert f2.shape == (16 * F, 3) and f2.dtype == torch.int32 and mat.uv_faces.shape == f2.shape
     assert torch.equal(v2[:v.shape[0]], v)  # the old vertices stay first, unmoved
     # each split stacks its children block by block, (a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca):

@@ -532,6 +532,14 @@ class _Run:
         self.cleanup[self.phase] = rep.as_dict()
         return f, uv
 
+    def _dmtet_grad_rows(self, sdf: torch.Tensor) -> torch.Tensor:
+        """The grid vertices a DMTet step's losses read (MLP mode backpropagates through these only):
+        the ends of sign-changing edges (the mesh, and the SDF regulariser's edges) and the vertices
+        outside the hull whose SDF is negative (the hull term's non-zero gradients)."""
+        rows = self.model.dmtet.surface_rows(sdf)
+        stray = torch.nonzero(self.model.outside_hull & (sdf < 0))[:, 0]
+        return torch.unique(torch.cat([rows, stray])) if stray.numel() else rows
+
     def _kd_smoothness(self, verts: torch.Tensor) -> torch.Tensor:
         """nvdiffrec's albedo smoothness on up to ``KD_SMOOTH_POINTS`` random surface points of the
         DMTet mesh: without it the per-pixel field paints shading (a filled dish's, say) into kd, and
@@ -677,7 +685,7 @@ class _Run:
         target, alpha, bg, mvp, campos = _batch(data, part.idx, part.bg)
         light = self.model.light()
         if self.phase == "dmtet":
-            sdf, offsets = self.model.dmtet()
+            sdf, offsets = self.model.dmtet(grad_rows=self._dmtet_grad_rows)
             verts, faces = self.model.dmtet.mesh(sdf, offsets)
             colors = self.model.material_for(verts)
             # 0 in MLP mode: then not evaluated (a pass over every grid edge, ~4 ms a step)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr._checks import check_index
+from taichi_dr.mesh import spatial_order
 from taichi_dr._sparse import csr
 from taichi_dr.recon.material import KS_MAX, KS_MIN
 from taichi_dr.recon.subdivide import subdivide_midpoint
@@ -282,11 +283,14 @@ def _atlas(verts: torch.Tensor, faces: torch.Tensor, R: int, subdivisions: int =
     """The mesh's UV atlas for an ``R``² texture, then the mesh and the atlas split ``subdivisions`` times
     at their edges' midpoints together (row k of ``faces`` and ``uv_faces`` stays one triangle):
     ``(verts, faces, uvs, uv_faces)``, on ``verts``' device. Unwrapping before the split gives the same
-    charts while xatlas sees 4^n times fewer faces (the Mitsuba cup: 9,620 instead of 153,920)."""
+    charts while xatlas sees 4^n times fewer faces (the Mitsuba cup: 9,620 instead of 153,920). The
+    result comes in :func:`~taichi_dr.mesh.spatial_order` (faces and ``uv_faces`` rows permuted alike)."""
     faces, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
     verts, faces = subdivide_midpoint(verts, faces, subdivisions)
     uvs, uv_faces = subdivide_midpoint(uvs, uv_faces, subdivisions)
-    return verts, faces, uvs, uv_faces
+    # every step renders this mesh: its faces in space order (3x faster rasterization; mesh.spatial_order)
+    verts, faces, _, face_order = spatial_order(verts, faces)
+    return verts, faces, uvs, uv_faces[face_order]
 
 
 def _baked_material(verts: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor,
@@ -327,7 +331,9 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
     less on the loaded 2-core machine; docs/08 round 21).
 
     Returns:
-        ``(verts [V', 3], faces [F', 3] int32, material)``: the mesh to render with, and a module with
+        ``(verts [V', 3], faces [F', 3] int32, material)``: the mesh to render with, its vertices and
+        faces in space order (:func:`~taichi_dr.mesh.spatial_order`: every step renders it, and the
+        rasterizer is ~3x faster on faces that follow each other on screen), and a module with
         ``material()`` (what to pass to :func:`~taichi_dr.render.pipeline.render_mesh_views`) and
         ``clamp_()`` (after each step).
     """
@@ -338,5 +344,6 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
         verts, faces, uvs, uv_faces = _atlas(verts, faces, R, subdivisions)
         return verts, faces, _baked_material(verts, faces, uvs, uv_faces, field, R, normal_map)
     verts, faces = subdivide_midpoint(verts, faces, subdivisions)
+    verts, faces = spatial_order(verts, faces)[:2]
     with torch.no_grad():
         return verts, faces.to(torch.int32), VertexColors(field(verts))
