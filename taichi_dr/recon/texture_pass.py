@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from taichi_dr._checks import check_index
-from taichi_dr.mesh import spatial_order
 from taichi_dr._sparse import csr
+from taichi_dr.mesh import spatial_order
 from taichi_dr.recon.material import KS_MAX, KS_MIN
 from taichi_dr.recon.subdivide import subdivide_midpoint
 from taichi_dr.render.interpolate import interpolate
@@ -288,7 +288,7 @@ def _atlas(verts: torch.Tensor, faces: torch.Tensor, R: int, subdivisions: int =
     faces, uvs, uv_faces = (t.to(verts.device) for t in unwrap(verts, faces, R))  # xatlas runs on the CPU
     verts, faces = subdivide_midpoint(verts, faces, subdivisions)
     uvs, uv_faces = subdivide_midpoint(uvs, uv_faces, subdivisions)
-    # every step renders this mesh: its faces in space order (3x faster rasterization; mesh.spatial_order)
+    # every step renders this mesh: neighbours next to each other in memory (mesh.spatial_order)
     verts, faces, _, face_order = spatial_order(verts, faces)
     return verts, faces, uvs, uv_faces[face_order]
 
@@ -333,7 +333,7 @@ def start_material_pass(field, verts: torch.Tensor, faces: torch.Tensor, image_h
     Returns:
         ``(verts [V', 3], faces [F', 3] int32, material)``: the mesh to render with, its vertices and
         faces in space order (:func:`~taichi_dr.mesh.spatial_order`: every step renders it, and the
-        rasterizer is ~3x faster on faces that follow each other on screen), and a module with
+        rasterizer runs up to ~3x faster on faces that follow each other on screen), and a module with
         ``material()`` (what to pass to :func:`~taichi_dr.render.pipeline.render_mesh_views`) and
         ``clamp_()`` (after each step).
     """
