@@ -220,11 +220,17 @@ def test_dmtet_grad_rows_same_values_and_gradient_of_the_surface():
 
     s0, o0, g0 = grads(None)
     rows = m.surface_rows(s0)
-    # brute force: every vertex with an edge to a vertex of the other side (0 counts as outside)
+    # brute force: every vertex with an edge to a vertex of the other side (no exact zeros here)
     inside = s0 < 0
     e = m.edges.long()
     want = sorted(set(e[inside[e[:, 0]] != inside[e[:, 1]]].reshape(-1).tolist()))
     assert rows.dtype == torch.int64 and rows.tolist() == want and 0 < len(want) < s0.numel() // 2
+    # an exact 0 among positives: no edge for marching tets (0 is outside), every edge at it for the
+    # SDF regulariser (0 is inside): the rows are that vertex and its grid neighbours
+    z = torch.ones_like(s0)
+    z[int(rows[0])] = 0.0
+    at = e[(e == int(rows[0])).any(1)]
+    assert m.surface_rows(z).tolist() == sorted(set(at.reshape(-1).tolist()))
     s1, o1, g1 = grads(m.surface_rows)
     assert torch.equal(s0, s1) and torch.equal(o0, o1)
     for a, b in zip(g0, g1):

@@ -156,8 +156,8 @@ def test_the_uv_atlas_is_split_with_the_mesh(monkeypatch):
     c, d = i.reshape(-1) * m + (j.reshape(-1) + 1) % m, ((i.reshape(-1) + 1) % n) * m + (j.reshape(-1) + 1) % m
     f = torch.cat([torch.stack([a, b, d], 1), torch.stack([a, d, c], 1)]).int()
     F = f.shape[0]
-    with monkeypatch.context() as m:
-        m.setattr(tp, "spatial_order", in_place)
+    with monkeypatch.context() as mp:
+        mp.setattr(tp, "spatial_order", in_place)
         v2, f2, mat = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
     v5, f5, mat5 = start_material_pass(MaterialField(torch.zeros(3), 1.2), v, f, (64, 64), subdivisions=2)
     corners = lambda v_, f_, m_: torch.unique(torch.cat([v_[f_.long()].reshape(-1, 9),  # noqa: E731

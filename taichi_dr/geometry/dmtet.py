@@ -138,12 +138,17 @@ class DMTet(nn.Module):
         return sdf, 0.5 * self.cell * torch.tanh(raw)
 
     def surface_rows(self, sdf: torch.Tensor) -> torch.Tensor:
-        """The grid vertices at either end of a sign-changing edge (inside: ``sdf < 0``, as
-        :func:`marching_tets` counts 0 as outside): ``[K]`` int64, ascending. ``sdf``: ``[V]``."""
+        """The grid vertices at either end of a sign-changing edge: ``[K]`` int64, ascending. ``sdf``: ``[V]``.
+
+        An exact 0 counts on either side: :func:`marching_tets` counts it as outside (``sdf < 0``
+        is inside) and :func:`~taichi_dr.losses.sdf_reg_loss` as inside (``sdf > 0`` is outside), so
+        the rows cover the edges both read.
+        """
         if sdf.shape != (self.verts.shape[0],):
             raise ValueError(f"sdf: expected shape [{self.verts.shape[0]}], got {list(sdf.shape)}")
-        inside = (sdf < 0)[self.edges]
-        return torch.unique(self.edges[inside[:, 0] != inside[:, 1]].long())
+        neg, pos = (sdf < 0)[self.edges], (sdf > 0)[self.edges]
+        changes = (neg[:, 0] != neg[:, 1]) | (pos[:, 0] != pos[:, 1])
+        return torch.unique(self.edges[changes].long())
 
     def deformed_verts(self, offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
         if offsets is None:
