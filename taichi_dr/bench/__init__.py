@@ -7,7 +7,7 @@ import statistics
 import time
 from typing import Callable, Tuple
 
-__all__ = ["timed", "timed_stats", "table"]
+__all__ = ["timed", "timed_stats", "table", "refinement_mesh"]
 
 
 def _sync() -> None:
@@ -47,3 +47,19 @@ def table(head, rows) -> str:
     fmt = " | ".join(f"{{:>{w}}}" for w in widths)
     line = "-+-".join("-" * w for w in widths)
     return "\n".join([fmt.format(*head), line] + [fmt.format(*r) for r in rows])
+
+
+def refinement_mesh(grid: int):
+    """A refinement-pass mesh: marching tets of a bumpy sphere on a DMTet grid (its irregular triangles,
+    numbered in the grid's edge order), split twice at edge midpoints as the reconstruction splits a
+    DMTet mesh of up to 10,000 faces: ``(verts [V, 3] float64, faces [F, 3] int64)``, in subdivision order."""
+    import torch
+
+    from taichi_dr import TetGrid, marching_tets
+    from taichi_dr.recon.subdivide import subdivide_midpoint
+
+    g = TetGrid.create(grid, 2.0)
+    p = g.verts.double()
+    sdf = p.norm(dim=1) - 0.7 - 0.05 * torch.sin(7 * p[:, 0]) * torch.sin(5 * p[:, 1])
+    v, f = marching_tets(p, sdf, g)
+    return subdivide_midpoint(v.detach(), f.long(), times=2)

@@ -8,22 +8,9 @@ antialias, forward and backward.
 """
 import torch
 
-from taichi_dr.bench import table, timed
+from taichi_dr.bench import refinement_mesh, table, timed
 
 __all__ = ["main"]
-
-
-def _refinement_mesh(grid: int):
-    """Marching tets of a bumpy sphere on a DMTet grid, split twice: ``(verts [V, 3], faces [F, 3] int32)``."""
-    from taichi_dr import TetGrid, marching_tets
-    from taichi_dr.recon.subdivide import subdivide_midpoint
-
-    g = TetGrid.create(grid, 2.0)
-    p = g.verts
-    sdf = p.norm(dim=1) - 0.7 - 0.05 * torch.sin(7 * p[:, 0]) * torch.sin(5 * p[:, 1])
-    v, f = marching_tets(p, sdf, g)
-    v, f = subdivide_midpoint(v.detach(), f.long(), times=2)
-    return v, f.int()
 
 
 def _render_ops(verts: torch.Tensor, faces: torch.Tensor, mvp: torch.Tensor, res: int):
@@ -52,7 +39,8 @@ def main(quick: bool = False) -> None:
     reps = 3 if quick else 7
     rows = []
     for grid in ([16] if quick else [16, 24, 32]):
-        v, f = _refinement_mesh(grid)
+        v, f = refinement_mesh(grid)
+        v, f = v.float(), f.int()
         v2, f2 = spatial_order(v, f)[:2]
         c, t_sub = timed(_render_ops(v, f, mvp, 256), reps)
         _, t_sp = timed(_render_ops(v2, f2, mvp, 256), reps)

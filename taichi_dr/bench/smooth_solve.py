@@ -6,24 +6,9 @@ import time
 
 import torch
 
-from taichi_dr.bench import table, timed
+from taichi_dr.bench import refinement_mesh, table, timed
 
 __all__ = ["main"]
-
-
-def _mesh(grid: int):
-    """A refinement-pass mesh: marching tets of a bumpy sphere on a DMTet grid (its irregular triangles
-    and numbering, in the grid's edge order), then two midpoint subdivisions, as the reconstruction
-    gives a mesh of up to 10,000 faces. Returns ``(V, faces [F, 3])``."""
-    from taichi_dr import TetGrid, marching_tets
-    from taichi_dr.recon.subdivide import subdivide_midpoint
-
-    g = TetGrid.create(grid, 2.0)
-    p = g.verts.double()
-    sdf = p.norm(dim=1) - 0.7 - 0.05 * torch.sin(7 * p[:, 0]) * torch.sin(5 * p[:, 1])
-    v, f = marching_tets(p, sdf, g)
-    v, f = subdivide_midpoint(v.detach(), f.long(), times=2)
-    return v.shape[0], f
 
 
 def main(quick: bool = False) -> None:
@@ -33,7 +18,8 @@ def main(quick: bool = False) -> None:
     lam = 25.0  # the refinement's default strength (ReconConfig.refine_smoothing)
     rows = []
     for grid in ([16, 24] if quick else [16, 24, 32]):
-        nv, f = _mesh(grid)
+        v, f = refinement_mesh(grid)
+        nv = v.shape[0]
         u = torch.randn(nv, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         SmoothParametrization(f, nv, lam, solver="superlu")  # warm-up: first-touch of SuperLU's memory
         t = time.perf_counter()
