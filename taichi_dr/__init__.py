@@ -25,7 +25,8 @@ for _mod, _names in [
     ("geometry.dmtet", "DMTet sdf_reg_weight"),
     ("camera", "perspective look_at orbit_views nerf_c2w_to_mv fovy_from_fovx transform_pos"),
     ("mesh", "Mesh load_obj save_obj"),
-    ("losses", "tonemap_srgb image_loss mask_loss sdf_reg_loss laplacian_loss linear_to_srgb srgb_to_linear"),
+    ("losses", "tonemap_srgb image_loss mask_loss sdf_reg_loss albedo_guide_loss laplacian_loss linear_to_srgb "
+               "srgb_to_linear"),
     ("metrics", "psnr mask_iou chamfer_distance normal_consistency"),
     ("data.nerf", "load_nerf NerfDataset write_nerf_dataset"),
     ("recon", "reconstruct ReconConfig"),

@@ -10,6 +10,10 @@
 * ``sdf_reg_loss``: on every grid edge whose SDF changes sign, binary cross-entropy pushing each
   end's σ(s) towards the *other* end's sign. It makes the SDF a clean step across the surface and
   removes the floaters and internal sheets that image losses cannot see.
+* ``albedo_guide_loss``: image-guided albedo smoothness (the Retinex assumption): where the
+  target image is flat between two neighbouring pixels, the rendered albedo should be flat there
+  too, so that shading the geometry gets wrong cannot be painted into the albedo; where the target
+  has an edge (texture, a cast shadow, a crease) the albedo is free.
 * ``laplacian_loss``: uniform umbrella smoothing for the fixed-topology mesh refinement
   (``umbrella_operator``: its sparse matrix, built once per topology).
 * ``normal_consistency_loss``: 1 − cos between the normals of the two faces of every interior
@@ -27,7 +31,7 @@ from taichi_dr._sparse import csr, csr_matmul
 from taichi_dr.mesh import unique_edges
 
 __all__ = ["srgb_transfer", "linear_to_srgb", "srgb_to_linear", "tonemap_srgb", "image_loss", "mask_loss",
-           "sdf_reg_loss", "laplacian_loss", "umbrella_operator", "face_pairs", "normal_consistency_loss"]
+           "sdf_reg_loss", "albedo_guide_loss", "laplacian_loss", "umbrella_operator", "face_pairs", "normal_consistency_loss"]
 
 
 def srgb_transfer(x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +146,71 @@ def umbrella_operator(faces: torch.Tensor, num_verts: int, dtype: torch.dtype = 
     val = torch.cat([1.0 / deg[src], -torch.ones(num_verts, dtype=dtype, device=f.device)])
     # the repeated half-edges are summed: a neighbour seen from two faces weighs 2 / deg
     return csr(torch.cat([src, diag]), torch.cat([dst, diag]), val, (num_verts, num_verts))
+
+
+def albedo_guide_loss(albedo: torch.Tensor, target: torch.Tensor, tau: float = 0.012,
+                      eps: float = 0.02, dark: float = 0.05) -> torch.Tensor:
+    """Image-guided albedo smoothness: total variation of log-albedo, weighted by how flat the target is.
+
+    For every pair of horizontally or vertically neighbouring pixels that the mesh covers entirely,
+    ``w·|log(kd_a + eps) − log(kd_b + eps)|`` (mean over the colour channels), with the weight
+    ``w = exp(−(max_c |T_a − T_b| / tau)²)`` of the target's tone-mapped colours ``T``
+    (:func:`tonemap_srgb`): 1 where the target is flat, ~0 across its edges, and 0 where the darker
+    of the two target pixels is below ``dark``. The sum is divided by ``N·H·W``, the count
+    :func:`image_loss` averages over, so weights of the two compare directly.
+
+    Why: a Lambertian image is albedo × shading, and a surface tilted the wrong way (the wedge a
+    visual hull leaves on a flat wall) can be hidden by an albedo that varies just as the wrong
+    shading does. The target shows no edge there, so the weight forbids that albedo, and the image
+    loss has to move the geometry instead. Edges of the target (texture, cast shadows our lights do
+    not model, real creases) keep their albedo changes. In black (unlit) parts of the target the
+    shading is ~0, so the image says nothing about the albedo there, and the log would magnify the
+    noise of a kd near 0: those pairs are left out. Log-albedo makes the cost of a change
+    relative, as shading is a factor. The weights take no gradient; the gradient reaches kd and,
+    through where kd is looked up, the geometry.
+
+    Args:
+        albedo: ``[N, H, W, 4]`` float: kd times the covered share of each pixel (0:3) and that
+            share (3), as ``render_mesh_views(..., albedo=True)`` returns. Pixels with a share
+            below 1 (silhouettes, background) take no part.
+        target: ``[N, H, W, 3]`` float linear target colours.
+        tau: target contrast (tone-mapped, 0..1) at which the weight is ``1/e``; 0.012 is three
+            8-bit steps, above the noise of a 64-sample path-traced image.
+        eps: added to kd before the log (kd lies in [0, 1]).
+        dark: tone-mapped level (0..1, the brightest channel) below which a target pixel is unlit;
+            0 keeps every pair.
+
+    Returns:
+        Scalar, ``albedo``'s dtype.
+    """
+    check_tensor("albedo", albedo, ndim=4, last=4, dtypes=FLOATS, expected="[N, H, W, 4]")
+    check_tensor("target", target, ndim=4, last=3, dtypes=FLOATS, expected="[N, H, W, 3]")
+    if target.shape[:3] != albedo.shape[:3]:
+        raise ValueError(f"target: expected shape {shape_str(tuple(albedo.shape[:3]) + (3,))} (albedo's pixels), "
+                         f"got {shape_str(target.shape)}")
+    for name, v in (("tau", tau), ("eps", eps)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
+            raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
+    if not (isinstance(dark, (int, float)) and not isinstance(dark, bool) and 0 <= dark <= 1):
+        raise ValueError(f"dark: expected a number in [0, 1], got {dark!r}")
+    inside = albedo[..., 3] >= 1.0 - 1e-6  # every sample of the pixel covered
+    log_kd = torch.log(albedo[..., :3] / albedo[..., 3:].clamp(min=1e-6) + eps)
+    with torch.no_grad():
+        t = tonemap_srgb(target.to(albedo.dtype))
+        lit = t.amax(-1) >= dark
+    total = albedo.new_zeros(())
+    for dim in (1, 2):  # neighbours along y, then x
+        def lo(x):
+            return x.narrow(dim, 0, x.shape[dim] - 1)
+
+        def hi(x):
+            return x.narrow(dim, 1, x.shape[dim] - 1)
+        with torch.no_grad():
+            both = hi(inside) & lo(inside) & hi(lit) & lo(lit)
+            w = torch.exp(-((hi(t) - lo(t)).abs().amax(-1) / tau) ** 2) * both
+        total = total + (w * (hi(log_kd) - lo(log_kd)).abs().mean(-1)).sum()
+    n, h, wd = albedo.shape[:3]
+    return total / (n * h * wd)
 
 
 def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, ref: Optional[torch.Tensor] = None,

@@ -125,3 +125,71 @@ def test_loss_bad_input():
         image_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l7")
     with pytest.raises(TypeError, match="pred: expected dtype"):
         image_loss(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3))
+
+
+def _albedo(kd, share=None):
+    """``[N, H, W, 4]`` albedo image (kd times share, share) from ``kd [N, H, W, 3]``."""
+    share = torch.ones_like(kd[..., :1]) if share is None else share
+    return torch.cat([kd * share, share], -1)
+
+
+def test_albedo_guide_loss_by_hand():
+    from taichi_dr import albedo_guide_loss
+
+    # one view, one row of three pixels: kd 0.2, 0.5, 0.5; the target is flat between pixels 0 and 1
+    # and has an edge (0.5 in tone-mapped units, far above tau) between pixels 1 and 2
+    kd = torch.tensor([0.2, 0.5, 0.3], dtype=D).view(1, 1, 3, 1).expand(1, 1, 3, 3)
+    t_lin = srgb_to_linear(torch.tensor([0.4, 0.4, 0.9], dtype=D))  # tone map inverts to these
+    target = (torch.exp(t_lin) - 1).view(1, 1, 3, 1).expand(1, 1, 3, 3)
+    eps = 0.02
+    got = float(albedo_guide_loss(_albedo(kd), target, tau=0.012, eps=eps))
+    w12 = math.exp(-(0.5 / 0.012) ** 2)  # ~0: the edge frees the albedo
+    want = (abs(math.log(0.5 + eps) - math.log(0.2 + eps)) + w12 * abs(math.log(0.3 + eps) - math.log(0.5 + eps))) / 3
+    assert got == pytest.approx(want, rel=1e-9)
+    # the same albedo change across the target's edge instead costs (almost) nothing
+    kd2 = torch.tensor([0.2, 0.2, 0.5], dtype=D).view(1, 1, 3, 1).expand(1, 1, 3, 3)
+    assert float(albedo_guide_loss(_albedo(kd2), target)) < 1e-12
+    # a constant albedo costs nothing whatever the target; a partly covered pixel takes no part
+    assert float(albedo_guide_loss(_albedo(torch.full_like(kd, 0.4)), target)) == 0.0
+    share = torch.tensor([1.0, 0.75, 1.0], dtype=D).view(1, 1, 3, 1)
+    assert float(albedo_guide_loss(_albedo(kd, share), target)) == 0.0
+    # an unlit (black) target says nothing about the albedo: left out unless dark=0
+    black = torch.zeros_like(target)
+    assert float(albedo_guide_loss(_albedo(kd), black)) == 0.0
+    assert float(albedo_guide_loss(_albedo(kd), black, dark=0.0)) > 0
+    # vertical neighbours count the same as horizontal ones (the transposed image)
+    t = albedo_guide_loss(_albedo(kd.transpose(1, 2)), target.transpose(1, 2))
+    assert float(t) == pytest.approx(want, rel=1e-9)
+
+
+def test_albedo_guide_loss_weight_follows_target_contrast_and_gradcheck():
+    from taichi_dr import albedo_guide_loss
+
+    g = torch.Generator().manual_seed(0)
+    kd = (0.2 + 0.6 * torch.rand(2, 5, 6, 3, generator=g, dtype=D)).requires_grad_(True)
+    flat = torch.full((2, 5, 6, 3), 0.3, dtype=D)
+    # contrast rising from 0 to 3·tau lowers the loss monotonically towards 0
+    vals = []
+    for c in (0.0, 0.004, 0.012, 0.036):
+        t_lin = srgb_to_linear(0.4 + c * (torch.arange(6, dtype=D) % 2))  # alternating columns
+        target = (torch.exp(t_lin) - 1).view(1, 1, 6, 1).expand(2, 5, 6, 3)
+        vals.append(float(albedo_guide_loss(_albedo(kd.detach()), target)))
+    assert vals[0] > vals[1] > vals[2] > vals[3] > 0 and vals[0] == pytest.approx(
+        float(albedo_guide_loss(_albedo(kd.detach()), flat)))
+    assert torch.autograd.gradcheck(lambda k: albedo_guide_loss(_albedo(k), flat), (kd,), eps=1e-6, atol=1e-7)
+
+
+def test_albedo_guide_loss_bad_input():
+    from taichi_dr import albedo_guide_loss
+
+    a, t = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 3)
+    with pytest.raises(ValueError, match="albedo"):
+        albedo_guide_loss(torch.zeros(1, 4, 4, 3), t)
+    with pytest.raises(ValueError, match=r"target: expected shape \[1, 4, 4, 3\]"):
+        albedo_guide_loss(a, torch.zeros(1, 4, 5, 3))
+    with pytest.raises(ValueError, match="tau: expected a finite number > 0, got 0"):
+        albedo_guide_loss(a, t, tau=0)
+    with pytest.raises(ValueError, match="eps: expected a finite number > 0"):
+        albedo_guide_loss(a, t, eps=float("nan"))
+    with pytest.raises(ValueError, match=r"dark: expected a number in \[0, 1\], got 2"):
+        albedo_guide_loss(a, t, dark=2)

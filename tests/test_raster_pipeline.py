@@ -347,3 +347,30 @@ def test_no_recompilation_for_new_shapes_or_resolutions():
         step(n_tris, H, W, N)
     assert _compiled_kernel_count() == before
     assert before >= 6  # setup, resolve, expand, coverage, interp, AA forward (+ backward kernels)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_render_returns_the_albedo_image(k):
+    # albedo=True returns the same render plus kd × covered share and the share (no antialiasing)
+    from taichi_dr.render.pipeline import SimpleLight, render_mesh_views
+
+    v, f = _disc(r=0.5, c=(0.1, 0.0))
+    kd = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64).expand_as(v).contiguous()
+    args = (v, f, kd, torch.eye(4, dtype=torch.float64)[None], torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64),
+            (16, 16), SimpleLight.default())
+    img = render_mesh_views(*args, supersample=k)
+    img2, alb = render_mesh_views(*args, supersample=k, albedo=True)
+    assert torch.equal(img, img2) and alb.shape == (1, 16, 16, 4)
+    share = alb[..., 3]
+    assert bool(((share * k * k) == (share * k * k).round()).all())  # counts of covered samples
+    assert float(share.sum()) == pytest.approx(math.pi * 0.25 * 64, rel=0.06)  # the disc's area: 50.3 px
+    inside = share > 0
+    assert torch.allclose(alb[..., :3][inside] / share[inside, None], kd[:1].expand(int(inside.sum()), 3))
+    assert bool((alb[~inside] == 0).all())
+    # a material callable: its kd channels, per pixel
+    _, alb_f = render_mesh_views(v, f, lambda p: torch.cat([p[:, :1] * 0 + 0.25, p[:, :2] * 0 + 0.5], 1), *args[3:],
+                                 supersample=k, albedo=True)
+    assert torch.allclose(alb_f[..., 0], 0.25 * alb_f[..., 3]) and torch.allclose(alb_f[..., 2], 0.5 * alb_f[..., 3])
+    # an empty mesh: nothing covered
+    _, alb_e = render_mesh_views(v, f[:0], kd, *args[3:], supersample=k, albedo=True)
+    assert alb_e.shape == (1, 16, 16, 4) and not bool(alb_e.any())

@@ -415,6 +415,44 @@ def test_kd_smoothness_is_part_of_the_dmtet_loss(dataset, tmp_path, monkeypatch)
     assert not calls
 
 
+def test_albedo_guide_is_part_of_the_loss(dataset, tmp_path, monkeypatch):
+    """The image-guided albedo smoothness enters the DMTet pass' loss at its weight, on the step's
+    render and targets, and is not evaluated with weight 0 nor in the refinement pass."""
+    import taichi_dr.recon.loop as loop
+    from taichi_dr.data.nerf import load_nerf
+
+    train = load_nerf(dataset[0], "train")
+    seen = []
+    orig = loop.albedo_guide_loss
+
+    def spy(albedo, target, tau):
+        seen.append((albedo.shape, target.shape, tau))
+        value = orig(albedo, target, tau)
+        seen.append(float(value))
+        return value
+    monkeypatch.setattr(loop, "albedo_guide_loss", spy)
+    for w in (0.0, 3.0):
+        seen.clear()
+        run = loop._Run(ReconConfig(iters=10, grid_res=12, batch=2, carve=False, albedo_guide_weight=w,
+                                    albedo_guide_tau=0.05), train, str(tmp_path / str(w)))
+        for _ in range(3):  # past the start, where the field's kd is still nearly constant
+            run.step()
+        h = run.history
+        parts = sum(h[k][-1] for k in ("image", "mask", "sdf_reg", "laplacian", "albedo_guide"))
+        assert h["total"][-1] == pytest.approx(parts, rel=1e-6)  # the term is part of what is minimised
+        if w == 0:
+            assert not seen and run.history["albedo_guide"] == [0.0] * 3
+        else:
+            (a_shape, t_shape, tau), value = seen[-2:]
+            H, W = train.images.shape[1:3]
+            assert a_shape == (2, H, W, 4) and t_shape == (2, H, W, 3) and tau == 0.05
+            assert value > 0 and run.history["albedo_guide"][-1] == pytest.approx(w * value, rel=1e-6)
+            seen.clear()
+            run.start_refine()
+            run.step()  # the refinement pass has its normal map and ks: no guide there
+            assert not seen and run.history["albedo_guide"][-1] == 0.0
+
+
 @pytest.mark.slow
 def test_quality_benchmark_runs_at_tiny_settings(tmp_path):
     import runpy

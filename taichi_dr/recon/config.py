@@ -169,6 +169,15 @@ class ReconConfig:
         "help": "weight of nvdiffrec's albedo smoothness term (mean |kd(x+ε) − kd(x)| on surface points, ramped "
                 "in over the first tenth of the DMTet pass; material=field only): shading must come from the "
                 "geometry, not be painted into kd", "min": 0})
+    albedo_guide_weight: float = field(default=1.0, metadata={
+        "help": "weight of the image-guided albedo smoothness (DMTet pass): between neighbouring pixels where "
+                "the training image is flat, the rendered albedo must be flat too (|Δ log kd|), so that shading "
+                "the geometry gets wrong (a visual hull's wedge on a flat wall) cannot be painted into kd; where "
+                "the image has an edge (texture, cast shadow, crease) kd is free (docs/08 round 36); 0 = off",
+        "min": 0})
+    albedo_guide_tau: float = field(default=0.012, metadata={
+        "help": "target contrast (tone-mapped sRGB, 0..1) between two neighbouring pixels at which the albedo "
+                "guide's weight falls to 1/e; 0.012 is three 8-bit steps", "gt": 0})
     background: str = field(default="view", metadata={
         "help": "random training background behind render and target, new every step: view (one colour per "
                 "view) or pixel (per pixel, nvdiffrec's). Antialiasing blends an edge pixel with its "

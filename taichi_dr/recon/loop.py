@@ -57,7 +57,7 @@ from taichi_dr._sparse import csr_transpose
 from taichi_dr.camera import camera_position, rig_up
 from taichi_dr.data.nerf import load_nerf
 from taichi_dr.geometry.dmtet import sdf_reg_weight
-from taichi_dr.losses import (face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
+from taichi_dr.losses import (albedo_guide_loss, face_pairs, image_loss, laplacian_loss, linear_to_srgb, mask_loss,
                                normal_consistency_loss, sdf_reg_loss, umbrella_operator)
 from taichi_dr.mesh import Mesh
 from taichi_dr.metrics import chamfer_distance, mask_iou, psnr, ssim
@@ -456,7 +456,8 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.iters))
         self.sdf_reg_scale = sdf_reg_scale(cfg, sdf_mode)
         self.it, self.phase = 0, "dmtet"
-        self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian")}
+        self.history: Dict[str, list] = {k: [] for k in ("iter", "total", "image", "mask", "sdf_reg", "laplacian",
+                                                                "albedo_guide")}
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mesh_param = self.smoother = self.mesh_faces = self.mesh_colors = self.verts0 = None
         self.cleanup: Dict[str, Dict[str, int]] = {}  # phase -> clean_faces report
@@ -722,20 +723,29 @@ class _Run:
             if getattr(self, "_normal_op", None) is None:  # the normals as sparse products
                 self._normal_op = VertexNormalOperator(faces, verts.shape[0], verts.dtype, verts.device)
             normals = vertex_normals(verts, faces, self._normal_op)
+        # the DMTet pass only: in the refinement the tangent-space normal map and ks also carry shading,
+        # and there the term bent the table's flat top and undid the bowl's and the fandisk's gains (docs/08)
+        guide = cfg.albedo_guide_weight > 0 and self.phase == "dmtet"
         pred = render_mesh_views(verts, faces, colors, mvp, campos, target.shape[1:3], light, bg, topology_hash=topo,
-                                 normals=normals,
+                                 normals=normals, albedo=guide,
                                  supersample=supersample_factor(cfg.supersample, tuple(target.shape[1:3])))
+        if guide:  # flat target, flat albedo: wrong shading cannot hide in kd (losses.albedo_guide_loss, docs/08)
+            pred, albedo = pred
+            l_alb = albedo_guide_loss(albedo, target, cfg.albedo_guide_tau) * cfg.albedo_guide_weight
+        else:
+            l_alb = torch.zeros(())
         l_img = image_loss(pred[..., :3], target, cfg.loss)
         l_mask = mask_loss(pred[..., 3:], alpha)
         # this rank's share of the global loss; the sum over ranks of its gradients is the 1-process gradient
-        parts = [l_img * part.view_share, l_mask * part.view_share, reg * part.once_share, lap * part.once_share]
+        parts = [l_img * part.view_share, l_mask * part.view_share, reg * part.once_share, lap * part.once_share,
+                 l_alb * part.view_share]
         self.opt.zero_grad(set_to_none=True)
         sum(parts).backward()
         # + grads, and the ranks' stop requests (Ctrl-C/SIGTERM seen so far); identity in one process
         stop = self.stop_request.signal is not None if self.stop_request is not None else False
-        l_img, l_mask, reg, lap, votes = self.sync.all_reduce(self.opt, parts + [torch.tensor(float(stop))])
+        l_img, l_mask, reg, lap, l_alb, votes = self.sync.all_reduce(self.opt, parts + [torch.tensor(float(stop))])
         self.stop_votes = float(votes)  # > 0: every rank stops after this step
-        total = l_img + l_mask + reg + lap
+        total = l_img + l_mask + reg + lap + l_alb
         check_finite(total, self.opt, self.it, self.phase)  # stop before a NaN/Inf step is applied
         self.updating = True  # from here to `it += 1` the state is half-way between two steps
         self.opt.step()
@@ -743,8 +753,9 @@ class _Run:
             self.mesh_colors.clamp_()  # textures back into the material bounds
         self.sched.step()
         for k, v in (("iter", self.it), ("total", total), ("image", l_img), ("mask", l_mask), ("sdf_reg", reg),
-                     ("laplacian", lap)):
-            self.history[k].append(float(v.detach()) if torch.is_tensor(v) else float(v))
+                     ("laplacian", lap), ("albedo_guide", l_alb)):
+            # setdefault: a checkpoint from before round 36 has no albedo_guide history
+            self.history.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
         self.it += 1
         self.updating = False
         return float(total.detach())

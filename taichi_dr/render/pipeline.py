@@ -16,7 +16,7 @@ simple enough to be recovered jointly with the geometry, and exactly what the de
 rendered with, so a perfect reconstruction can reach a perfect image.
 """
 import numbers
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -99,7 +99,8 @@ def _material_pixels(colors, verts: torch.Tensor, faces: torch.Tensor, pos: torc
 def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: torch.Tensor,
                       campos: torch.Tensor, resolution: Tuple[int, int], light,
                       background: Optional[torch.Tensor] = None, topology_hash=None,
-                      normals: Optional[torch.Tensor] = None, supersample: int = 1) -> torch.Tensor:
+                      normals: Optional[torch.Tensor] = None, supersample: int = 1,
+                      albedo: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Render a mesh with per-vertex colours or a per-pixel material from ``N`` cameras.
 
     Args:
@@ -142,15 +143,24 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: tor
         raise ValueError(f"supersample: expected an int >= 1, got {supersample}")
     if background is None:
         background = torch.zeros((N, H, W, 3), dtype=verts.dtype, device=verts.device)
-    if supersample > 1:
-        k = supersample
-        big = background.repeat_interleave(k, 1).repeat_interleave(k, 2)
-        img = render_mesh_views(verts, faces, colors, mvp, campos, (H * k, W * k), light, big,
-                                topology_hash=topology_hash, normals=normals)
-        # [N, kH, kW, 4] -> the mean of each k×k block (rows bottom-up either way)
-        return img.reshape(N, H, k, W, k, img.shape[-1]).mean((2, 4))
+    k = supersample
+    if k > 1:
+        background = background.repeat_interleave(k, 1).repeat_interleave(k, 2)
+    img, alb = _render(verts, faces, colors, mvp, campos, H * k, W * k, light, background, topology_hash, normals,
+                       k if albedo else 0)
+    if k > 1:  # [N, kH, kW, 4] -> the mean of each k×k block (rows bottom-up either way)
+        img = img.reshape(N, H, k, W, k, img.shape[-1]).mean((2, 4))
+    return (img, alb) if albedo else img
+
+
+def _render(verts, faces, colors, mvp, campos, H: int, W: int, light, background: torch.Tensor, topology_hash,
+            normals, pool: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One sample per pixel of :func:`render_mesh_views`: ``[N, H, W, 4]`` image, and with ``pool = k
+    > 0`` the albedo image averaged over k×k blocks, ``[N, H/k, W/k, 4]`` (else None)."""
+    N = mvp.shape[0]
     if faces.shape[0] == 0:
-        return torch.cat([background, torch.zeros_like(background[..., :1])], -1)
+        img = torch.cat([background, torch.zeros_like(background[..., :1])], -1)
+        return img, (img.new_zeros(N, H // pool, W // pool, 4) if pool else None)
     per_vertex = isinstance(colors, torch.Tensor)
     if not per_vertex and not callable(colors) and not hasattr(colors, "sample"):
         raise TypeError(f"colors: expected a [V, 3] tensor, a material callable or a textured material, "
@@ -169,7 +179,8 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: tor
     idx, slot, pmax = _covered(rast)
     cov = (rast[..., 3:] > 0).to(verts.dtype)
     if idx.numel() == 0:
-        return antialias(torch.cat([background * (1 - cov), cov], -1), rast, clip, faces, topology_hash=topology_hash)
+        img = antialias(torch.cat([background * (1 - cov), cov], -1), rast, clip, faces, topology_hash=topology_hash)
+        return img, (img.new_zeros(N, H // pool, W // pool, 4) if pool else None)
     rast_c = rast.reshape(-1, 4).index_select(0, idx).view(1, 1, -1, 4)
     a, _ = interpolate(torch.cat([verts, normals] + ([colors] if per_vertex else []), 1), rast_c, faces)
     a = a.view(idx.numel(), -1)  # [P, 6 or 9]
@@ -197,4 +208,15 @@ def render_mesh_views(verts: torch.Tensor, faces: torch.Tensor, colors, mvp: tor
     shade = shade.new_zeros(N * H * W, 3).index_put((idx,), shade).view(N, H, W, 3)
     img = torch.cat([shade + background * (1 - cov), cov], -1)
     # None: antialias reuses the table it cached for this faces tensor (turntables, test views)
-    return antialias(img, rast, clip, faces, topology_hash=topology_hash)
+    img = antialias(img, rast, clip, faces, topology_hash=topology_hash)
+    if not pool:
+        return img, None
+    # (kd, 1) of each covered sample added into its pixel of the k×k-pooled image, / k²: the block
+    # mean without building the full-size image (a scatter of the covered samples only)
+    h, w = H // pool, W // pool
+    r = idx - view_of * (H * W)
+    y = torch.div(r, W, rounding_mode="floor")
+    low = view_of * (h * w) + torch.div(y, pool, rounding_mode="floor") * w + torch.div(r - y * W, pool,
+                                                                                        rounding_mode="floor")
+    vals = torch.cat([mat[:, 0:3], torch.ones_like(mat[:, :1])], 1) / (pool * pool)
+    return img, vals.new_zeros(N * h * w, 4).index_add(0, low, vals).view(N, h, w, 4)
