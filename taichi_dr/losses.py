@@ -31,7 +31,8 @@ from taichi_dr._sparse import csr, csr_matmul
 from taichi_dr.mesh import unique_edges
 
 __all__ = ["srgb_transfer", "linear_to_srgb", "srgb_to_linear", "tonemap_srgb", "image_loss", "mask_loss",
-           "sdf_reg_loss", "albedo_guide_loss", "laplacian_loss", "umbrella_operator", "face_pairs", "normal_consistency_loss"]
+           "sdf_reg_loss", "albedo_guide_loss", "laplacian_loss", "umbrella_operator", "face_pairs",
+           "normal_consistency_loss"]
 
 
 def srgb_transfer(x: torch.Tensor) -> torch.Tensor:
